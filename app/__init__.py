@@ -1,0 +1,44 @@
+"""The Run Registry: a Flask service that runs each deterministic scenario once and keeps its transcript."""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask
+
+from app.config import Settings
+from app.config import load_settings
+from app.engine import load_engine
+from app.engine.base import Engine
+from app.errors import register_error_handlers
+from app.registry import make_registry
+from app.service import RunService
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
+    """Build a wired app: wsgi.py passes nothing; tests pass settings and may pass an engine.
+
+    :raises ConfigError: a setting is invalid or the engine cannot be loaded.
+    """
+    settings = settings or load_settings(os.environ)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # bodies read in the documented order
+    engine = engine or load_engine(settings.engine)
+    app.extensions["settings"] = settings
+    app.extensions["run_service"] = RunService(make_registry(settings), engine, settings)
+    register_error_handlers(app)
+    register_blueprints(app)
+    return app
+
+
+def register_blueprints(app: Flask) -> None:
+    """Attach every endpoint; imported here so nothing else imports the blueprints."""
+    from app.api import events
+    from app.api import lookup
+
+    app.register_blueprint(lookup.bp)
+    app.register_blueprint(events.bp)

@@ -1,0 +1,100 @@
+"""Settings from environment variables, parsed and validated once at start-up."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from app.text import printable
+
+DEFAULT_ENGINE = "app.engine.pricing:PricingEngine"
+MAX_TTL_MINUTES = 10 * 365 * 24 * 60  # ten years: beyond that a typo is likelier than intent
+COMMIT_VARIABLES = ("ENGINE_COMMIT_SHA", "SOURCE_VERSION", "HEROKU_SLUG_COMMIT")
+_ENGINE_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+class ConfigError(Exception):
+    """A setting is invalid; the message names the variable and is one line."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service reads from its environment."""
+
+    ttl_minutes: float = 60.0
+    max_entries: int = 10_000
+    registry_url: str = "memory://"
+    engine: str = DEFAULT_ENGINE
+    engine_code_hash: str | None = None
+    engine_commit: str | None = None
+
+    @property
+    def ttl_ms(self) -> int:
+        """The TTL in whole milliseconds, at least one."""
+        return max(1, round(self.ttl_minutes * 60_000))
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Parse the service's variables; raise ConfigError naming the first bad one."""
+    return Settings(
+        ttl_minutes=_ttl_minutes(environ),
+        max_entries=positive_int(environ, "RUN_REGISTRY_MAX_ENTRIES", default=10_000),
+        registry_url=_registry_url(environ),
+        engine=_engine_spec(environ),
+        engine_code_hash=_non_empty(environ, "ENGINE_CODE_HASH"),
+        engine_commit=next(
+            (value for name in COMMIT_VARIABLES if (value := _non_empty(environ, name))), None
+        ),
+    )
+
+
+def positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    """Read a positive decimal integer, or the default when the variable is unset or empty."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not re.fullmatch(r"[0-9]{1,9}", raw) or int(raw) < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {_shown(raw)}")
+    return int(raw)
+
+
+def _ttl_minutes(environ: Mapping[str, str]) -> float:
+    name = "RUN_REGISTRY_TTL_MIN"
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return 60.0
+    try:
+        minutes = float(raw)
+    except ValueError:
+        minutes = math.nan
+    if not (0 < minutes <= MAX_TTL_MINUTES):  # also refuses nan and inf
+        raise ConfigError(
+            f"{name} must be a positive number of minutes up to {MAX_TTL_MINUTES}, got {_shown(raw)}"
+        )
+    return minutes
+
+
+def _registry_url(environ: Mapping[str, str]) -> str:
+    name = "RUN_REGISTRY_URL"
+    raw = environ.get(name, "").strip() or "memory://"
+    if raw != "memory://":
+        raise ConfigError(f"{name} must be memory:// (the only backend of this version), got {_shown(raw)}")
+    return raw
+
+
+def _engine_spec(environ: Mapping[str, str]) -> str:
+    name = "RUN_REGISTRY_ENGINE"
+    raw = environ.get(name, "").strip() or DEFAULT_ENGINE
+    if not _ENGINE_SPEC.fullmatch(raw):
+        raise ConfigError(f"{name} must look like package.module:attribute, got {_shown(raw)}")
+    return raw
+
+
+def _non_empty(environ: Mapping[str, str], name: str) -> str | None:
+    return environ.get(name, "").strip() or None
+
+
+def _shown(raw: str) -> str:
+    return repr(printable(raw, limit=60))

@@ -1,0 +1,92 @@
+"""The service's error family and the one handler that turns every error into JSON."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from flask import Response
+from flask import jsonify
+from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import InternalServerError
+
+log = logging.getLogger(__name__)
+
+# Error types of the contract (API.md section 6) for the HTTP errors werkzeug raises.
+_HTTP_ERROR_TYPES = {
+    400: "BAD_INPUT",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+    500: "INTERNAL",
+}
+_HTTP_ERROR_MESSAGES = {
+    400: "The request could not be understood",
+    404: "No such endpoint",
+    405: "Method not allowed for this endpoint",
+    413: "The request body is larger than 64 KiB",
+    500: "Internal error",
+}
+
+
+class ServiceError(Exception):
+    """An error the API reports as {"type", "message"}."""
+
+    error_type = "INTERNAL"
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadInput(ServiceError):
+    error_type, status = "BAD_INPUT", 400
+
+
+class RunNotFound(ServiceError):
+    error_type, status = "BAD_INPUT", 404  # the original document's body, kept for clients
+
+
+class EngineFailed(ServiceError):
+    error_type, status = "ENGINE_ERROR", 500
+
+
+class Unavailable(ServiceError):
+    error_type, status = "UNAVAILABLE", 503
+
+
+def error_response(error_type: str, message: str, status: int) -> Response:
+    """The one error body shape of the contract."""
+    response = jsonify({"type": error_type, "message": message})
+    response.status_code = status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Answer every error, ours and werkzeug's, with the contract's JSON body."""
+
+    @app.errorhandler(ServiceError)
+    def handle_service_error(error: ServiceError) -> Response:
+        return error_response(error.error_type, error.message, error.status)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_exception(error: HTTPException) -> Response:
+        status = error.code or 500
+        if isinstance(error, InternalServerError) and error.original_exception is not None:
+            log.error("unhandled error", exc_info=error.original_exception)
+        body = error_response(
+            _HTTP_ERROR_TYPES.get(status) or _snake_upper(error.name),
+            _HTTP_ERROR_MESSAGES.get(status) or error.name,
+            status,
+        )
+        # Keep werkzeug's own headers, such as Allow on a 405.
+        for name, value in error.get_response().headers.items():
+            if name not in ("Content-Type", "Content-Length"):
+                body.headers.add(name, value)
+        return body
+
+
+def _snake_upper(name: str) -> str:
+    """'Request Timeout' -> 'REQUEST_TIMEOUT', for HTTP errors the contract does not name."""
+    return "".join(ch if ch.isalnum() else "_" for ch in name.upper())

@@ -1,0 +1,57 @@
+"""The registry interface every storage backend implements, and its one error."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from app.models import LiveRun
+from app.models import RegistryStats
+from app.models import RunRecord
+
+
+class RegistryUnavailable(Exception):
+    """The backend cannot be reached; the API answers 503 UNAVAILABLE."""
+
+
+class Registry(Protocol):
+    """Stores run records by cache key and by runId, for a fixed TTL and capacity.
+
+    A record is live while ``now < expires_at``. Only a lookup (``touch`` or
+    ``create_once``) renews its expiry to the full TTL and makes it the most recently
+    used; ``get`` does neither. Every method may raise ``RegistryUnavailable`` and
+    nothing else of its own.
+    """
+
+    ttl_ms: int
+
+    def touch(self, cache_key: str) -> LiveRun | None:
+        """A lookup hit: renew the key's entry and count the hit.
+
+        :returns: the live run after renewal, or ``None`` if the key has no live entry.
+        """
+        ...
+
+    def create_once(self, cache_key: str, build: Callable[[], RunRecord]) -> tuple[LiveRun, bool]:
+        """Get the key's live run, or build and store it exactly once.
+
+        However many callers (threads, and with a shared backend processes and hosts)
+        ask for one key at once, ``build`` runs once, outside any lock that guards
+        other keys; the other callers wait for it and get its record as a hit. If
+        ``build`` raises, nothing is stored, the waiting callers get the same
+        exception, and the next call builds again.
+
+        :returns: the live run, and ``True`` if this call built it.
+        """
+        ...
+
+    def get(self, run_id: str) -> LiveRun | None:
+        """The live run with this runId, without renewing it.
+
+        :returns: the run, or ``None`` if it never existed, expired or was evicted.
+        """
+        ...
+
+    def stats(self) -> RegistryStats:
+        """Counts of live entries, evictions and expirations since start."""
+        ...
