@@ -16,7 +16,8 @@ from marshmallow import validate
 from app.errors import BadInput
 
 MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript's Number.MAX_SAFE_INTEGER: seeds survive a JS client
-SCENARIO_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# \Z, not $: marshmallow's Regexp uses match(), and $ would accept a trailing newline.
+SCENARIO_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _SEED_PATTERN = re.compile(r"[+-]?[0-9]+")
 
 REQUIRED_MESSAGE = "scenarioId and seed parameters required"

@@ -21,9 +21,12 @@ def load_engine(spec: str) -> Engine:
     except (ImportError, AttributeError) as err:
         raise ConfigError(f"RUN_REGISTRY_ENGINE {spec!r} cannot be imported: {err}") from err
     # A class also has name, version and run, so it passes the protocol check: build it.
-    engine = target() if isinstance(target, type) else target
-    if not isinstance(engine, Engine) and callable(engine):
-        engine = engine()
+    engine = target
+    if isinstance(target, type) or (callable(target) and not isinstance(target, Engine)):
+        try:
+            engine = target()
+        except TypeError as err:
+            raise ConfigError(f"RUN_REGISTRY_ENGINE {spec!r} cannot be called without arguments: {err}") from err
     if not isinstance(engine, Engine):
         raise ConfigError(f"RUN_REGISTRY_ENGINE {spec!r} is not an engine (name, version, run)")
     return engine

@@ -1,0 +1,56 @@
+"""Shared fixtures: a fresh app per test, its client, a frozen clock, a fake engine."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from freezegun import freeze_time
+
+from app import create_app
+from app.config import Settings
+from tests.fakes import FakeEngine
+
+FROZEN_START = "2026-11-26 12:00:00"
+
+
+def test_settings(**overrides: object) -> Settings:
+    """Defaults with a fixed engineCodeHash, so no test depends on the checkout's git state."""
+    return dataclasses.replace(Settings(engine_code_hash="test-code-hash"), **overrides)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return test_settings()
+
+
+@pytest.fixture
+def app(settings):
+    """The real default engine behind a fresh app: every test is a new world."""
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def fake_client(settings, fake_engine):
+    """A client whose app runs the counting fake engine."""
+    return create_app(settings, engine=fake_engine).test_client()
+
+
+@pytest.fixture
+def frozen():
+    """Freeze the clock; move it with ``frozen.tick(...)`` or ``frozen.move_to(...)``."""
+    with freeze_time(FROZEN_START) as frozen_time:
+        yield frozen_time

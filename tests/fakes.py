@@ -1,0 +1,62 @@
+"""Test doubles for the engine: counting, gated (slow on demand), failing, malformed."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+
+class FakeEngine:
+    """A tiny deterministic engine that counts its runs.
+
+    ``gates`` maps a scenarioId to an Event the run waits for, to make that key slow.
+    ``failures`` is how many runs raise before runs succeed again.
+    """
+
+    name = "fake"
+    version = "1"
+
+    def __init__(self, failures: int = 0, gates: dict[str, threading.Event] | None = None) -> None:
+        self.calls = 0
+        self.failures = failures
+        self.gates = gates or {}
+        self.started = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(self, scenario_id: str, seed: int) -> list[dict[str, Any]]:
+        with self._lock:
+            self.calls += 1
+            fail = self.failures > 0
+            self.failures -= fail
+        self.started.set()
+        gate = self.gates.get(scenario_id)
+        if gate is not None and not gate.wait(timeout=30):
+            raise TimeoutError("test gate never opened")
+        if fail:
+            raise RuntimeError("engine exploded")
+        return transcript(scenario_id, seed)
+
+
+def transcript(scenario_id: str, seed: int) -> list[dict[str, Any]]:
+    """What FakeEngine returns for a key."""
+    session = f"session_{seed:x}" if seed >= 0 else f"session_n{-seed:x}"
+    return [
+        {"type": "start", "data": {"sessionId": session, "scenarioId": scenario_id, "seed": seed}},
+        {"type": "token", "data": {"text": "Évaluation", "tokenIndex": 1}},
+        {"type": "token", "data": {"text": f" {scenario_id}", "tokenIndex": 2}},
+        {"type": "report", "data": {"score": seed % 7}},
+        {"type": "done", "data": {"sessionId": session, "totalTokens": 2}},
+    ]
+
+
+class MalformedEngine:
+    """Returns the given events as they are, however wrong."""
+
+    name = "malformed"
+    version = "1"
+
+    def __init__(self, events: Any) -> None:
+        self.events = events
+
+    def run(self, scenario_id: str, seed: int) -> Any:
+        return self.events

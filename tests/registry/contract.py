@@ -1,0 +1,178 @@
+"""The registry contract: one suite that every backend runs (see test_memory.py).
+
+A backend's test class subclasses ``RegistryContract`` and provides two fixtures:
+``make_registry(ttl_ms, max_entries)`` and ``advance(ms)``, which moves its clock.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from app.models import RunRecord
+
+TTL_MS = 60_000
+
+
+def record(cache_key: str = "k1", scenario_id: str = "s", run_id: str | None = None) -> RunRecord:
+    """A small record; the registry stores it whole and never looks inside its events."""
+    return RunRecord(
+        run_id=run_id or f"run_{cache_key}",
+        cache_key=cache_key,
+        scenario_id=scenario_id,
+        seed=1,
+        engine_code_hash="h",
+        engine_name="fake",
+        engine_version="1",
+        created_at=1,
+        event_count=1,
+        events_sha256="0" * 64,
+        events_json=b'[{"data":{},"type":"done"}]',
+    )
+
+
+class Builder:
+    """A build callable that counts its calls and can be held open or made to fail."""
+
+    def __init__(self, result: RunRecord, gate: threading.Event | None = None, error: Exception | None = None):
+        self.result, self.gate, self.error = result, gate, error
+        self.calls = 0
+        self.entered = threading.Event()
+
+    def __call__(self) -> RunRecord:
+        self.calls += 1
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(timeout=30), "test gate never opened"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class RegistryContract:
+    @pytest.fixture
+    def registry(self, make_registry):
+        return make_registry(ttl_ms=TTL_MS, max_entries=100)
+
+    def test_unknown_key_and_run_id_are_absent(self, registry):
+        assert registry.touch("nope") is None
+        assert registry.get("run_nope") is None
+
+    def test_create_once_builds_stores_and_answers_by_run_id(self, registry):
+        build = Builder(record())
+        live, created = registry.create_once("k1", build)
+        assert created is True and build.calls == 1
+        assert live.record == record() and live.hits == 0
+        found = registry.get("run_k1")
+        assert found is not None and found.record == record() and found.hits == 0
+        assert found.expires_at == live.expires_at
+
+    def test_create_once_of_a_live_key_is_a_hit_without_building(self, registry):
+        registry.create_once("k1", Builder(record()))
+        build = Builder(record(run_id="run_other"))
+        live, created = registry.create_once("k1", build)
+        assert (created, build.calls, live.record.run_id, live.hits) == (False, 0, "run_k1", 1)
+
+    def test_touch_renews_the_ttl_and_counts_a_hit(self, registry, advance):
+        first, _ = registry.create_once("k1", Builder(record()))
+        advance(TTL_MS - 1_000)
+        touched = registry.touch("k1")
+        assert touched is not None and touched.hits == 1
+        assert touched.expires_at >= first.expires_at + TTL_MS - 1_000
+        advance(TTL_MS - 1_000)
+        assert registry.touch("k1") is not None
+
+    def test_get_neither_renews_nor_counts(self, registry, advance):
+        first, _ = registry.create_once("k1", Builder(record()))
+        advance(1_000)
+        found = registry.get("run_k1")
+        assert (found.expires_at, found.hits) == (first.expires_at, 0)
+
+    def test_entry_expires_after_its_ttl(self, registry, advance):
+        registry.create_once("k1", Builder(record()))
+        advance(TTL_MS)
+        assert registry.get("run_k1") is None
+        assert registry.touch("k1") is None
+        build = Builder(record(run_id="run_k1_again"))
+        live, created = registry.create_once("k1", build)
+        assert created is True and live.record.run_id == "run_k1_again"
+        assert registry.get("run_k1") is None
+
+    def test_failed_build_stores_nothing_and_the_next_call_builds(self, registry):
+        with pytest.raises(RuntimeError, match="boom"):
+            registry.create_once("k1", Builder(record(), error=RuntimeError("boom")))
+        assert registry.touch("k1") is None and registry.get("run_k1") is None
+        build = Builder(record())
+        assert registry.create_once("k1", build)[1] is True and build.calls == 1
+
+    def test_least_recently_used_entry_is_evicted_at_the_cap(self, make_registry):
+        registry = make_registry(ttl_ms=TTL_MS, max_entries=3)
+        for key in ("a", "b", "c"):
+            registry.create_once(key, Builder(record(key)))
+        registry.touch("a")
+        registry.create_once("d", Builder(record("d")))
+        assert registry.get("run_b") is None
+        assert all(registry.get(f"run_{key}") is not None for key in ("a", "c", "d"))
+        stats = registry.stats()
+        assert (stats.total_entries, stats.evictions) == (3, 1)
+
+    def test_expired_entries_go_without_being_touched(self, registry, advance):
+        for key in ("a", "b", "c"):
+            registry.create_once(key, Builder(record(key)))
+        advance(TTL_MS)
+        stats = registry.stats()
+        assert (stats.total_entries, stats.entries_by_scenario, stats.expirations) == (0, {}, 3)
+
+    def test_stats_count_entries_by_scenario(self, registry):
+        for key, scenario in (("a", "x"), ("b", "x"), ("c", "y")):
+            registry.create_once(key, Builder(record(key, scenario)))
+        stats = registry.stats()
+        assert (stats.total_entries, stats.entries_by_scenario) == (3, {"x": 2, "y": 1})
+        assert (stats.evictions, stats.expirations) == (0, 0)
+
+    def test_concurrent_creators_of_one_key_build_once(self, registry):
+        gate = threading.Event()
+        build = Builder(record(), gate=gate)
+        start = threading.Barrier(64)
+
+        def create():
+            start.wait()
+            return registry.create_once("k1", build)
+
+        with ThreadPoolExecutor(max_workers=64) as pool:
+            futures = [pool.submit(create) for _ in range(64)]
+            assert build.entered.wait(timeout=30)
+            gate.set()
+            results = [future.result(timeout=30) for future in futures]
+        assert build.calls == 1
+        assert sum(created for _, created in results) == 1
+        assert {live.record.run_id for live, _ in results} == {"run_k1"}
+        assert registry.get("run_k1").hits == 63
+
+    def test_a_slow_build_does_not_hold_up_other_keys(self, registry):
+        gate = threading.Event()
+        slow = Builder(record("slow"), gate=gate)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(registry.create_once, "slow", slow)
+            assert slow.entered.wait(timeout=30)
+            # While "slow" is still building, other keys are created and read freely.
+            assert registry.create_once("fast", Builder(record("fast")))[1] is True
+            assert registry.touch("fast") is not None and registry.get("run_fast") is not None
+            assert not pending.done()
+            gate.set()
+            assert pending.result(timeout=30)[1] is True
+
+    def test_callers_waiting_on_a_failed_build_get_its_error(self, registry):
+        gate = threading.Event()
+        build = Builder(record(), gate=gate, error=RuntimeError("boom"))
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            leader = pool.submit(registry.create_once, "k1", build)
+            assert build.entered.wait(timeout=30)
+            waiters = [pool.submit(registry.create_once, "k1", build) for _ in range(7)]
+            gate.set()
+            for future in [leader, *waiters]:
+                with pytest.raises(RuntimeError, match="boom"):
+                    future.result(timeout=30)
+        assert registry.touch("k1") is None

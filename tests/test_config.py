@@ -1,0 +1,64 @@
+"""Settings: defaults, parsing, and one clear line naming the variable for every bad value."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.config import DEFAULT_ENGINE
+from app.config import ConfigError
+from app.config import Settings
+from app.config import load_settings
+
+
+def test_defaults():
+    assert load_settings({}) == Settings()
+    assert Settings().ttl_ms == 3_600_000 and Settings().max_entries == 10_000
+    assert Settings().registry_url == "memory://" and Settings().engine == DEFAULT_ENGINE
+
+
+def test_values_are_parsed():
+    settings = load_settings({
+        "RUN_REGISTRY_TTL_MIN": "0.05",
+        "RUN_REGISTRY_MAX_ENTRIES": "5",
+        "RUN_REGISTRY_URL": "memory://",
+        "RUN_REGISTRY_ENGINE": "tests.fakes:FakeEngine",
+        "ENGINE_CODE_HASH": "abc",
+    })
+    assert (settings.ttl_minutes, settings.ttl_ms, settings.max_entries) == (0.05, 3000, 5)
+    assert (settings.engine, settings.engine_code_hash) == ("tests.fakes:FakeEngine", "abc")
+
+
+def test_empty_variables_mean_the_default():
+    assert load_settings({"RUN_REGISTRY_TTL_MIN": "", "RUN_REGISTRY_MAX_ENTRIES": " "}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("RUN_REGISTRY_TTL_MIN", "0"),
+        ("RUN_REGISTRY_TTL_MIN", "-1"),
+        ("RUN_REGISTRY_TTL_MIN", "abc"),
+        ("RUN_REGISTRY_TTL_MIN", "nan"),
+        ("RUN_REGISTRY_TTL_MIN", "inf"),
+        ("RUN_REGISTRY_TTL_MIN", "1e30"),
+        ("RUN_REGISTRY_MAX_ENTRIES", "0"),
+        ("RUN_REGISTRY_MAX_ENTRIES", "-5"),
+        ("RUN_REGISTRY_MAX_ENTRIES", "1.5"),
+        ("RUN_REGISTRY_MAX_ENTRIES", "ten"),
+        ("RUN_REGISTRY_URL", "postgres://db"),
+        ("RUN_REGISTRY_ENGINE", "no-colon"),
+        ("RUN_REGISTRY_ENGINE", "a:b\nc"),
+    ],
+)
+def test_invalid_setting_is_one_line_naming_the_variable(name, value):
+    with pytest.raises(ConfigError) as raised:
+        load_settings({name: value})
+    message = str(raised.value)
+    assert message.startswith(name) and "\n" not in message
+
+
+def test_first_commit_variable_wins():
+    environ = {"SOURCE_VERSION": "source", "HEROKU_SLUG_COMMIT": "slug"}
+    assert load_settings(environ).engine_commit == "source"
+    assert load_settings({**environ, "ENGINE_COMMIT_SHA": "commit"}).engine_commit == "commit"
+    assert load_settings({"HEROKU_SLUG_COMMIT": "slug"}).engine_commit == "slug"

@@ -1,0 +1,87 @@
+"""The service under a real gunicorn with the project's own gunicorn.conf.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from tests.servers import GUNICORN
+from tests.servers import ROOT
+from tests.servers import Gunicorn
+from tests.servers import http
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
+    with Gunicorn(log_path, env={"WEB_CONCURRENCY": "4"}) as running:
+        yield running
+
+
+def test_lookup_twice_then_events(server):
+    first = http("GET", f"{server.url}/runs/lookup?scenarioId=pricing-v1&seed=42")
+    assert first.status == 200 and first.json()["source"] == "new"
+    second = http("GET", f"{server.url}/runs/lookup?scenarioId=pricing-v1&seed=42")
+    assert second.json() == {"runId": first.json()["runId"], "source": "cache"}
+    events = http("GET", f"{server.url}/runs/{first.json()['runId']}/events")
+    assert events.status == 200 and events.headers["Content-Type"] == "application/json"
+    assert events.json()["count"] == len(events.json()["events"]) > 100
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "body"),
+    [
+        ("/runs/lookup?scenarioId=test&seed=invalid", 400,
+         {"type": "BAD_INPUT", "message": "seed must be a valid integer"}),
+        ("/runs/non-existent-run/events", 404, {"type": "BAD_INPUT", "message": "Run non-existent-run not found"}),
+        ("/nowhere", 404, {"type": "NOT_FOUND", "message": "No such endpoint"}),
+    ],
+    ids=["bad-seed", "unknown-run", "unknown-route"],
+)
+def test_errors_are_json(server, path, status, body):
+    reply = http("GET", server.url + path)
+    assert (reply.status, reply.json()) == (status, body)
+    assert reply.headers["Content-Type"] == "application/json"
+
+
+def test_one_worker_whatever_web_concurrency_says(server):
+    log = server.log()
+    assert log.count("Booting worker") == 1
+    assert "1 worker process with 4 threads" in log and "WEB_CONCURRENCY=4 ignored" in log
+
+
+def test_access_log_goes_to_stdout(server):
+    http("GET", f"{server.url}/runs/lookup?scenarioId=logged&seed=1")
+    assert '"GET /runs/lookup?scenarioId=logged&seed=1 HTTP/1.1" 200' in server.log()
+
+
+def test_port_variable_binds_all_interfaces(tmp_path):
+    with Gunicorn(tmp_path / "port.log", bind=False) as running:
+        assert http("GET", f"{running.url}/runs/lookup?scenarioId=a&seed=1").status == 200
+        assert f"Listening at: http://0.0.0.0:{running.port}" in running.log()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("RUN_REGISTRY_TTL_MIN", "0"), ("RUN_REGISTRY_MAX_ENTRIES", "abc"), ("RUN_REGISTRY_ENGINE", "nope:Engine"),
+     ("GUNICORN_THREADS", "-1")],
+)
+def test_refused_setting_stops_start_up_with_one_line(name, value):
+    env = {**os.environ, name: value}
+    result = subprocess.run(
+        [str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app", "--bind", "127.0.0.1:0"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode != 0
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1 and name in lines[0] and lines[0].startswith("run-registry: refusing to start")
+
+
+def test_sigterm_stops_gracefully(tmp_path):
+    running = Gunicorn(tmp_path / "stop.log").start()
+    assert running.stop() == 0
+    assert "Shutting down: Master" in running.log()
