@@ -33,7 +33,7 @@ def test_first_lookup_is_new_and_repeats_are_cache(client):
 
 @pytest.mark.parametrize(
     "query",
-    ["scenarioId=pricing-v1&seed=042", "scenarioId=pricing-v1&seed=%2B42", 
+    ["scenarioId=pricing-v1&seed=042", "scenarioId=pricing-v1&seed=%2B42",
      "seed=42&scenarioId=pricing-v1&extra=ignored&other=1&other=2"],
     ids=["leading-zero", "percent-encoded-plus", "reordered-with-unknown-parameters"],
 )
@@ -99,7 +99,8 @@ def test_different_keys_are_different_runs(client, first, second):
         "fraction", "exponent", "underscore", "leading-space", "raw-plus-is-space", "trailing-space", "letters",
         "hex", "arabic-indic-digits", "trailing-newline", "double-sign",
         "above-safe-integer", "below-safe-integer", "five-thousand-digits",
-        "leading-underscore", "leading-dot", "slash", "space", "non-ascii", "nul", "scenario-trailing-newline", "129-characters",
+        "leading-underscore", "leading-dot", "slash", "space", "non-ascii", "nul", "scenario-trailing-newline",
+        "129-characters",
         "scenario-twice", "seed-twice",
     ],
 )
@@ -126,7 +127,7 @@ def test_lookup_accepts_the_edges_of_valid_input(fake_client, query):
     assert response.get_json()["source"] == "new"
 
 
-def test_cache_key_is_the_documented_digest(client, app):
+def test_cache_key_is_the_documented_digest(client):
     run_id = lookup(client, "scenarioId=pricing-v1&seed=042").get_json()["runId"]
     metadata = client.get(f"/runs/{run_id}").get_json()
     expected = hashlib.sha256(b"pricing-v1:42:test-code-hash").hexdigest()

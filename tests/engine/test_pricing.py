@@ -55,7 +55,8 @@ def test_load_engine_accepts_a_class_an_instance_or_a_factory():
 
 @pytest.mark.parametrize(
     "spec",
-    ["no.such.module:Engine", "app.engine.pricing:NoSuchEngine", "app.engine.pricing:CUSTOMERS", "tests.fakes:transcript"],
+    ["no.such.module:Engine", "app.engine.pricing:NoSuchEngine", "app.engine.pricing:CUSTOMERS",
+     "tests.fakes:transcript"],
     ids=["missing-module", "missing-attribute", "not-callable", "factory-returning-no-engine"],
 )
 def test_load_engine_refuses_what_is_no_engine(spec):
