@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from flask import Flask
+from flask import Response
 
 from app.config import Settings
 from app.config import load_settings
@@ -32,13 +33,22 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.extensions["run_service"] = RunService(make_registry(settings), engine, settings)
     register_error_handlers(app)
     register_blueprints(app)
+    app.after_request(_hardening_headers)
     return app
+
+
+def _hardening_headers(response: Response) -> Response:
+    """Browsers must take every body as the type we declare (no sniffing JSON into HTML)."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 def register_blueprints(app: Flask) -> None:
     """Attach every endpoint; imported here so nothing else imports the blueprints."""
+    from app.api import compare
     from app.api import events
+    from app.api import evidence
     from app.api import lookup
 
-    app.register_blueprint(lookup.bp)
-    app.register_blueprint(events.bp)
+    for blueprint in (lookup.bp, events.bp, evidence.bp, compare.bp):
+        app.register_blueprint(blueprint)

@@ -29,6 +29,7 @@ class Settings:
     engine: str = DEFAULT_ENGINE
     engine_code_hash: str | None = None
     engine_commit: str | None = None
+    paced_replays: int = 2
 
     @property
     def ttl_ms(self) -> int:
@@ -44,6 +45,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         registry_url=_registry_url(environ),
         engine=_engine_spec(environ),
         engine_code_hash=_non_empty(environ, "ENGINE_CODE_HASH"),
+        paced_replays=positive_int(environ, "RUN_REGISTRY_PACED_REPLAYS", default=2),
         engine_commit=next(
             (value for name in COMMIT_VARIABLES if (value := _non_empty(environ, name))), None
         ),

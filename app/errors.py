@@ -52,6 +52,10 @@ class EngineFailed(ServiceError):
     error_type, status = "ENGINE_ERROR", 500
 
 
+class EngineMismatch(ServiceError):
+    error_type, status = "ENGINE_MISMATCH", 409
+
+
 class Unavailable(ServiceError):
     error_type, status = "UNAVAILABLE", 503
 
@@ -68,7 +72,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ServiceError)
     def handle_service_error(error: ServiceError) -> Response:
-        return error_response(error.error_type, error.message, error.status)
+        response = error_response(error.error_type, error.message, error.status)
+        if error.status == 503:
+            response.headers["Retry-After"] = "1"  # outages and busy replays are short-lived
+        return response
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(error: HTTPException) -> Response:

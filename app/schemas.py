@@ -10,6 +10,7 @@ from marshmallow import EXCLUDE
 from marshmallow import Schema
 from marshmallow import ValidationError
 from marshmallow import fields
+from marshmallow import post_load
 from marshmallow import pre_load
 from marshmallow import validate
 
@@ -20,7 +21,11 @@ MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript's Number.MAX_SAFE_INTEGER: seeds surv
 SCENARIO_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _SEED_PATTERN = re.compile(r"[+-]?[0-9]+")
 
+LIVE_PACE_MS = 50  # the default engine's nominal rhythm: 20 events a second
+MAX_PACE_MS = 1000
+
 REQUIRED_MESSAGE = "scenarioId and seed parameters required"
+COMPARE_BODY_MESSAGE = 'the body must be a JSON object: {"left": {"scenarioId", "seed"}, "right": {...}}'
 SEED_MESSAGE = "seed must be a valid integer"
 SEED_RANGE_MESSAGE = (
     f"seed must be a valid integer between -{MAX_SAFE_INTEGER} and {MAX_SAFE_INTEGER}"
@@ -68,8 +73,83 @@ def scenario_id_field(**kwargs: Any) -> fields.String:
     )
 
 
-class LookupQuery(Schema):
-    """``GET /runs/lookup?scenarioId=&seed=``; unknown parameters are ignored."""
+class QuerySchema(Schema):
+    """A query string: unknown parameters are ignored, a repeated known one is refused."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    @pre_load
+    def refuse_repeated(self, data: Mapping[str, Any], **kwargs: Any) -> Mapping[str, Any]:
+        """``seed=1&seed=2`` is ambiguous; taking either value would be a guess."""
+        getlist = getattr(data, "getlist", None)
+        for field in self.load_fields.values():
+            name = field.data_key or field.name
+            if getlist is not None and len(getlist(name)) > 1:
+                raise ValidationError(f"{name} parameter given more than once")
+        return data
+
+
+class LookupQuery(QuerySchema):
+    """``GET /runs/lookup?scenarioId=&seed=``."""
+
+    scenario_id = scenario_id_field(data_key="scenarioId")
+    seed = Seed(required=True)
+
+    @pre_load
+    def refuse_missing(self, data: Mapping[str, Any], **kwargs: Any) -> Mapping[str, Any]:
+        """Empty counts as missing, with the one message the contract gives for both."""
+        if any(data.get(name) in (None, "") for name in ("scenarioId", "seed")):
+            raise ValidationError(REQUIRED_MESSAGE)
+        return data
+
+
+class Position(fields.Field):
+    """An event position: a positive decimal integer (whether it is in the run, the service checks)."""
+
+    default_error_messages = {"invalid": "{name} must be the position of an event (a positive integer)"}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int | None:
+        if value == "":
+            return None  # an empty Last-Event-ID is how EventSource says "none" (the SSE specification)
+        if not (isinstance(value, str) and re.fullmatch(r"[0-9]{1,10}", value) and int(value) > 0):
+            raise self.make_error("invalid", name=self.data_key)
+        return int(value)
+
+
+class Pace(fields.Field):
+    """Replay pacing: ``live`` for the engine's nominal rhythm, or milliseconds between events."""
+
+    default_error_messages = {
+        "invalid": f"pace must be 'live' or a delay in milliseconds from 0 to {MAX_PACE_MS}",
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if value == "live":
+            return LIVE_PACE_MS
+        if isinstance(value, str) and re.fullmatch(r"[0-9]{1,4}", value) and int(value) <= MAX_PACE_MS:
+            return int(value)
+        raise self.make_error("invalid")
+
+
+class ReplayQuery(QuerySchema):
+    """SSE replay: ``?lastEventId=&pace=``, plus the ``Last-Event-ID`` header the view adds."""
+
+    last_event_id = Position(data_key="lastEventId", load_default=None)
+    last_event_id_header = Position(data_key="Last-Event-ID", load_default=None)
+    pace = Pace(load_default=0)
+
+    @post_load
+    def one_position(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        header, query = data.pop("last_event_id_header"), data["last_event_id"]
+        if header is not None and query is not None and header != query:
+            raise ValidationError("Last-Event-ID header and lastEventId parameter disagree")
+        data["last_event_id"] = header if header is not None else query
+        return data
+
+
+class RunRef(Schema):
+    """One side of a comparison: ``{"scenarioId", "seed"}``; a number or a decimal string seed."""
 
     class Meta:
         unknown = EXCLUDE
@@ -78,15 +158,32 @@ class LookupQuery(Schema):
     seed = Seed(required=True)
 
     @pre_load
-    def refuse_missing_or_repeated(self, data: Mapping[str, Any], **kwargs: Any) -> Mapping[str, Any]:
-        """Empty counts as missing; a repeated parameter is ambiguous, so it is refused."""
-        names = ("scenarioId", "seed")
-        if any(data.get(name) in (None, "") for name in names):
-            raise ValidationError(REQUIRED_MESSAGE)
-        getlist = getattr(data, "getlist", None)
-        for name in names:
-            if getlist is not None and len(getlist(name)) > 1:
-                raise ValidationError(f"{name} parameter given more than once")
+    def refuse_missing(self, data: Mapping[str, Any], **kwargs: Any) -> Mapping[str, Any]:
+        if any(data.get(name) in (None, "") for name in ("scenarioId", "seed")):
+            raise ValidationError("scenarioId and seed are required")
+        return data
+
+
+def run_ref_field(side: str) -> fields.Nested:
+    return fields.Nested(RunRef, required=True, error_messages={"required": f"{side} is required"})
+
+
+class CompareBody(Schema):
+    """``POST /compare``: ``{"left": {"scenarioId", "seed"}, "right": {...}}``."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    left = run_ref_field("left")
+    right = run_ref_field("right")
+
+    @pre_load
+    def require_objects(self, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(data, Mapping):
+            raise ValidationError(COMPARE_BODY_MESSAGE)
+        for side in ("left", "right"):
+            if side in data and not isinstance(data[side], Mapping):
+                raise ValidationError({side: [f"{side} must be an object with scenarioId and seed"]})
         return data
 
 
@@ -99,12 +196,19 @@ def load_or_bad_input(schema: Schema, data: object) -> Any:
 
 
 def first_message(messages: object) -> str:
-    """The first message of marshmallow's nested error structure, in field order."""
+    """The first message of marshmallow's nested errors, prefixed with the part it is in.
+
+    ``{"seed": ["seed must ..."]}`` gives the message as it is (it names its field);
+    ``{"left": {"seed": [...]}}`` gives ``"left: seed must ..."``.
+    """
+    path: list[str] = []
     while not isinstance(messages, str):
         if isinstance(messages, dict) and messages:
-            messages = next(iter(messages.values()))
+            key, messages = next(iter(messages.items()))
+            path.append(str(key))
         elif isinstance(messages, list) and messages:
             messages = messages[0]
         else:
             return "invalid input"
-    return messages
+    parts = [part for part in path[:-1] if part != "_schema"]
+    return ": ".join([*parts, messages]) if parts else messages

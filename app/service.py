@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import threading
 import time
+from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from app.clock import now_ms
 from app.code_hash import engine_code_hash
 from app.config import Settings
 from app.engine.base import Engine
+from app.engine.base import Event
+from app.errors import BadInput
 from app.errors import EngineFailed
+from app.errors import EngineMismatch
 from app.errors import RunNotFound
 from app.errors import Unavailable
+from app.evidence.csv_export import events_csv
+from app.evidence.diff import TranscriptDiff
+from app.evidence.diff import diff_transcripts
+from app.evidence.diff import first_difference
+from app.evidence.snapshot import snapshot_zip
+from app.evidence.sse import sse_messages
 from app.models import LiveRun
 from app.models import RunKey
 from app.models import RunRecord
@@ -40,6 +53,8 @@ class RunService:
         self._engine = engine
         self.engine_code_hash = engine_code_hash(engine, settings)
         self._run_id_clock = _UniqueMillis()
+        # A paced replay holds a server thread for its whole length: bound how many may.
+        self._paced_replays = threading.BoundedSemaphore(settings.paced_replays)
 
     def lookup(self, scenario_id: str, seed: int) -> tuple[LiveRun, Source]:
         """Return the live run for the key, executing the engine once if there is none.
@@ -61,6 +76,69 @@ class RunService:
         if live is None:
             raise RunNotFound(f"Run {printable(run_id)} not found")
         return live
+
+    def replay(self, run_id: str, last_event_id: int | None, pace_ms: int) -> Iterable[bytes]:
+        """The transcript as Server-Sent Events, resuming after ``last_event_id``.
+
+        :raises BadInput: ``last_event_id`` is not a position in the run.
+        :raises Unavailable: too many paced replays are already running.
+        """
+        record = self.run(run_id).record
+        if last_event_id is not None and not 1 <= last_event_id <= record.event_count:
+            raise BadInput(
+                f"Last-Event-ID {last_event_id} is not a position in this run (1 to {record.event_count})"
+            )
+        messages = sse_messages(_events(record), after=last_event_id or 0, pace_ms=pace_ms)
+        if not pace_ms:
+            return messages
+        if not self._paced_replays.acquire(blocking=False):
+            raise Unavailable("Too many paced replays are running; retry shortly, or replay without pace")
+        return _ReleasingStream(messages, self._paced_replays.release)
+
+    def export_csv(self, run_id: str) -> bytes:
+        """The transcript as spreadsheet-safe CSV."""
+        return events_csv(_events(self.run(run_id).record))
+
+    def snapshot(self, run_id: str) -> bytes:
+        """The run's ZIP evidence pack; the same bytes every time for the same run."""
+        record = self.run(run_id).record
+        return snapshot_zip(record, events_csv(_events(record)))
+
+    def compare(self, left: tuple[str, int], right: tuple[str, int]) -> Comparison:
+        """Look both runs up (get or create, renewing them) and diff their transcripts."""
+        left_run, left_source = self.lookup(*left)
+        right_run, right_source = self.lookup(*right)
+        return Comparison(
+            left_run, left_source, right_run, right_source,
+            diff_transcripts(_events(left_run.record), _events(right_run.record)),
+        )
+
+    def verify(self, run_id: str) -> Verification:
+        """Execute the engine again and check the new transcript against the recorded bytes.
+
+        :raises EngineMismatch: the run was recorded by other engine code than this one.
+        :raises EngineFailed: the engine raised or returned malformed events.
+        """
+        record = self.run(run_id).record
+        if record.engine_code_hash != self.engine_code_hash:
+            raise EngineMismatch(
+                f"Run {run_id} was recorded under engineCodeHash {record.engine_code_hash};"
+                f" this service runs {self.engine_code_hash}"
+            )
+        started = time.perf_counter()
+        replayed = self._execute(RunKey(record.scenario_id, record.seed, record.engine_code_hash))
+        duration_ms = (time.perf_counter() - started) * 1000
+        reproducible = replayed.events_json == record.events_json
+        return Verification(
+            run_id=record.run_id,
+            reproducible=reproducible,
+            recorded_sha256=record.events_sha256,
+            replayed_sha256=replayed.events_sha256,
+            first_difference=None if reproducible else first_difference(_events(record), _events(replayed)),
+            recorded_count=record.event_count,
+            replayed_count=replayed.event_count,
+            duration_ms=round(duration_ms, 3),
+        )
 
     def _execute(self, key: RunKey) -> RunRecord:
         started = time.perf_counter()
@@ -89,6 +167,48 @@ class RunService:
             events_sha256=hashlib.sha256(events_json).hexdigest(),
             events_json=events_json,
         )
+
+
+@dataclass(frozen=True)
+class Comparison:
+    left: LiveRun
+    left_source: Source
+    right: LiveRun
+    right_source: Source
+    diff: TranscriptDiff
+
+
+@dataclass(frozen=True)
+class Verification:
+    run_id: str
+    reproducible: bool
+    recorded_sha256: str
+    replayed_sha256: str
+    first_difference: int | None
+    recorded_count: int
+    replayed_count: int
+    duration_ms: float
+
+
+class _ReleasingStream:
+    """A response body that gives its replay slot back when the server closes it.
+
+    WSGI servers call ``close()`` whether the stream ran out or the client left; a
+    generator's own ``finally`` would not run if it was closed before it started.
+    """
+
+    def __init__(self, messages: Iterator[bytes], release: Callable[[], None]) -> None:
+        self._messages = messages
+        self._release = release
+        self._released = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._messages
+
+    def close(self) -> None:
+        if not self._released:
+            self._released = True
+            self._release()
 
 
 class _UniqueMillis:
@@ -128,3 +248,8 @@ def _validated_events_json(events: Sequence[object]) -> bytes | None:
         return canonical_json(events)
     except (TypeError, ValueError):
         return None
+
+
+def _events(record: RunRecord) -> list[Event]:
+    events: list[Event] = json.loads(record.events_json)
+    return events

@@ -60,3 +60,38 @@ class MalformedEngine:
 
     def run(self, scenario_id: str, seed: int) -> Any:
         return self.events
+
+
+class ChangingEngine:
+    """Deliberately non-deterministic: every run tells a different story."""
+
+    name = "changing"
+    version = "1"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def run(self, scenario_id: str, seed: int) -> list[dict[str, Any]]:
+        self.calls += 1
+        events = transcript(scenario_id, seed)
+        events[2] = {"type": "token", "data": {"text": f" run {self.calls}", "tokenIndex": 2}}
+        return events
+
+
+FORMULA_TEXTS = ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "\rcmd", "  =1+1", "safe -1"]
+
+
+class FormulaEngine:
+    """Tokens a spreadsheet would execute, and markup a browser would, if either were trusted."""
+
+    name = "formula"
+    version = "1"
+
+    def run(self, scenario_id: str, seed: int) -> list[dict[str, Any]]:
+        texts = [*FORMULA_TEXTS, "<img src=x onerror=\"document.title='owned'\">"]
+        return [
+            {"type": "start", "data": {"sessionId": "session_f", "scenarioId": scenario_id, "seed": seed}},
+            *({"type": "token", "data": {"text": text, "tokenIndex": index}} for index, text in enumerate(texts, 1)),
+            {"type": "report", "data": {"<b>metric</b>": 1}},
+            {"type": "done", "data": {"sessionId": "session_f", "totalTokens": len(texts)}},
+        ]

@@ -1,4 +1,4 @@
-"""GET /runs/<runId> and /runs/<runId>/events: a run's metadata and its transcript."""
+"""GET /runs/<runId> and /runs/<runId>/events: a run's metadata and its transcript (JSON or SSE)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,17 @@ from typing import Any
 
 from flask import Blueprint
 from flask import Response
+from flask import request
+from werkzeug.datastructures import CombinedMultiDict
+from werkzeug.datastructures import MultiDict
 
 from app.api import run_service
+from app.schemas import ReplayQuery
+from app.schemas import load_or_bad_input
 
 bp = Blueprint("events", __name__)
+_replay_query = ReplayQuery()
+EVENT_STREAM = "text/event-stream"
 
 
 @bp.get("/runs/<run_id>")
@@ -35,7 +42,9 @@ def show_run(run_id: str) -> dict[str, Any]:
 
 @bp.get("/runs/<run_id>/events")
 def list_events(run_id: str) -> Response:
-    """The recorded transcript, served from its stored bytes without re-encoding."""
+    """The transcript: JSON from its stored bytes, or Server-Sent Events when the client asks."""
+    if request.accept_mimetypes.best_match(["application/json", EVENT_STREAM]) == EVENT_STREAM:
+        return _replay(run_id)
     record = run_service().run(run_id).record
     body = b"".join((
         b'{"runId":', json.dumps(record.run_id).encode(),
@@ -43,3 +52,15 @@ def list_events(run_id: str) -> Response:
         b',"count":', str(record.event_count).encode(), b"}",
     ))
     return Response(body, mimetype="application/json")
+
+
+def _replay(run_id: str) -> Response:
+    header = request.headers.get("Last-Event-ID")
+    sources = [request.args] if header is None else [request.args, MultiDict({"Last-Event-ID": header})]
+    query = load_or_bad_input(_replay_query, CombinedMultiDict(sources))
+    stream = run_service().replay(run_id, query["last_event_id"], query["pace"])
+    return Response(
+        stream,
+        mimetype=EVENT_STREAM,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},  # nginx: do not buffer
+    )

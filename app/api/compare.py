@@ -1,0 +1,55 @@
+"""POST /compare: two runs, looked up (or created), side by side."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+
+from app.api import json_body
+from app.api import run_service
+from app.evidence.diff import MetricDelta
+from app.models import LiveRun
+from app.schemas import CompareBody
+from app.schemas import load_or_bad_input
+
+bp = Blueprint("compare", __name__)
+_compare_body = CompareBody()
+
+
+@bp.post("/compare")
+def compare() -> dict[str, Any]:
+    """Look both runs up (get or create) and diff their transcripts and reports."""
+    body = load_or_bad_input(_compare_body, json_body())
+    result = run_service().compare(
+        (body["left"]["scenario_id"], body["left"]["seed"]),
+        (body["right"]["scenario_id"], body["right"]["seed"]),
+    )
+    diff = result.diff
+    return {
+        "left": _side(result.left, result.left_source),
+        "right": _side(result.right, result.right_source),
+        "diff": {
+            "identical": diff.identical,
+            "firstDifference": diff.first_difference,
+            "tokens": {"left": diff.left_tokens, "right": diff.right_tokens,
+                       "delta": diff.right_tokens - diff.left_tokens},
+            "report": {name: _metric(metric) for name, metric in diff.metrics.items()},
+        },
+    }
+
+
+def _side(live: LiveRun, source: str) -> dict[str, Any]:
+    record = live.record
+    return {
+        "runId": record.run_id,
+        "source": source,
+        "scenarioId": record.scenario_id,
+        "seed": record.seed,
+        "count": record.event_count,
+        "eventsSha256": record.events_sha256,
+    }
+
+
+def _metric(metric: MetricDelta) -> dict[str, Any]:
+    return {"left": metric.left, "right": metric.right, "delta": metric.delta}

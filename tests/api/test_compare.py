@@ -1,0 +1,128 @@
+"""POST /compare: both runs looked up, transcripts and reports diffed, every bad part named."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+REQUIRED = "scenarioId and seed are required"
+BODY = 'the body must be a JSON object: {"left": {"scenarioId", "seed"}, "right": {...}}'
+
+
+def compare(client, body):
+    if body == "null-json":
+        return client.post("/compare", data=b"null", content_type="application/json")
+    return client.post("/compare", json=body)
+
+
+def test_seed_documents_ab_example(client):
+    """compareWithRegistry() of the original document: both sides with the same seed."""
+    body = compare(client, {"left": {"scenarioId": "pricing-v1", "seed": 42},
+                            "right": {"scenarioId": "pricing-v2", "seed": 42}}).get_json()
+    assert body["left"]["source"] == body["right"]["source"] == "new"
+    assert body["left"]["runId"].startswith("run_pricing-v1_42_")
+    assert body["right"]["runId"].startswith("run_pricing-v2_42_")
+    diff = body["diff"]
+    assert diff["identical"] is False and diff["firstDifference"] == 1
+    assert diff["tokens"] == {"left": 144, "right": 144, "delta": 0}
+    best = diff["report"]["bestPrice"]
+    assert (best["left"], best["right"], best["delta"]) == (63.99, 69.99, 6.0)  # 6.0, not 6.000000000000007
+    assert all(set(metric) == {"left", "right", "delta"} for metric in diff["report"].values())
+
+
+def test_compare_uses_and_renews_cached_runs(fake_client, fake_engine, frozen):
+    left = fake_client.get("/runs/lookup?scenarioId=a&seed=1").get_json()["runId"]
+    frozen.tick(timedelta(minutes=59))
+    body = compare(fake_client, {"left": {"scenarioId": "a", "seed": 1}, "right": {"scenarioId": "b", "seed": "2"}})
+    assert body.get_json()["left"] == {**body.get_json()["left"], "runId": left, "source": "cache"}
+    frozen.tick(timedelta(minutes=59))
+    assert fake_client.get("/runs/lookup?scenarioId=a&seed=1").get_json() == {"runId": left, "source": "cache"}
+    assert fake_engine.calls == 2
+
+
+def test_a_run_compared_with_itself_is_identical(fake_client):
+    side = {"scenarioId": "a", "seed": 1}
+    body = compare(fake_client, {"left": side, "right": side}).get_json()
+    assert (body["left"]["source"], body["right"]["source"]) == ("new", "cache")
+    assert body["left"]["runId"] == body["right"]["runId"]
+    assert body["diff"]["identical"] is True and body["diff"]["firstDifference"] is None
+    assert body["diff"]["report"] == {"score": {"left": 1, "right": 1, "delta": 0}}
+
+
+def test_metrics_present_on_one_side_only_have_no_delta(fake_client):
+    body = compare(fake_client, {"left": {"scenarioId": "a", "seed": 1}, "right": {"scenarioId": "b", "seed": 3}})
+    assert body.get_json()["diff"]["report"] == {"score": {"left": 1, "right": 3, "delta": 2}}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"right": {"scenarioId": "a", "seed": 1}}, "left is required"),
+        ({"left": {"scenarioId": "a", "seed": 1}}, "right is required"),
+        ({"left": None, "right": {"scenarioId": "a", "seed": 1}}, "left must be an object with scenarioId and seed"),
+        ({"left": [1], "right": {"scenarioId": "a", "seed": 1}}, "left must be an object with scenarioId and seed"),
+        ({"left": {"seed": 1}, "right": {"scenarioId": "a", "seed": 1}}, f"left: {REQUIRED}"),
+        ({"left": {"scenarioId": "a", "seed": 1}, "right": {"scenarioId": "a"}}, f"right: {REQUIRED}"),
+        ({"left": {"scenarioId": "a", "seed": 1}, "right": {"scenarioId": "", "seed": 1}}, f"right: {REQUIRED}"),
+        ({"left": {"scenarioId": "a", "seed": 1.5}, "right": {"scenarioId": "a", "seed": 1}},
+         "left: seed must be a valid integer"),
+        ({"left": {"scenarioId": "a", "seed": True}, "right": {"scenarioId": "a", "seed": 1}},
+         "left: seed must be a valid integer"),
+        ({"left": {"scenarioId": "a", "seed": 1}, "right": {"scenarioId": "a", "seed": 2**53}},
+         "right: seed must be a valid integer between -9007199254740991 and 9007199254740991"),
+        ({"left": {"scenarioId": "a/b", "seed": 1}, "right": {"scenarioId": "a", "seed": 1}},
+         "left: scenarioId must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-', starting with a letter or"
+         " digit"),
+        ({"left": {"scenarioId": 5, "seed": 1}, "right": {"scenarioId": "a", "seed": 1}},
+         "left: scenarioId must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-', starting with a letter or"
+         " digit"),
+        ([], BODY),
+        ("text", BODY),
+        ("null-json", BODY),
+    ],
+    ids=["no-left", "no-right", "null-left", "list-left", "left-no-scenario", "right-no-seed", "right-empty-scenario",
+         "fractional-seed", "boolean-seed", "unsafe-seed", "bad-scenario", "numeric-scenario", "list-body",
+         "string-body", "null-body"],
+)
+def test_each_malformed_part_is_named(fake_client, fake_engine, body, message):
+    response = compare(fake_client, body)
+    assert response.status_code == 400
+    assert response.get_json() == {"type": "BAD_INPUT", "message": message}
+    assert fake_engine.calls == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "message"),
+    [
+        (b'{"left": ', "application/json", "the body is not valid JSON"),
+        (b"\xff\xfe", "application/json", "the body is not valid JSON"),
+        (b"[" * 20000 + b"]" * 20000, "application/json", "the body is not valid JSON"),
+        (b'{"left": {}}', "text/plain", "the body must be JSON, sent with Content-Type: application/json"),
+        (b"left=a", "application/x-www-form-urlencoded",
+         "the body must be JSON, sent with Content-Type: application/json"),
+        (b"", "application/json", "the body is not valid JSON"),
+    ],
+    ids=["truncated", "not-utf8", "deeply-nested", "text-plain", "form", "empty"],
+)
+def test_bodies_that_are_not_json_are_bad_input(fake_client, data, content_type, message):
+    response = fake_client.post("/compare", data=data, content_type=content_type)
+    assert response.status_code == 400
+    assert response.get_json() == {"type": "BAD_INPUT", "message": message}
+
+
+def test_a_body_over_64_kib_is_refused(fake_client):
+    response = fake_client.post("/compare", data=b" " * (64 * 1024 + 1), content_type="application/json")
+    assert response.status_code == 413
+    assert response.get_json() == {"type": "PAYLOAD_TOO_LARGE", "message": "The request body is larger than 64 KiB"}
+
+
+def test_unknown_fields_are_ignored(fake_client):
+    body = {"left": {"scenarioId": "a", "seed": 1, "x": 1}, "right": {"scenarioId": "a", "seed": 1}, "note": "hi"}
+    assert compare(fake_client, body).status_code == 200
+
+
+def test_engine_failure_on_one_side_is_engine_error(fake_client, fake_engine):
+    fake_engine.failures = 1
+    response = compare(fake_client, {"left": {"scenarioId": "a", "seed": 1}, "right": {"scenarioId": "b", "seed": 1}})
+    assert response.status_code == 500 and response.get_json()["type"] == "ENGINE_ERROR"

@@ -1,0 +1,145 @@
+"""SSE replay of /runs/<runId>/events: framing, resume, pacing, bad input, negotiation."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from app import create_app
+from tests.conftest import test_settings
+from tests.fakes import transcript
+
+SSE = {"Accept": "text/event-stream"}
+
+
+def new_run(client):
+    return client.get("/runs/lookup?scenarioId=a&seed=1").get_json()["runId"]
+
+
+def parse_sse(body: bytes) -> tuple[list[str], list[dict]]:
+    """The preamble fields, and each message's fields, of an SSE body."""
+    blocks = body.decode().split("\n\n")
+    assert blocks[-1] == "", "a stream ends with a blank line"
+    parsed = [dict(line.split(": ", 1) for line in block.split("\n")) for block in blocks[:-1]]
+    return parsed[0], parsed[1:]
+
+
+def test_event_stream_replays_every_event_with_its_position(fake_client):
+    run_id = new_run(fake_client)
+    response = fake_client.get(f"/runs/{run_id}/events", headers=SSE)
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    preamble, messages = parse_sse(response.get_data())
+    assert preamble == {"retry": "3000"}
+    expected = transcript("a", 1)
+    assert [m["id"] for m in messages] == [str(n) for n in range(1, len(expected) + 1)]
+    assert [m["event"] for m in messages] == [e["type"] for e in expected]
+    assert [json.loads(m["data"]) for m in messages] == [e["data"] for e in expected]
+    assert messages[1]["data"] == '{"text":"Évaluation","tokenIndex":1}'  # compact, UTF-8
+
+
+@pytest.mark.parametrize("how", ["header", "query", "both"])
+def test_last_event_id_resumes_without_gap_or_duplicate(fake_client, how):
+    run_id = new_run(fake_client)
+    headers = {**SSE, "Last-Event-ID": "2"} if how in ("header", "both") else SSE
+    query = "?lastEventId=2" if how in ("query", "both") else ""
+    _, messages = parse_sse(fake_client.get(f"/runs/{run_id}/events{query}", headers=headers).get_data())
+    assert [m["id"] for m in messages] == ["3", "4", "5"]
+
+
+def test_resuming_from_the_last_position_is_an_empty_stream(fake_client):
+    run_id = new_run(fake_client)
+    response = fake_client.get(f"/runs/{run_id}/events", headers={**SSE, "Last-Event-ID": "5"})
+    assert response.status_code == 200
+    assert parse_sse(response.get_data()) == ({"retry": "3000"}, [])
+
+
+def test_empty_last_event_id_header_means_from_the_start(fake_client):
+    run_id = new_run(fake_client)
+    _, messages = parse_sse(fake_client.get(f"/runs/{run_id}/events", headers={**SSE, "Last-Event-ID": ""}).get_data())
+    assert len(messages) == 5
+
+
+@pytest.mark.parametrize(
+    ("headers", "query", "message"),
+    [
+        ({"Last-Event-ID": "6"}, "", "Last-Event-ID 6 is not a position in this run (1 to 5)"),
+        ({"Last-Event-ID": "0"}, "", "Last-Event-ID must be the position of an event (a positive integer)"),
+        ({"Last-Event-ID": "-1"}, "", "Last-Event-ID must be the position of an event (a positive integer)"),
+        ({"Last-Event-ID": "abc"}, "", "Last-Event-ID must be the position of an event (a positive integer)"),
+        ({}, "?lastEventId=1.5", "lastEventId must be the position of an event (a positive integer)"),
+        ({}, "?lastEventId=99999999999", "lastEventId must be the position of an event (a positive integer)"),
+        ({}, "?lastEventId=1&lastEventId=2", "lastEventId parameter given more than once"),
+        ({"Last-Event-ID": "1"}, "?lastEventId=2", "Last-Event-ID header and lastEventId parameter disagree"),
+        ({}, "?pace=slow", "pace must be 'live' or a delay in milliseconds from 0 to 1000"),
+        ({}, "?pace=1001", "pace must be 'live' or a delay in milliseconds from 0 to 1000"),
+        ({}, "?pace=-5", "pace must be 'live' or a delay in milliseconds from 0 to 1000"),
+    ],
+    ids=["past-the-end", "zero", "negative", "letters", "fraction", "huge", "repeated", "disagreeing", "pace-word",
+         "pace-over-cap", "pace-negative"],
+)
+def test_bad_replay_input_is_bad_input(fake_client, headers, query, message):
+    run_id = new_run(fake_client)
+    response = fake_client.get(f"/runs/{run_id}/events{query}", headers={**SSE, **headers})
+    assert response.status_code == 400
+    assert response.get_json() == {"type": "BAD_INPUT", "message": message}
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [None, "application/json", "*/*", "text/html", "application/json, text/event-stream;q=0.5"],
+)
+def test_any_other_accept_answers_json(fake_client, accept):
+    run_id = new_run(fake_client)
+    headers = {"Accept": accept} if accept else {}
+    response = fake_client.get(f"/runs/{run_id}/events?lastEventId=junk", headers=headers)
+    assert response.status_code == 200 and response.get_json()["count"] == 5
+
+
+def test_unknown_run_stream_is_the_json_404(fake_client):
+    response = fake_client.get("/runs/nope/events", headers=SSE)
+    assert response.status_code == 404
+    assert response.get_json() == {"type": "BAD_INPUT", "message": "Run nope not found"}
+
+
+def test_paced_replay_delivers_the_same_messages(fake_client):
+    run_id = new_run(fake_client)
+    fast = fake_client.get(f"/runs/{run_id}/events", headers=SSE).get_data()
+    paced = fake_client.get(f"/runs/{run_id}/events?pace=1", headers=SSE).get_data()
+    assert paced == fast
+
+
+def test_paced_replays_are_bounded_and_give_their_slot_back(fake_engine):
+    client = create_app(test_settings(paced_replays=1), engine=fake_engine).test_client()
+    run_id = new_run(client)
+    first = client.get(f"/runs/{run_id}/events?pace=1", headers=SSE, buffered=False)
+    busy = client.get(f"/runs/{run_id}/events?pace=1", headers=SSE)
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+    assert busy.get_json()["type"] == "UNAVAILABLE"
+    assert client.get(f"/runs/{run_id}/events", headers=SSE).status_code == 200  # unpaced is never limited
+    first.close()  # the client went away: its slot is free again
+    assert client.get(f"/runs/{run_id}/events?pace=1", headers=SSE).status_code == 200
+
+
+def test_a_replay_does_not_renew_the_run(fake_client):
+    run_id = new_run(fake_client)
+    before = fake_client.get(f"/runs/{run_id}").get_json()
+    fake_client.get(f"/runs/{run_id}/events", headers=SSE)
+    assert fake_client.get(f"/runs/{run_id}").get_json() == before
+
+
+def test_streams_of_many_clients_at_once_are_whole(fake_client):
+    run_id = new_run(fake_client)
+    expected = fake_client.get(f"/runs/{run_id}/events", headers=SSE).get_data()
+    bodies = []
+    threads = [threading.Thread(target=lambda: bodies.append(
+        fake_client.get(f"/runs/{run_id}/events", headers=SSE).get_data())) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert bodies == [expected] * 16
