@@ -4,10 +4,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint clean
+.PHONY: run run-redis test lint clean
+REDIS_PORT ?= 6390
 
 run: $(STAMP)
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+# Several workers sharing one registry: a private redis-server (nothing kept on disk) beside
+# gunicorn with WEB_CONCURRENCY workers (default: two per core); Ctrl-C stops both.
+run-redis: $(STAMP)
+	redis-server --port $(REDIS_PORT) --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+		--pidfile $(CURDIR)/.redis-$(REDIS_PORT).pid --logfile $(CURDIR)/.redis-$(REDIS_PORT).log
+	trap 'kill $$(cat $(CURDIR)/.redis-$(REDIS_PORT).pid)' EXIT; \
+		RUN_REGISTRY_URL=redis://127.0.0.1:$(REDIS_PORT)/0 $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""Gunicorn settings: bind from PORT, one worker for the in-memory registry, threads, graceful stop.
+"""Gunicorn settings: bind from PORT, workers by registry backend, threads, graceful stop.
 
 Settings are validated here, in the master, so a bad variable stops the service at
 start-up with one line naming it, instead of a worker traceback.
@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from app.config import ConfigError
 from app.config import load_settings
 from app.config import positive_int
+from app.config import redacted_url
 from app.engine import load_engine
 
 # Measured with wrk on 2 cores (README, "Choosing the thread count"): 4 threads keep the
@@ -25,14 +26,16 @@ try:
     load_engine(_settings.engine)
     _port = positive_int(os.environ, "PORT", default=0)
     threads = positive_int(os.environ, "GUNICORN_THREADS", default=DEFAULT_THREADS)
+    _web_concurrency = positive_int(os.environ, "WEB_CONCURRENCY", default=2 * (os.cpu_count() or 1))
 except ConfigError as err:
     sys.exit(f"run-registry: refusing to start: {err}")
 
 bind = [f"0.0.0.0:{_port}"] if _port else ["127.0.0.1:3001"]
 worker_class = "gthread"
-# A dict cannot be shared between processes: two workers would each answer "new" for
-# the same key with different runIds. So exactly one, whatever WEB_CONCURRENCY says.
-workers = 1
+# Redis holds the fleet's one registry, so any number of workers may share it. A dict cannot
+# be shared between processes: two workers would each answer "new" for the same key with
+# different runIds. So with the in-memory registry exactly one, whatever WEB_CONCURRENCY says.
+workers = _web_concurrency if _settings.shared_registry else 1
 graceful_timeout = 30  # SIGTERM: stop accepting, let in-flight requests finish
 timeout = 60
 keepalive = 5
@@ -63,9 +66,15 @@ logconfig_dict = {
 
 
 def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
-    """Say once why there is one worker, since WEB_CONCURRENCY may ask for more."""
-    logging.getLogger("gunicorn.error").info(
-        "run-registry: 1 worker process with %d threads: the in-memory registry (%s) lives in one"
-        " process%s", threads, _settings.registry_url,
-        f"; WEB_CONCURRENCY={os.environ['WEB_CONCURRENCY']} ignored" if os.environ.get("WEB_CONCURRENCY") else "",
-    )
+    """Say once how many workers there are and why, since WEB_CONCURRENCY may ask otherwise."""
+    log = logging.getLogger("gunicorn.error")
+    if _settings.shared_registry:
+        log.info("run-registry: %d worker processes with %d threads each, sharing the registry at %s",
+                 workers, threads, redacted_url(_settings.registry_url))
+    else:
+        log.info(
+            "run-registry: 1 worker process with %d threads: the in-memory registry (%s) lives in one process%s",
+            threads, _settings.registry_url,
+            f"; WEB_CONCURRENCY={os.environ['WEB_CONCURRENCY']} ignored" if os.environ.get("WEB_CONCURRENCY") else "",
+        )
+

@@ -6,6 +6,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from app.text import printable
 
@@ -30,6 +31,13 @@ class Settings:
     engine_code_hash: str | None = None
     engine_commit: str | None = None
     paced_replays: int = 2
+    redis_timeout_ms: int = 500
+    redis_prefix: str = "run-registry:"
+
+    @property
+    def shared_registry(self) -> bool:
+        """Whether the registry lives outside this process, so several workers may share it."""
+        return not self.registry_url.startswith("memory:")
 
     @property
     def ttl_ms(self) -> int:
@@ -46,6 +54,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         engine=_engine_spec(environ),
         engine_code_hash=_non_empty(environ, "ENGINE_CODE_HASH"),
         paced_replays=positive_int(environ, "RUN_REGISTRY_PACED_REPLAYS", default=2),
+        redis_timeout_ms=positive_int(environ, "RUN_REGISTRY_REDIS_TIMEOUT_MS", default=500),
+        redis_prefix=_non_empty(environ, "RUN_REGISTRY_REDIS_PREFIX") or "run-registry:",
         engine_commit=next(
             (value for name in COMMIT_VARIABLES if (value := _non_empty(environ, name))), None
         ),
@@ -81,8 +91,23 @@ def _ttl_minutes(environ: Mapping[str, str]) -> float:
 def _registry_url(environ: Mapping[str, str]) -> str:
     name = "RUN_REGISTRY_URL"
     raw = environ.get(name, "").strip() or "memory://"
-    if raw != "memory://":
-        raise ConfigError(f"{name} must be memory:// (the only backend of this version), got {_shown(raw)}")
+    if raw == "memory://":
+        return raw
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("redis", "rediss")
+        or not parts.hostname
+        or not re.fullmatch(r"/?[0-9]*", parts.path)
+    ):
+        raise ConfigError(
+            f"{name} must be memory:// or redis://[:password@]host[:port][/db] (or rediss://),"
+            f" got {_shown(redacted_url(raw))}"
+        )
     return raw
 
 
@@ -92,6 +117,11 @@ def _engine_spec(environ: Mapping[str, str]) -> str:
     if not _ENGINE_SPEC.fullmatch(raw):
         raise ConfigError(f"{name} must look like package.module:attribute, got {_shown(raw)}")
     return raw
+
+
+def redacted_url(url: str) -> str:
+    """The URL without its credentials, for logs and messages."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 def _non_empty(environ: Mapping[str, str], name: str) -> str | None:

@@ -56,18 +56,18 @@ class RunService:
         # A paced replay holds a server thread for its whole length: bound how many may.
         self._paced_replays = threading.BoundedSemaphore(settings.paced_replays)
 
-    def lookup(self, scenario_id: str, seed: int) -> tuple[LiveRun, Source]:
-        """Return the live run for the key, executing the engine once if there is none.
+    def lookup(self, scenario_id: str, seed: int) -> tuple[str, Source]:
+        """Return the runId of the key's live run, executing the engine once if there is none.
 
         :raises EngineFailed: the engine raised or returned malformed events; nothing is stored.
         """
         key = RunKey(scenario_id, seed, self.engine_code_hash)
         with _registry_errors():
-            live = self._registry.touch(key.digest)
-            if live is not None:
-                return live, "cache"
-            live, created = self._registry.create_once(key.digest, lambda: self._execute(key))
-        return live, "new" if created else "cache"
+            run_id = self._registry.touch(key.digest)
+            if run_id is not None:
+                return run_id, "cache"
+            run_id, created = self._registry.create_once(key.digest, lambda: self._execute(key))
+        return run_id, "new" if created else "cache"
 
     def run(self, run_id: str) -> LiveRun:
         """:raises RunNotFound: the run never existed, expired or was evicted."""
@@ -106,8 +106,8 @@ class RunService:
 
     def compare(self, left: tuple[str, int], right: tuple[str, int]) -> Comparison:
         """Look both runs up (get or create, renewing them) and diff their transcripts."""
-        left_run, left_source = self.lookup(*left)
-        right_run, right_source = self.lookup(*right)
+        left_run, left_source = self._lookup_run(*left)
+        right_run, right_source = self._lookup_run(*right)
         return Comparison(
             left_run, left_source, right_run, right_source,
             diff_transcripts(_events(left_run.record), _events(right_run.record)),
@@ -139,6 +139,16 @@ class RunService:
             replayed_count=replayed.event_count,
             duration_ms=round(duration_ms, 3),
         )
+
+    def _lookup_run(self, scenario_id: str, seed: int) -> tuple[LiveRun, Source]:
+        """A lookup that also reads the run; retried if the run went in between (a full registry)."""
+        for _ in range(3):
+            run_id, source = self.lookup(scenario_id, seed)
+            with _registry_errors():
+                live = self._registry.get(run_id)
+            if live is not None:
+                return live, source
+        raise Unavailable("The registry is evicting runs faster than they can be compared; try again")
 
     def _execute(self, key: RunKey) -> RunRecord:
         started = time.perf_counter()

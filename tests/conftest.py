@@ -54,3 +54,21 @@ def frozen():
     """Freeze the clock; move it with ``frozen.tick(...)`` or ``frozen.move_to(...)``."""
     with freeze_time(FROZEN_START) as frozen_time:
         yield frozen_time
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One redis-server for the session, started by the tests and stopped by PID."""
+    from tests.servers import RedisServer
+
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """The session's Redis, emptied for this test."""
+    client = redis_server.client()
+    client.flushall()
+    client.close()
+    return redis_server.url

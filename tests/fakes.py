@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from typing import Any
 
 
@@ -95,3 +97,25 @@ class FormulaEngine:
             {"type": "report", "data": {"<b>metric</b>": 1}},
             {"type": "done", "data": {"sessionId": "session_f", "totalTokens": len(texts)}},
         ]
+
+
+class FileCountingEngine:
+    """Counts executions across processes: each run appends a line to a file (O_APPEND is atomic).
+
+    Selected in a real gunicorn with ``RUN_REGISTRY_ENGINE=tests.fakes:FileCountingEngine``;
+    ``RUN_REGISTRY_TEST_EXECUTIONS`` names the file, ``RUN_REGISTRY_TEST_ENGINE_DELAY_S`` makes
+    each run slow enough for concurrent lookups to collide.
+    """
+
+    name = "file-counting"
+    version = "1"
+
+    def __init__(self) -> None:
+        self.path = os.environ["RUN_REGISTRY_TEST_EXECUTIONS"]
+        self.delay = float(os.environ.get("RUN_REGISTRY_TEST_ENGINE_DELAY_S", "0"))
+
+    def run(self, scenario_id: str, seed: int) -> list[dict[str, Any]]:
+        with open(self.path, "a") as executions:
+            executions.write(f"{os.getpid()} {scenario_id} {seed}\n")
+        time.sleep(self.delay)
+        return transcript(scenario_id, seed)

@@ -62,3 +62,25 @@ def test_first_commit_variable_wins():
     assert load_settings(environ).engine_commit == "source"
     assert load_settings({**environ, "ENGINE_COMMIT_SHA": "commit"}).engine_commit == "commit"
     assert load_settings({"HEROKU_SLUG_COMMIT": "slug"}).engine_commit == "slug"
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "redis://localhost", "rediss://:secret@cache.internal:6380/2", "memory://"]
+)
+def test_registry_urls_accepted(url):
+    settings = load_settings({"RUN_REGISTRY_URL": url})
+    assert settings.registry_url == url and settings.shared_registry == (url != "memory://")
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://", "redis://host:port/0", "redis://host/db", "http://host", "memcached://h", "memory"]
+)
+def test_registry_urls_refused(url):
+    with pytest.raises(ConfigError, match=r"^RUN_REGISTRY_URL must be memory:// or redis://"):
+        load_settings({"RUN_REGISTRY_URL": url})
+
+
+def test_a_refused_registry_url_does_not_echo_its_password():
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"RUN_REGISTRY_URL": "redis://:hunter2@host:notaport/0"})
+    assert "hunter2" not in str(raised.value) and "***@host" in str(raised.value)

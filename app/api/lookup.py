@@ -17,5 +17,5 @@ _lookup_query = LookupQuery()
 def lookup() -> dict[str, str]:
     """Get or create the run for a scenario and seed."""
     query = load_or_bad_input(_lookup_query, request.args)
-    live, source = run_service().lookup(query["scenario_id"], query["seed"])
-    return {"runId": live.record.run_id, "source": source}
+    run_id, source = run_service().lookup(query["scenario_id"], query["seed"])
+    return {"runId": run_id, "source": source}

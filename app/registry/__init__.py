@@ -6,10 +6,19 @@ from app.config import Settings
 from app.registry.base import Registry
 from app.registry.base import RegistryUnavailable
 from app.registry.memory import MemoryRegistry
+from app.registry.redis_registry import RedisRegistry
 
-__all__ = ["MemoryRegistry", "Registry", "RegistryUnavailable", "make_registry"]
+__all__ = ["MemoryRegistry", "RedisRegistry", "Registry", "RegistryUnavailable", "make_registry"]
 
 
 def make_registry(settings: Settings) -> Registry:
-    """Build the backend ``RUN_REGISTRY_URL`` names."""
+    """Build the backend ``RUN_REGISTRY_URL`` names (validated by ``load_settings``)."""
+    if settings.shared_registry:
+        return RedisRegistry(
+            settings.registry_url,
+            ttl_ms=settings.ttl_ms,
+            max_entries=settings.max_entries,
+            timeout_ms=settings.redis_timeout_ms,
+            prefix=settings.redis_prefix,
+        )
     return MemoryRegistry(ttl_ms=settings.ttl_ms, max_entries=settings.max_entries)

@@ -19,29 +19,29 @@ class Registry(Protocol):
 
     A record is live while ``now < expires_at``. Only a lookup (``touch`` or
     ``create_once``) renews its expiry to the full TTL and makes it the most recently
-    used; ``get`` does neither. Every method may raise ``RegistryUnavailable`` and
-    nothing else of its own.
+    used; ``get`` does neither. When the registry is full, creating an entry evicts the
+    least recently used one. Every method may raise ``RegistryUnavailable`` and nothing
+    else of its own.
     """
 
-    ttl_ms: int
-
-    def touch(self, cache_key: str) -> LiveRun | None:
+    def touch(self, cache_key: str) -> str | None:
         """A lookup hit: renew the key's entry and count the hit.
 
-        :returns: the live run after renewal, or ``None`` if the key has no live entry.
+        :returns: the runId of the key's live run, or ``None`` if it has none.
         """
         ...
 
-    def create_once(self, cache_key: str, build: Callable[[], RunRecord]) -> tuple[LiveRun, bool]:
+    def create_once(self, cache_key: str, build: Callable[[], RunRecord]) -> tuple[str, bool]:
         """Get the key's live run, or build and store it exactly once.
 
         However many callers (threads, and with a shared backend processes and hosts)
         ask for one key at once, ``build`` runs once, outside any lock that guards
-        other keys; the other callers wait for it and get its record as a hit. If
-        ``build`` raises, nothing is stored, the waiting callers get the same
-        exception, and the next call builds again.
+        other keys; the other callers wait for it and get its run as a hit. A run is
+        stored whole, with its events, or not at all. If ``build`` raises, nothing is
+        stored, the callers waiting in this process get the same exception, and the
+        next call builds again (a caller waiting in another process is such a call).
 
-        :returns: the live run, and ``True`` if this call built it.
+        :returns: the runId, and ``True`` if this call built it.
         """
         ...
 
@@ -53,5 +53,6 @@ class Registry(Protocol):
         ...
 
     def stats(self) -> RegistryStats:
-        """Counts of live entries, evictions and expirations since start."""
+        """Counts of live entries (by scenario), evictions and expirations since start."""
         ...
+

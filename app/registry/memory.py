@@ -6,12 +6,12 @@ import threading
 from collections import Counter
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future
 
 from app.clock import now_ms
 from app.models import LiveRun
 from app.models import RegistryStats
 from app.models import RunRecord
+from app.registry.single_flight import SingleFlight
 
 # Expired entries removed per registry call. Each call adds at most one entry, so the
 # sweep outpaces growth, while no call holds the lock for long.
@@ -25,9 +25,6 @@ class _Entry:
         self.record = record
         self.expires_at = expires_at
         self.hits = 0
-
-    def live_run(self) -> LiveRun:
-        return LiveRun(self.record, self.expires_at, self.hits)
 
 
 class MemoryRegistry:
@@ -46,45 +43,33 @@ class MemoryRegistry:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._keys_by_run_id: dict[str, str] = {}
         self._entries_by_scenario: Counter[str] = Counter()
-        self._in_flight: dict[str, Future[RunRecord]] = {}
+        self._flights: SingleFlight[tuple[str, bool]] = SingleFlight()
         self._evictions = 0
         self._expirations = 0
 
-    def touch(self, cache_key: str) -> LiveRun | None:
+    def touch(self, cache_key: str) -> str | None:
         now = now_ms()
         with self._lock:
             self._sweep(now, SWEEP_SLICE)
-            return self._renew(cache_key, now)
+            entry = self._renew(cache_key, now)
+            return entry.record.run_id if entry is not None else None
 
-    def create_once(self, cache_key: str, build: Callable[[], RunRecord]) -> tuple[LiveRun, bool]:
-        now = now_ms()
-        with self._lock:
-            self._sweep(now, SWEEP_SLICE)
-            live = self._renew(cache_key, now)
-            if live is not None:
-                return live, False
-            flight = self._in_flight.get(cache_key)
-            if flight is None:
-                flight = self._in_flight[cache_key] = Future()
-                leader = True
-            else:
-                leader = False
-        if not leader:
-            return self._after_wait(cache_key, flight.result()), False
-
-        # The engine runs here, outside the lock: other keys are never held up by it.
-        try:
-            record = build()
-        except BaseException as err:
+    def create_once(self, cache_key: str, build: Callable[[], RunRecord]) -> tuple[str, bool]:
+        def build_unless_live() -> tuple[str, bool]:
+            # Checked again inside the flight: a flight that landed just before this one
+            # began has already stored the run.
+            run_id = self.touch(cache_key)
+            if run_id is not None:
+                return run_id, False
+            record = build()  # the engine runs here, outside the lock: other keys are never held up
             with self._lock:
-                del self._in_flight[cache_key]
-            flight.set_exception(err)
-            raise
-        with self._lock:
-            live = self._insert(record, now_ms())
-            del self._in_flight[cache_key]
-        flight.set_result(record)
-        return live, True
+                self._insert(record, now_ms())
+            return record.run_id, True
+
+        (run_id, created), leader = self._flights.run(cache_key, build_unless_live)
+        if not leader:
+            self.touch(cache_key)  # a caller that waited for another's build has a hit on that run
+        return run_id, created and leader
 
     def get(self, run_id: str) -> LiveRun | None:
         now = now_ms()
@@ -92,7 +77,7 @@ class MemoryRegistry:
             self._sweep(now, SWEEP_SLICE)
             cache_key = self._keys_by_run_id.get(run_id)
             entry = self._live_entry(cache_key, now) if cache_key is not None else None
-            return entry.live_run() if entry is not None else None
+            return LiveRun(entry.record, entry.expires_at, entry.hits) if entry is not None else None
 
     def stats(self) -> RegistryStats:
         # Sweep everything expired first, a slice per lock hold, so the count is true.
@@ -106,26 +91,15 @@ class MemoryRegistry:
                         expirations=self._expirations,
                     )
 
-    def _after_wait(self, cache_key: str, record: RunRecord) -> LiveRun:
-        """A caller that waited for another's build: its lookup is a hit on that run."""
-        now = now_ms()
-        with self._lock:
-            live = self._renew(cache_key, now)
-        if live is not None and live.record is record:
-            return live
-        # Already evicted or expired again: the run was still made for this caller.
-        return LiveRun(record, now + self.ttl_ms, 0)
-
     # The helpers below run with the lock held.
 
-    def _renew(self, cache_key: str, now: int) -> LiveRun | None:
+    def _renew(self, cache_key: str, now: int) -> _Entry | None:
         entry = self._live_entry(cache_key, now)
-        if entry is None:
-            return None
-        entry.expires_at = now + self.ttl_ms
-        entry.hits += 1
-        self._entries.move_to_end(cache_key)
-        return entry.live_run()
+        if entry is not None:
+            entry.expires_at = now + self.ttl_ms
+            entry.hits += 1
+            self._entries.move_to_end(cache_key)
+        return entry
 
     def _live_entry(self, cache_key: str, now: int) -> _Entry | None:
         entry = self._entries.get(cache_key)
@@ -135,16 +109,15 @@ class MemoryRegistry:
             return None
         return entry
 
-    def _insert(self, record: RunRecord, now: int) -> LiveRun:
+    def _insert(self, record: RunRecord, now: int) -> None:
         # Time passed while the engine ran: make room from expired entries before evicting live ones.
         self._sweep(now, SWEEP_SLICE)
         while len(self._entries) >= self._max_entries:
             self._remove(next(iter(self._entries)))
             self._evictions += 1
-        entry = self._entries[record.cache_key] = _Entry(record, now + self.ttl_ms)
+        self._entries[record.cache_key] = _Entry(record, now + self.ttl_ms)
         self._keys_by_run_id[record.run_id] = record.cache_key
         self._entries_by_scenario[record.scenario_id] += 1
-        return entry.live_run()
 
     def _remove(self, cache_key: str) -> None:
         record = self._entries.pop(cache_key).record

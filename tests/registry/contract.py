@@ -1,7 +1,8 @@
-"""The registry contract: one suite that every backend runs (see test_memory.py).
+"""The registry contract: one suite that every backend runs (test_memory.py, test_redis.py).
 
-A backend's test class subclasses ``RegistryContract`` and provides two fixtures:
-``make_registry(ttl_ms, max_entries)`` and ``advance(ms)``, which moves its clock.
+A backend's test class subclasses ``RegistryContract`` and provides three fixtures:
+``ttl_ms``, ``make_registry(max_entries)`` (with that TTL) and ``advance(ms)``, which
+moves the backend's clock: freezegun for memory, real waiting for Redis.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from app.clock import now_ms
 from app.models import RunRecord
-
-TTL_MS = 60_000
 
 
 def record(cache_key: str = "k1", scenario_id: str = "s", run_id: str | None = None) -> RunRecord:
@@ -22,14 +22,14 @@ def record(cache_key: str = "k1", scenario_id: str = "s", run_id: str | None = N
         run_id=run_id or f"run_{cache_key}",
         cache_key=cache_key,
         scenario_id=scenario_id,
-        seed=1,
+        seed=-(2**53) + 1,
         engine_code_hash="h",
         engine_name="fake",
         engine_version="1",
-        created_at=1,
+        created_at=1_795_694_400_000,
         event_count=1,
         events_sha256="0" * 64,
-        events_json=b'[{"data":{},"type":"done"}]',
+        events_json='[{"data":{"text":"é\\n"},"type":"done"}]'.encode(),
     )
 
 
@@ -54,50 +54,51 @@ class Builder:
 class RegistryContract:
     @pytest.fixture
     def registry(self, make_registry):
-        return make_registry(ttl_ms=TTL_MS, max_entries=100)
+        return make_registry(max_entries=100)
 
     def test_unknown_key_and_run_id_are_absent(self, registry):
         assert registry.touch("nope") is None
         assert registry.get("run_nope") is None
 
-    def test_create_once_builds_stores_and_answers_by_run_id(self, registry):
+    def test_create_once_builds_stores_and_answers_by_run_id(self, registry, ttl_ms):
         build = Builder(record())
-        live, created = registry.create_once("k1", build)
-        assert created is True and build.calls == 1
-        assert live.record == record() and live.hits == 0
+        assert registry.create_once("k1", build) == ("run_k1", True)
+        assert build.calls == 1
         found = registry.get("run_k1")
-        assert found is not None and found.record == record() and found.hits == 0
-        assert found.expires_at == live.expires_at
+        assert found.record == record() and found.hits == 0
+        assert abs(found.expires_at - ttl_ms - now_ms()) < 5_000  # created now, in epoch milliseconds
 
     def test_create_once_of_a_live_key_is_a_hit_without_building(self, registry):
         registry.create_once("k1", Builder(record()))
         build = Builder(record(run_id="run_other"))
-        live, created = registry.create_once("k1", build)
-        assert (created, build.calls, live.record.run_id, live.hits) == (False, 0, "run_k1", 1)
+        assert registry.create_once("k1", build) == ("run_k1", False)
+        assert build.calls == 0 and registry.get("run_k1").hits == 1
 
-    def test_touch_renews_the_ttl_and_counts_a_hit(self, registry, advance):
-        first, _ = registry.create_once("k1", Builder(record()))
-        advance(TTL_MS - 1_000)
-        touched = registry.touch("k1")
-        assert touched is not None and touched.hits == 1
-        assert touched.expires_at >= first.expires_at + TTL_MS - 1_000
-        advance(TTL_MS - 1_000)
-        assert registry.touch("k1") is not None
-
-    def test_get_neither_renews_nor_counts(self, registry, advance):
-        first, _ = registry.create_once("k1", Builder(record()))
-        advance(1_000)
-        found = registry.get("run_k1")
-        assert (found.expires_at, found.hits) == (first.expires_at, 0)
-
-    def test_entry_expires_after_its_ttl(self, registry, advance):
+    def test_touch_renews_the_ttl_and_counts_a_hit(self, registry, ttl_ms, advance):
         registry.create_once("k1", Builder(record()))
-        advance(TTL_MS)
+        first = registry.get("run_k1").expires_at
+        advance(ttl_ms * 6 // 10)
+        assert registry.touch("k1") == "run_k1"
+        renewed = registry.get("run_k1")
+        assert renewed.hits == 1 and renewed.expires_at >= first + ttl_ms * 6 // 10
+        advance(ttl_ms * 6 // 10)  # past the first expiry: alive only because the touch renewed it
+        assert registry.touch("k1") == "run_k1"
+
+    def test_get_neither_renews_nor_counts(self, registry, ttl_ms, advance):
+        registry.create_once("k1", Builder(record()))
+        first = registry.get("run_k1")
+        advance(ttl_ms * 6 // 10)
+        again = registry.get("run_k1")
+        assert (again.expires_at, again.hits) == (first.expires_at, 0)
+        advance(ttl_ms * 6 // 10)
+        assert registry.get("run_k1") is None
+
+    def test_entry_expires_after_its_ttl(self, registry, ttl_ms, advance):
+        registry.create_once("k1", Builder(record()))
+        advance(ttl_ms)
         assert registry.get("run_k1") is None
         assert registry.touch("k1") is None
-        build = Builder(record(run_id="run_k1_again"))
-        live, created = registry.create_once("k1", build)
-        assert created is True and live.record.run_id == "run_k1_again"
+        assert registry.create_once("k1", Builder(record(run_id="run_k1_again"))) == ("run_k1_again", True)
         assert registry.get("run_k1") is None
 
     def test_failed_build_stores_nothing_and_the_next_call_builds(self, registry):
@@ -105,31 +106,31 @@ class RegistryContract:
             registry.create_once("k1", Builder(record(), error=RuntimeError("boom")))
         assert registry.touch("k1") is None and registry.get("run_k1") is None
         build = Builder(record())
-        assert registry.create_once("k1", build)[1] is True and build.calls == 1
+        assert registry.create_once("k1", build) == ("run_k1", True) and build.calls == 1
 
     def test_least_recently_used_entry_is_evicted_at_the_cap(self, make_registry):
-        registry = make_registry(ttl_ms=TTL_MS, max_entries=3)
+        registry = make_registry(max_entries=3)
         for key in ("a", "b", "c"):
             registry.create_once(key, Builder(record(key)))
         registry.touch("a")
         registry.create_once("d", Builder(record("d")))
-        assert registry.get("run_b") is None
+        assert registry.get("run_b") is None and registry.touch("b") is None
         assert all(registry.get(f"run_{key}") is not None for key in ("a", "c", "d"))
         stats = registry.stats()
-        assert (stats.total_entries, stats.evictions) == (3, 1)
+        assert (stats.total_entries, stats.evictions, stats.expirations) == (3, 1, 0)
 
-    def test_expired_entries_go_without_being_touched(self, registry, advance):
+    def test_expired_entries_go_without_being_touched(self, registry, ttl_ms, advance):
         for key in ("a", "b", "c"):
             registry.create_once(key, Builder(record(key)))
-        advance(TTL_MS)
+        advance(ttl_ms)
         stats = registry.stats()
         assert (stats.total_entries, stats.entries_by_scenario, stats.expirations) == (0, {}, 3)
 
     def test_stats_count_entries_by_scenario(self, registry):
-        for key, scenario in (("a", "x"), ("b", "x"), ("c", "y")):
+        for key, scenario in (("a", "x"), ("b", "x"), ("c", "y.z-1")):
             registry.create_once(key, Builder(record(key, scenario)))
         stats = registry.stats()
-        assert (stats.total_entries, stats.entries_by_scenario) == (3, {"x": 2, "y": 1})
+        assert (stats.total_entries, stats.entries_by_scenario) == (3, {"x": 2, "y.z-1": 1})
         assert (stats.evictions, stats.expirations) == (0, 0)
 
     def test_concurrent_creators_of_one_key_build_once(self, registry):
@@ -148,21 +149,24 @@ class RegistryContract:
             results = [future.result(timeout=30) for future in futures]
         assert build.calls == 1
         assert sum(created for _, created in results) == 1
-        assert {live.record.run_id for live, _ in results} == {"run_k1"}
+        assert {run_id for run_id, _ in results} == {"run_k1"}
         assert registry.get("run_k1").hits == 63
 
-    def test_a_slow_build_does_not_hold_up_other_keys(self, registry):
+    def test_a_slow_build_does_not_hold_up_other_keys_and_is_invisible_until_stored(self, registry):
         gate = threading.Event()
         slow = Builder(record("slow"), gate=gate)
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(registry.create_once, "slow", slow)
             assert slow.entered.wait(timeout=30)
-            # While "slow" is still building, other keys are created and read freely.
-            assert registry.create_once("fast", Builder(record("fast")))[1] is True
-            assert registry.touch("fast") is not None and registry.get("run_fast") is not None
+            # While "slow" is still building, other keys are created and read freely...
+            assert registry.create_once("fast", Builder(record("fast"))) == ("run_fast", True)
+            assert registry.touch("fast") == "run_fast" and registry.get("run_fast") is not None
+            # ...and nothing of "slow" can be seen before it is stored whole.
+            assert registry.touch("slow") is None and registry.get("run_slow") is None
             assert not pending.done()
             gate.set()
-            assert pending.result(timeout=30)[1] is True
+            assert pending.result(timeout=30) == ("run_slow", True)
+        assert registry.get("run_slow").record == record("slow")
 
     def test_callers_waiting_on_a_failed_build_get_its_error(self, registry):
         gate = threading.Event()

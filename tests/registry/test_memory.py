@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 
 import pytest
 
 from app.registry.memory import SWEEP_SLICE
 from app.registry.memory import MemoryRegistry
-from tests.registry.contract import TTL_MS
 from tests.registry.contract import Builder
 from tests.registry.contract import RegistryContract
 from tests.registry.contract import record
 
+TTL_MS = 60_000
+
 
 class TestMemoryRegistry(RegistryContract):
     @pytest.fixture
+    def ttl_ms(self):
+        return TTL_MS
+
+    @pytest.fixture
     def make_registry(self, frozen):
-        return MemoryRegistry
+        return functools.partial(MemoryRegistry, TTL_MS)
 
     @pytest.fixture
     def advance(self, frozen):
         return lambda ms: frozen.tick(timedelta(milliseconds=ms))
+
+    def test_entry_is_live_until_exactly_its_expiry(self, registry, frozen):
+        registry.create_once("k1", Builder(record()))
+        frozen.tick(timedelta(milliseconds=TTL_MS - 1))
+        assert registry.get("run_k1") is not None
+        frozen.tick(timedelta(milliseconds=1))
+        assert registry.get("run_k1") is None
 
 
 def test_each_call_sweeps_a_bounded_slice_of_expired_entries(frozen):

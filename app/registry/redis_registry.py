@@ -1,0 +1,310 @@
+"""The shared registry on Redis: one registry for every worker process and host.
+
+Keys, under a prefix (``run-registry:`` by default):
+
+- ``key:<cacheKey>``: the runId of the key's live run.
+- ``run:<runId>``: a hash with the whole record (events included), its hits and expiresAt.
+- ``claim:<cacheKey>``: held by the one caller in the fleet that is running the engine
+  for that key; a random token, with an expiry so a dead holder never blocks the key.
+- ``lru``: a sorted set of ``<scenarioId> <cacheKey>`` scored by expiresAt. The TTL is
+  the same for every entry and only a lookup renews it, so this is also LRU order:
+  the lowest score is both the next to expire and the least recently used.
+- ``scenarios`` (entries per scenario) and ``counters`` (evictions, expirations).
+
+Redis expires ``key:`` and ``run:`` itself, at one instant set by ``PEXPIREAT`` in one
+script. The sorted set and the counts are bookkeeping for the cap and for stats; a
+slice of it is swept on each write, and all of it on ``stats()``.
+
+Every change is one Lua script, so it happens whole or not at all. Scripts touch keys
+they compute from the prefix, so this backend needs a single Redis (or a primary with
+replicas), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextlib import suppress
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from app.models import LiveRun
+from app.models import RegistryStats
+from app.models import RunRecord
+from app.registry.base import RegistryUnavailable
+from app.registry.single_flight import SingleFlight
+
+SWEEP_SLICE = 64
+
+# Shared by the scripts: Redis' clock, renewal on a hit, and the bookkeeping of the index.
+_LUA_PRELUDE = """
+local prefix = ARGV[1]
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function forget(member, counter)
+  redis.call('ZREM', prefix .. 'lru', member)
+  local scenario = string.match(member, '^(%S+) ')
+  if redis.call('HINCRBY', prefix .. 'scenarios', scenario, -1) <= 0 then
+    redis.call('HDEL', prefix .. 'scenarios', scenario)
+  end
+  redis.call('HINCRBY', prefix .. 'counters', counter, 1)
+end
+local function sweep(now, limit)
+  local expired = redis.call('ZRANGEBYSCORE', prefix .. 'lru', '-inf', now, 'LIMIT', 0, limit)
+  for _, member in ipairs(expired) do forget(member, 'expirations') end
+  return #expired
+end
+-- The key's live runId, renewed (both keys expire at one instant) and counted as a hit.
+local function touch(cache_key, ttl)
+  local entry = prefix .. 'key:' .. cache_key
+  local run_id = redis.call('GET', entry)
+  if not run_id then return false end
+  local run = prefix .. 'run:' .. run_id
+  local scenario = redis.call('HGET', run, 'scenarioId')
+  if not scenario then  -- the run hash was evicted by Redis' own memory policy: the entry is gone
+    redis.call('DEL', entry)
+    return false
+  end
+  local expires = now_ms() + ttl
+  redis.call('PEXPIREAT', entry, expires)
+  redis.call('PEXPIREAT', run, expires)
+  redis.call('HINCRBY', run, 'hits', 1)
+  redis.call('HSET', run, 'expiresAt', expires)
+  redis.call('ZADD', prefix .. 'lru', 'XX', expires, scenario .. ' ' .. cache_key)
+  return run_id
+end
+"""
+
+# ARGV: prefix, cacheKey, ttl_ms. Returns the runId after renewing, or nil.
+_TOUCH = _LUA_PRELUDE + """
+return touch(ARGV[2], tonumber(ARGV[3]))
+"""
+
+# ARGV: prefix, cacheKey, ttl_ms, token, claim_ms. Returns {'live', runId} (renewed), {'claimed'} or {'wait'}.
+_TOUCH_OR_CLAIM = _LUA_PRELUDE + """
+local run_id = touch(ARGV[2], tonumber(ARGV[3]))
+if run_id then return {'live', run_id} end
+if redis.call('SET', prefix .. 'claim:' .. ARGV[2], ARGV[4], 'NX', 'PX', ARGV[5]) then return {'claimed'} end
+return {'wait'}
+"""
+
+# ARGV: prefix, cacheKey, token, ttl_ms, max_entries, runId, scenarioId, then the record's fields.
+# Stores the run whole (unless another caller's run got there first), evicting as needed.
+_COMMIT = _LUA_PRELUDE + """
+local cache_key, token, ttl, max_entries = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local run_id, scenario = ARGV[6], ARGV[7]
+local entry, claim = prefix .. 'key:' .. cache_key, prefix .. 'claim:' .. cache_key
+if redis.call('GET', claim) == token then redis.call('DEL', claim) end
+local existing = redis.call('GET', entry)
+if existing and redis.call('EXISTS', prefix .. 'run:' .. existing) == 1 then
+  return {0, existing}  -- another caller's run got there first (our claim had lapsed): theirs stands
+end
+local now = now_ms()
+sweep(now, 64)
+local lru = prefix .. 'lru'
+while redis.call('ZCARD', lru) >= max_entries do
+  local oldest = redis.call('ZRANGE', lru, 0, 0)[1]
+  local oldest_entry = prefix .. 'key:' .. string.match(oldest, ' (%S+)$')
+  local oldest_run = redis.call('GET', oldest_entry)
+  if oldest_run then redis.call('DEL', oldest_entry, prefix .. 'run:' .. oldest_run) end
+  forget(oldest, 'evictions')
+end
+local expires = now + ttl
+local run = prefix .. 'run:' .. run_id
+redis.call('SET', entry, run_id, 'PXAT', expires)
+redis.call('HSET', run, unpack(ARGV, 8))
+redis.call('HSET', run, 'hits', 0, 'expiresAt', expires)
+redis.call('PEXPIREAT', run, expires)
+redis.call('ZADD', lru, expires, scenario .. ' ' .. cache_key)
+redis.call('HINCRBY', prefix .. 'scenarios', scenario, 1)
+return {1, run_id}
+"""
+
+# ARGV: prefix, cacheKey, token[, claim_ms]. Extends (with claim_ms) or releases a claim we hold.
+_EXTEND_OR_RELEASE = """
+local claim = ARGV[1] .. 'claim:' .. ARGV[2]
+if redis.call('GET', claim) ~= ARGV[3] then return 0 end
+if ARGV[4] then return redis.call('PEXPIRE', claim, ARGV[4]) end
+return redis.call('DEL', claim)
+"""
+
+# ARGV: prefix. Sweeps everything expired, then reads the counts.
+_STATS = _LUA_PRELUDE + """
+while sweep(now_ms(), 1000) == 1000 do end
+return {redis.call('ZCARD', prefix .. 'lru'), redis.call('HGETALL', prefix .. 'scenarios'),
+        redis.call('HGETALL', prefix .. 'counters')}
+"""
+
+_RECORD_FIELDS = ("runId", "cacheKey", "scenarioId", "seed", "engineCodeHash", "engineName", "engineVersion",
+                  "createdAt", "count", "eventsSha256", "events", "hits", "expiresAt")
+
+
+class RedisRegistry:
+    """The registry contract on a Redis server shared by every process and host."""
+
+    def __init__(
+        self,
+        url: str,
+        ttl_ms: int,
+        max_entries: int,
+        timeout_ms: int = 500,
+        prefix: str = "run-registry:",
+        claim_ms: int = 10_000,
+        wait_ms: int = 60_000,
+    ) -> None:
+        self.ttl_ms = ttl_ms
+        self._max_entries = max_entries
+        self._prefix = prefix
+        self._claim_ms = claim_ms
+        self._wait_ms = wait_ms
+        # Short timeouts and one immediate retry: the retry mends a pooled connection that
+        # a Redis restart closed; beyond that an outage is a prompt 503, not a hang.
+        self._client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_ms / 1000,
+            socket_connect_timeout=timeout_ms / 1000,
+            retry=Retry(NoBackoff(), 1),
+        )
+        self._touch = self._client.register_script(_TOUCH)
+        self._touch_or_claim = self._client.register_script(_TOUCH_OR_CLAIM)
+        self._commit = self._client.register_script(_COMMIT)
+        self._extend_or_release = self._client.register_script(_EXTEND_OR_RELEASE)
+        self._stats = self._client.register_script(_STATS)
+        # Threads of this process share one claim per key, and one result or exception.
+        self._flights: SingleFlight[tuple[str, bool]] = SingleFlight()
+
+    def touch(self, cache_key: str) -> str | None:
+        with _unavailable_on_redis_errors():
+            run_id = self._touch(args=[self._prefix, cache_key, self.ttl_ms])
+        return run_id.decode() if run_id else None
+
+    def create_once(self, cache_key: str, build: Callable[[], RunRecord]) -> tuple[str, bool]:
+        (run_id, created), leader = self._flights.run(cache_key, lambda: self._create_in_fleet(cache_key, build))
+        if not leader:
+            self.touch(cache_key)  # a caller that waited for another's build has a hit on that run
+        return run_id, created and leader
+
+    def get(self, run_id: str) -> LiveRun | None:
+        with _unavailable_on_redis_errors():
+            values: list[Any] = self._client.hmget(f"{self._prefix}run:{run_id}", _RECORD_FIELDS)
+        if values[0] is None:
+            return None
+        fields = dict(zip(_RECORD_FIELDS, values, strict=True))
+        record = RunRecord(
+            run_id=fields["runId"].decode(),
+            cache_key=fields["cacheKey"].decode(),
+            scenario_id=fields["scenarioId"].decode(),
+            seed=int(fields["seed"]),
+            engine_code_hash=fields["engineCodeHash"].decode(),
+            engine_name=fields["engineName"].decode(),
+            engine_version=fields["engineVersion"].decode(),
+            created_at=int(fields["createdAt"]),
+            event_count=int(fields["count"]),
+            events_sha256=fields["eventsSha256"].decode(),
+            events_json=fields["events"],
+        )
+        return LiveRun(record, int(fields["expiresAt"]), int(fields["hits"]))
+
+    def stats(self) -> RegistryStats:
+        with _unavailable_on_redis_errors():
+            total, scenarios, counters = self._stats(args=[self._prefix])
+        by_scenario = _pairs(scenarios)
+        counts = _pairs(counters)
+        return RegistryStats(
+            total_entries=int(total),
+            entries_by_scenario=by_scenario,
+            evictions=counts.get("evictions", 0),
+            expirations=counts.get("expirations", 0),
+        )
+
+    def ping(self) -> None:
+        with _unavailable_on_redis_errors():
+            self._client.ping()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _create_in_fleet(self, cache_key: str, build: Callable[[], RunRecord]) -> tuple[str, bool]:
+        """Claim the key for this process, or wait for the process that holds it."""
+        token = secrets.token_hex(16)
+        deadline = time.monotonic() + self._wait_ms / 1000
+        pause = 0.002
+        while True:
+            with _unavailable_on_redis_errors():
+                answer = self._touch_or_claim(args=[self._prefix, cache_key, self.ttl_ms, token, self._claim_ms])
+            if answer[0] == b"live":
+                return answer[1].decode(), False
+            if answer[0] == b"claimed":
+                return self._build_and_commit(cache_key, token, build)
+            if time.monotonic() >= deadline:
+                raise RegistryUnavailable(f"gave up after {self._wait_ms} ms waiting for another worker's run")
+            time.sleep(pause)  # another process is running the engine for this key
+            pause = min(pause * 2, 0.05)
+
+    def _build_and_commit(self, cache_key: str, token: str, build: Callable[[], RunRecord]) -> tuple[str, bool]:
+        with self._claim_kept_alive(cache_key, token):
+            record = build()
+        with _unavailable_on_redis_errors():
+            stored, run_id = self._commit(args=[
+                self._prefix, cache_key, token, self.ttl_ms, self._max_entries, record.run_id, record.scenario_id,
+                *_record_fields(record),
+            ])
+        return run_id.decode(), bool(stored)
+
+    @contextmanager
+    def _claim_kept_alive(self, cache_key: str, token: str) -> Iterator[None]:
+        """Extend the claim while the engine runs; release it if the run fails.
+
+        If this process dies, nothing extends the claim and it expires, so another
+        process takes the key over after at most ``claim_ms``.
+        """
+        done = threading.Event()
+
+        def heartbeat() -> None:
+            while not done.wait(self._claim_ms / 3000):
+                # A failed beat is retried by the next; if Redis stays away the claim lapses, as it should.
+                with suppress(redis.RedisError):
+                    self._extend_or_release(args=[self._prefix, cache_key, token, self._claim_ms])
+
+        beater = threading.Thread(target=heartbeat, name=f"claim-{cache_key[:8]}", daemon=True)
+        beater.start()
+        try:
+            yield
+        except BaseException:
+            done.set()
+            with suppress(redis.RedisError):  # unreleased, the claim expires by itself
+                self._extend_or_release(args=[self._prefix, cache_key, token])
+            raise
+        finally:
+            done.set()
+            beater.join()
+
+
+@contextmanager
+def _unavailable_on_redis_errors() -> Iterator[None]:
+    try:
+        yield
+    except redis.RedisError as err:
+        raise RegistryUnavailable(f"redis: {err.__class__.__name__}") from err
+
+
+def _record_fields(record: RunRecord) -> list[Any]:
+    return [
+        "runId", record.run_id, "cacheKey", record.cache_key, "scenarioId", record.scenario_id,
+        "seed", record.seed, "engineCodeHash", record.engine_code_hash, "engineName", record.engine_name,
+        "engineVersion", record.engine_version, "createdAt", record.created_at, "count", record.event_count,
+        "eventsSha256", record.events_sha256, "events", record.events_json,
+    ]
+
+
+def _pairs(flat: list[bytes]) -> dict[str, int]:
+    return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
