@@ -57,12 +57,20 @@ class LiveRun:
 
 @dataclass(frozen=True)
 class RegistryStats:
-    """What a registry backend can say about its contents."""
+    """What a registry backend counts: its contents, and since its start, lookups and engine runs.
+
+    With a shared backend these cover every process and host that uses it.
+    """
 
     total_entries: int
     entries_by_scenario: dict[str, int]
     evictions: int
     expirations: int
+    hits: int = 0  # lookups answered from a live entry
+    misses: int = 0  # lookups that stored a new run
+    engine_runs: int = 0
+    engine_failures: int = 0
+    engine_ms_total: float = 0.0
 
 
 def canonical_json(value: object) -> bytes:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from app.clock import now_ms
 from app.code_hash import engine_code_hash
@@ -32,6 +34,7 @@ from app.evidence.diff import first_difference
 from app.evidence.snapshot import snapshot_zip
 from app.evidence.sse import sse_messages
 from app.models import LiveRun
+from app.models import RegistryStats
 from app.models import RunKey
 from app.models import RunRecord
 from app.models import Source
@@ -48,9 +51,14 @@ _EVENT_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 class RunService:
     """Get-or-create runs and serve their transcripts. Knows nothing about HTTP."""
 
-    def __init__(self, registry: Registry, engine: Engine, settings: Settings) -> None:
+    def __init__(
+        self, registry: Registry, engine: Engine, settings: Settings, observer: RunObserver | None = None
+    ) -> None:
         self._registry = registry
         self._engine = engine
+        self._observer = observer or _Unobserved()
+        self._settings = settings
+        self._backend = "redis" if settings.shared_registry else "memory"
         self.engine_code_hash = engine_code_hash(engine, settings)
         self._run_id_clock = _UniqueMillis()
         # A paced replay holds a server thread for its whole length: bound how many may.
@@ -62,12 +70,14 @@ class RunService:
         :raises EngineFailed: the engine raised or returned malformed events; nothing is stored.
         """
         key = RunKey(scenario_id, seed, self.engine_code_hash)
+        created = False
         with _registry_errors():
             run_id = self._registry.touch(key.digest)
-            if run_id is not None:
-                return run_id, "cache"
-            run_id, created = self._registry.create_once(key.digest, lambda: self._execute(key))
-        return run_id, "new" if created else "cache"
+            if run_id is None:
+                run_id, created = self._registry.create_once(key.digest, lambda: self._execute(key))
+        source: Source = "new" if created else "cache"
+        self._observer.lookup_answered(source)
+        return run_id, source
 
     def run(self, run_id: str) -> LiveRun:
         """:raises RunNotFound: the run never existed, expired or was evicted."""
@@ -76,6 +86,23 @@ class RunService:
         if live is None:
             raise RunNotFound(f"Run {printable(run_id)} not found")
         return live
+
+    def stats_report(self) -> StatsReport:
+        """What the registry counts (with a shared backend, for the whole fleet), with its settings."""
+        with _registry_errors():
+            stats = self._registry.stats()
+        return StatsReport(stats, self._backend, self._settings.ttl_minutes)
+
+    def readiness(self) -> Readiness:
+        """:raises Unavailable: the registry backend does not answer."""
+        with _registry_errors():
+            self._registry.ping()
+        return Readiness(
+            backend=self._backend,
+            engine_name=self._engine.name,
+            engine_version=self._engine.version,
+            engine_code_hash=self.engine_code_hash,
+        )
 
     def replay(self, run_id: str, last_event_id: int | None, pace_ms: int) -> Iterable[bytes]:
         """The transcript as Server-Sent Events, resuming after ``last_event_id``.
@@ -140,6 +167,27 @@ class RunService:
             duration_ms=round(duration_ms, 3),
         )
 
+    def _run_engine(self, key: RunKey) -> tuple[list[Event], bytes]:
+        """The engine's events for the key, checked, and their canonical JSON."""
+        which = f"scenario {key.scenario_id} seed {key.seed}"
+        try:
+            events = list(self._engine.run(key.scenario_id, key.seed))
+        except Exception as err:  # a plugin's failure of any kind is reported, never cached
+            log.exception("engine %s failed for %s", self._engine.name, which)
+            raise EngineFailed(f"The engine failed to run {which}") from err
+        events_json = _validated_events_json(events)
+        if events_json is None:
+            log.error("engine %s returned malformed events for %s", self._engine.name, which)
+            raise EngineFailed(f"The engine returned malformed events for {which}")
+        return events, events_json
+
+    def _record_engine_run(self, duration_ms: float, failed: bool) -> None:
+        # Statistics are worth less than the run: a backend outage here is the commit's to report.
+        try:
+            self._registry.record_engine_run(duration_ms, failed)
+        except RegistryUnavailable:
+            log.warning("engine run not counted: the registry is unavailable")
+
     def _lookup_run(self, scenario_id: str, seed: int) -> tuple[LiveRun, Source]:
         """A lookup that also reads the run; retried if the run went in between (a full registry)."""
         for _ in range(3):
@@ -152,18 +200,16 @@ class RunService:
 
     def _execute(self, key: RunKey) -> RunRecord:
         started = time.perf_counter()
-        which = f"scenario {key.scenario_id} seed {key.seed}"
         try:
-            events = list(self._engine.run(key.scenario_id, key.seed))
-        except Exception as err:  # a plugin's failure of any kind is reported, never cached
-            log.exception("engine %s failed for %s", self._engine.name, which)
-            raise EngineFailed(f"The engine failed to run {which}") from err
-        events_json = _validated_events_json(events)
-        if events_json is None:
-            log.error("engine %s returned malformed events for %s", self._engine.name, which)
-            raise EngineFailed(f"The engine returned malformed events for {which}")
+            events, events_json = self._run_engine(key)
+        finally:
+            seconds = time.perf_counter() - started
+            failed = sys.exc_info()[0] is not None
+            self._observer.engine_ran(seconds, failed)
+            self._record_engine_run(seconds * 1000, failed)
         created_at = self._run_id_clock.next()
-        log.info("engine ran %s: %d events in %.1f ms", which, len(events), (time.perf_counter() - started) * 1000)
+        log.info("engine ran scenario %s seed %s: %d events in %.1f ms", key.scenario_id, key.seed, len(events),
+                 seconds * 1000)
         return RunRecord(
             run_id=f"run_{key.scenario_id}_{key.seed}_{created_at}",
             cache_key=key.digest,
@@ -177,6 +223,37 @@ class RunService:
             events_sha256=hashlib.sha256(events_json).hexdigest(),
             events_json=events_json,
         )
+
+
+class RunObserver(Protocol):
+    """What the service reports as it works (the Prometheus metrics implement it)."""
+
+    def lookup_answered(self, source: Source) -> None: ...
+
+    def engine_ran(self, seconds: float, failed: bool) -> None: ...
+
+
+class _Unobserved:
+    def lookup_answered(self, source: Source) -> None:
+        pass
+
+    def engine_ran(self, seconds: float, failed: bool) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class StatsReport:
+    stats: RegistryStats
+    backend: str
+    ttl_minutes: float
+
+
+@dataclass(frozen=True)
+class Readiness:
+    backend: str
+    engine_name: str
+    engine_version: str
+    engine_code_hash: str
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,18 @@ class Registry(Protocol):
         """
         ...
 
+    def record_engine_run(self, duration_ms: float, failed: bool) -> None:
+        """Count one execution of the engine (a new run or a verification) and its time."""
+        ...
+
     def stats(self) -> RegistryStats:
-        """Counts of live entries (by scenario), evictions and expirations since start."""
+        """Live entries (by scenario); since start: evictions, expirations, hits, misses, engine runs."""
+        ...
+
+    def ping(self) -> None:
+        """Check that the backend answers.
+
+        :raises RegistryUnavailable: it does not.
+        """
         ...
 

@@ -46,6 +46,11 @@ class MemoryRegistry:
         self._flights: SingleFlight[tuple[str, bool]] = SingleFlight()
         self._evictions = 0
         self._expirations = 0
+        self._hits = 0
+        self._misses = 0
+        self._engine_runs = 0
+        self._engine_failures = 0
+        self._engine_ms_total = 0.0
 
     def touch(self, cache_key: str) -> str | None:
         now = now_ms()
@@ -64,6 +69,7 @@ class MemoryRegistry:
             record = build()  # the engine runs here, outside the lock: other keys are never held up
             with self._lock:
                 self._insert(record, now_ms())
+                self._misses += 1
             return record.run_id, True
 
         (run_id, created), leader = self._flights.run(cache_key, build_unless_live)
@@ -89,7 +95,21 @@ class MemoryRegistry:
                         entries_by_scenario=dict(self._entries_by_scenario),
                         evictions=self._evictions,
                         expirations=self._expirations,
+                        hits=self._hits,
+                        misses=self._misses,
+                        engine_runs=self._engine_runs,
+                        engine_failures=self._engine_failures,
+                        engine_ms_total=self._engine_ms_total,
                     )
+
+    def record_engine_run(self, duration_ms: float, failed: bool) -> None:
+        with self._lock:
+            self._engine_runs += 1
+            self._engine_failures += failed
+            self._engine_ms_total += duration_ms
+
+    def ping(self) -> None:
+        """Always answers: it is this process."""
 
     # The helpers below run with the lock held.
 
@@ -98,6 +118,7 @@ class MemoryRegistry:
         if entry is not None:
             entry.expires_at = now + self.ttl_ms
             entry.hits += 1
+            self._hits += 1
             self._entries.move_to_end(cache_key)
         return entry
 

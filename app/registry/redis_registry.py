@@ -80,6 +80,7 @@ local function touch(cache_key, ttl)
   redis.call('HINCRBY', run, 'hits', 1)
   redis.call('HSET', run, 'expiresAt', expires)
   redis.call('ZADD', prefix .. 'lru', 'XX', expires, scenario .. ' ' .. cache_key)
+  redis.call('HINCRBY', prefix .. 'counters', 'hits', 1)
   return run_id
 end
 """
@@ -106,6 +107,7 @@ local entry, claim = prefix .. 'key:' .. cache_key, prefix .. 'claim:' .. cache_
 if redis.call('GET', claim) == token then redis.call('DEL', claim) end
 local existing = redis.call('GET', entry)
 if existing and redis.call('EXISTS', prefix .. 'run:' .. existing) == 1 then
+  redis.call('HINCRBY', prefix .. 'counters', 'hits', 1)
   return {0, existing}  -- another caller's run got there first (our claim had lapsed): theirs stands
 end
 local now = now_ms()
@@ -126,6 +128,7 @@ redis.call('HSET', run, 'hits', 0, 'expiresAt', expires)
 redis.call('PEXPIREAT', run, expires)
 redis.call('ZADD', lru, expires, scenario .. ' ' .. cache_key)
 redis.call('HINCRBY', prefix .. 'scenarios', scenario, 1)
+redis.call('HINCRBY', prefix .. 'counters', 'misses', 1)
 return {1, run_id}
 """
 
@@ -135,6 +138,14 @@ local claim = ARGV[1] .. 'claim:' .. ARGV[2]
 if redis.call('GET', claim) ~= ARGV[3] then return 0 end
 if ARGV[4] then return redis.call('PEXPIRE', claim, ARGV[4]) end
 return redis.call('DEL', claim)
+"""
+
+# ARGV: prefix, duration_ms, failed (0 or 1).
+_ENGINE_RUN = """
+local counters = ARGV[1] .. 'counters'
+redis.call('HINCRBY', counters, 'engine_runs', 1)
+redis.call('HINCRBY', counters, 'engine_failures', ARGV[3])
+redis.call('HINCRBYFLOAT', counters, 'engine_ms_total', ARGV[2])
 """
 
 # ARGV: prefix. Sweeps everything expired, then reads the counts.
@@ -179,6 +190,7 @@ class RedisRegistry:
         self._commit = self._client.register_script(_COMMIT)
         self._extend_or_release = self._client.register_script(_EXTEND_OR_RELEASE)
         self._stats = self._client.register_script(_STATS)
+        self._engine_run = self._client.register_script(_ENGINE_RUN)
         # Threads of this process share one claim per key, and one result or exception.
         self._flights: SingleFlight[tuple[str, bool]] = SingleFlight()
 
@@ -217,14 +229,22 @@ class RedisRegistry:
     def stats(self) -> RegistryStats:
         with _unavailable_on_redis_errors():
             total, scenarios, counters = self._stats(args=[self._prefix])
-        by_scenario = _pairs(scenarios)
-        counts = _pairs(counters)
+        counts = {name.decode(): float(value) for name, value in _pairs(counters)}
         return RegistryStats(
             total_entries=int(total),
-            entries_by_scenario=by_scenario,
-            evictions=counts.get("evictions", 0),
-            expirations=counts.get("expirations", 0),
+            entries_by_scenario={name.decode(): int(value) for name, value in _pairs(scenarios)},
+            evictions=int(counts.get("evictions", 0)),
+            expirations=int(counts.get("expirations", 0)),
+            hits=int(counts.get("hits", 0)),
+            misses=int(counts.get("misses", 0)),
+            engine_runs=int(counts.get("engine_runs", 0)),
+            engine_failures=int(counts.get("engine_failures", 0)),
+            engine_ms_total=counts.get("engine_ms_total", 0.0),
         )
+
+    def record_engine_run(self, duration_ms: float, failed: bool) -> None:
+        with _unavailable_on_redis_errors():
+            self._engine_run(args=[self._prefix, f"{duration_ms:.3f}", int(failed)])
 
     def ping(self) -> None:
         with _unavailable_on_redis_errors():
@@ -306,5 +326,6 @@ def _record_fields(record: RunRecord) -> list[Any]:
     ]
 
 
-def _pairs(flat: list[bytes]) -> dict[str, int]:
-    return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+def _pairs(flat: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """HGETALL's flat [name, value, ...] as pairs."""
+    return list(zip(flat[::2], flat[1::2], strict=True))
