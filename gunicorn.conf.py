@@ -4,17 +4,28 @@ Settings are validated here, in the master, so a bad variable stops the service 
 start-up with one line naming it, instead of a worker traceback.
 """
 
+import glob
 import logging
 import os
+import shutil
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from app.config import ConfigError
-from app.config import load_settings
-from app.config import positive_int
-from app.config import redacted_url
-from app.engine import load_engine
+# Metrics of every worker go to files here and each scrape sums them (prometheus_client's
+# multiprocess mode). It must be set before anything imports prometheus_client, so first.
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="run-registry-metrics-")
+for _stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+    os.remove(_stale)  # figures of an earlier run would be summed in
+
+from app.config import ConfigError  # noqa: E402 - after the metrics directory is set
+from app.config import load_settings  # noqa: E402 - after the metrics directory is set
+from app.config import positive_int  # noqa: E402 - after the metrics directory is set
+from app.config import redacted_url  # noqa: E402 - after the metrics directory is set
+from app.engine import load_engine  # noqa: E402 - after the metrics directory is set
 
 # Measured with wrk on 2 cores (README, "Choosing the thread count"): 4 threads keep the
 # lookup-hit rate within a few percent of 1 thread, while leaving spare threads so a slow
@@ -41,27 +52,24 @@ timeout = 60
 keepalive = 5
 # The control socket (gunicornc) sits at one path per user: two services on a host would clash.
 control_socket_disable = True
-accesslog = "-"
+accesslog = None  # the app logs one JSON line per request itself, with its request id
 errorlog = "-"
 loglevel = "info"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
-# Everything to stdout, one line per record (twelve-factor logs); app loggers propagate to root.
+# Everything to stdout as JSON, one object a line; app loggers propagate to root.
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
     "root": {"level": "INFO", "handlers": ["stdout"]},
     "loggers": {
         "gunicorn.error": {"level": "INFO", "handlers": ["stdout"], "propagate": False},
-        "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["stdout"], "propagate": False},
     },
+    "filters": {"request_id": {"()": "app.logs.RequestIdFilter"}},
     "handlers": {
-        "stdout": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stdout"},
-        "access": {"class": "logging.StreamHandler", "formatter": "message", "stream": "ext://sys.stdout"},
+        "stdout": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id"],
+                   "stream": "ext://sys.stdout"},
     },
-    "formatters": {
-        "generic": {"format": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"},
-        "message": {"format": "%(message)s"},
-    },
+    "formatters": {"json": {"()": "app.logs.JsonFormatter"}},
 }
 
 
@@ -78,3 +86,15 @@ def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
             f"; WEB_CONCURRENCY={os.environ['WEB_CONCURRENCY']} ignored" if os.environ.get("WEB_CONCURRENCY") else "",
         )
 
+
+
+def child_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
+    """A dead worker's live gauges must not be summed any more."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # noqa: ARG001 - gunicorn's hook signature
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

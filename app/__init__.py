@@ -6,12 +6,16 @@ import os
 
 from flask import Flask
 from flask import Response
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.config import Settings
 from app.config import load_settings
 from app.engine import load_engine
 from app.engine.base import Engine
 from app.errors import register_error_handlers
+from app.logs import register_request_logging
+from app.metrics import Metrics
+from app.openapi import build_openapi
 from app.registry import make_registry
 from app.service import RunService
 
@@ -28,12 +32,20 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]  # bodies read in the documented order
+    if settings.trusted_proxies:
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)  # type: ignore[method-assign]
     engine = engine or load_engine(settings.engine)
+    metrics = Metrics(lambda: service.stats_report().stats, settings.metrics_dir)
+    service = RunService(make_registry(settings), engine, settings, observer=metrics)
     app.extensions["settings"] = settings
-    app.extensions["run_service"] = RunService(make_registry(settings), engine, settings)
+    app.extensions["run_service"] = service
+    app.extensions["metrics"] = metrics
+    register_request_logging(app, on_answered=metrics.request_answered)
     register_error_handlers(app)
     register_blueprints(app)
     app.after_request(_hardening_headers)
+    app.extensions["openapi"] = build_openapi(app)
     return app
 
 
@@ -49,6 +61,7 @@ def register_blueprints(app: Flask) -> None:
     from app.api import events
     from app.api import evidence
     from app.api import lookup
+    from app.api import ops
 
-    for blueprint in (lookup.bp, events.bp, evidence.bp, compare.bp):
+    for blueprint in (lookup.bp, events.bp, evidence.bp, compare.bp, ops.bp):
         app.register_blueprint(blueprint)

@@ -33,6 +33,8 @@ class Settings:
     paced_replays: int = 2
     redis_timeout_ms: int = 500
     redis_prefix: str = "run-registry:"
+    trusted_proxies: int = 0
+    metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR: gunicorn.conf.py sets it
 
     @property
     def shared_registry(self) -> bool:
@@ -56,6 +58,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         paced_replays=positive_int(environ, "RUN_REGISTRY_PACED_REPLAYS", default=2),
         redis_timeout_ms=positive_int(environ, "RUN_REGISTRY_REDIS_TIMEOUT_MS", default=500),
         redis_prefix=_non_empty(environ, "RUN_REGISTRY_REDIS_PREFIX") or "run-registry:",
+        trusted_proxies=non_negative_int(environ, "RUN_REGISTRY_TRUSTED_PROXIES", default=0),
+        metrics_dir=_non_empty(environ, "PROMETHEUS_MULTIPROC_DIR"),
         engine_commit=next(
             (value for name in COMMIT_VARIABLES if (value := _non_empty(environ, name))), None
         ),
@@ -64,11 +68,20 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
 
 def positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
     """Read a positive decimal integer, or the default when the variable is unset or empty."""
+    return _bounded_int(environ, name, default, minimum=1, kind="a positive integer")
+
+
+def non_negative_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    """Read a decimal integer of 0 or more, or the default when the variable is unset or empty."""
+    return _bounded_int(environ, name, default, minimum=0, kind="an integer of 0 or more")
+
+
+def _bounded_int(environ: Mapping[str, str], name: str, default: int, minimum: int, kind: str) -> int:
     raw = environ.get(name, "").strip()
     if not raw:
         return default
-    if not re.fullmatch(r"[0-9]{1,9}", raw) or int(raw) < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {_shown(raw)}")
+    if not re.fullmatch(r"[0-9]{1,9}", raw) or int(raw) < minimum:
+        raise ConfigError(f"{name} must be {kind}, got {_shown(raw)}")
     return int(raw)
 
 

@@ -21,6 +21,7 @@ MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript's Number.MAX_SAFE_INTEGER: seeds surv
 SCENARIO_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _SEED_PATTERN = re.compile(r"[+-]?[0-9]+")
 
+MAX_POSITION = 2**31 - 1  # far beyond any transcript; bounds the parse
 LIVE_PACE_MS = 50  # the default engine's nominal rhythm: 20 events a second
 MAX_PACE_MS = 1000
 
@@ -38,6 +39,10 @@ SCENARIO_ID_MESSAGE = (
 
 class Seed(fields.Field):
     """A seed: ASCII decimal with an optional sign, within JavaScript's safe integers."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        metadata = {"type": "integer", "minimum": -MAX_SAFE_INTEGER, "maximum": MAX_SAFE_INTEGER, "example": 42}
+        super().__init__(metadata=metadata, **kwargs)
 
     default_error_messages = {
         "required": REQUIRED_MESSAGE,
@@ -67,6 +72,8 @@ def scenario_id_field(**kwargs: Any) -> fields.String:
     return fields.String(
         required=True,
         validate=validate.Regexp(SCENARIO_ID_PATTERN, error=SCENARIO_ID_MESSAGE),
+        # The same pattern for OpenAPI, in the ECMA dialect it uses (no \Z).
+        metadata={"pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", "example": "pricing-v1"},
         error_messages={"required": REQUIRED_MESSAGE, "null": REQUIRED_MESSAGE,
                         "invalid": SCENARIO_ID_MESSAGE},
         **kwargs,
@@ -112,7 +119,7 @@ class Position(fields.Field):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int | None:
         if value == "":
             return None  # an empty Last-Event-ID is how EventSource says "none" (the SSE specification)
-        if not (isinstance(value, str) and re.fullmatch(r"[0-9]{1,10}", value) and int(value) > 0):
+        if not (isinstance(value, str) and re.fullmatch(r"[0-9]{1,10}", value) and 0 < int(value) <= MAX_POSITION):
             raise self.make_error("invalid", name=self.data_key)
         return int(value)
 
@@ -141,10 +148,10 @@ class ReplayQuery(QuerySchema):
 
     @post_load
     def one_position(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        header, query = data.pop("last_event_id_header"), data["last_event_id"]
-        if header is not None and query is not None and header != query:
-            raise ValidationError("Last-Event-ID header and lastEventId parameter disagree")
-        data["last_event_id"] = header if header is not None else query
+        """The header wins: an EventSource reconnecting to ``...?lastEventId=5`` sends where it got to."""
+        header = data.pop("last_event_id_header")
+        if header is not None:
+            data["last_event_id"] = header
         return data
 
 
@@ -212,3 +219,125 @@ def first_message(messages: object) -> str:
             return "invalid input"
     parts = [part for part in path[:-1] if part != "_schema"]
     return ": ".join([*parts, messages]) if parts else messages
+
+
+# Response bodies. Views build these shapes directly (serving stored bytes on the hot paths);
+# the schemas describe them for /openapi.json, and the schemathesis test checks every response
+# against that document, so the two cannot drift apart unnoticed.
+
+
+class ErrorBody(Schema):
+    type = fields.String(required=True, metadata={"example": "BAD_INPUT"})
+    message = fields.String(required=True)
+
+
+class LookupResponse(Schema):
+    run_id = fields.String(data_key="runId", required=True, metadata={"example": "run_pricing-v1_42_1764180000123"})
+    source = fields.String(required=True, validate=validate.OneOf(["new", "cache"]))
+
+
+class EngineInfo(Schema):
+    name = fields.String(required=True)
+    version = fields.String(required=True)
+
+
+class RunMetadata(Schema):
+    run_id = fields.String(data_key="runId", required=True)
+    scenario_id = fields.String(data_key="scenarioId", required=True)
+    seed = fields.Integer(required=True)
+    engine = fields.Nested(EngineInfo, required=True)
+    engine_code_hash = fields.String(data_key="engineCodeHash", required=True)
+    cache_key = fields.String(
+        data_key="cacheKey", required=True, metadata={"description": "sha256(scenarioId:seed:engineCodeHash), hex"}
+    )
+    created_at = fields.Integer(data_key="createdAt", required=True, metadata={"description": "epoch milliseconds"})
+    expires_at = fields.Integer(
+        data_key="expiresAt", required=True, metadata={"description": "epoch milliseconds; live while now < it"}
+    )
+    hits = fields.Integer(required=True)
+    count = fields.Integer(required=True)
+    events_sha256 = fields.String(data_key="eventsSha256", required=True)
+
+
+class EventSchema(Schema):
+    type = fields.String(required=True)
+    data = fields.Dict(required=True)
+
+
+class EventsResponse(Schema):
+    run_id = fields.String(data_key="runId", required=True)
+    events = fields.List(fields.Nested(EventSchema), required=True)
+    count = fields.Integer(required=True)
+
+
+class CompareSide(Schema):
+    run_id = fields.String(data_key="runId", required=True)
+    source = fields.String(required=True, validate=validate.OneOf(["new", "cache"]))
+    scenario_id = fields.String(data_key="scenarioId", required=True)
+    seed = fields.Integer(required=True)
+    count = fields.Integer(required=True)
+    events_sha256 = fields.String(data_key="eventsSha256", required=True)
+
+
+class MetricDeltaSchema(Schema):
+    left = fields.Raw(required=True, allow_none=True)
+    right = fields.Raw(required=True, allow_none=True)
+    delta = fields.Float(required=True, allow_none=True)
+
+
+class TokenCounts(Schema):
+    left = fields.Integer(required=True)
+    right = fields.Integer(required=True)
+    delta = fields.Integer(required=True)
+
+
+class DiffSchema(Schema):
+    identical = fields.Boolean(required=True)
+    first_difference = fields.Integer(data_key="firstDifference", required=True, allow_none=True)
+    tokens = fields.Nested(TokenCounts, required=True)
+    report = fields.Dict(keys=fields.String(), values=fields.Nested(MetricDeltaSchema), required=True)
+
+
+class CompareResponse(Schema):
+    left = fields.Nested(CompareSide, required=True)
+    right = fields.Nested(CompareSide, required=True)
+    diff = fields.Nested(DiffSchema, required=True)
+
+
+class VerifyResponse(Schema):
+    run_id = fields.String(data_key="runId", required=True)
+    reproducible = fields.Boolean(required=True)
+    recorded_sha256 = fields.String(data_key="recordedSha256", required=True)
+    replayed_sha256 = fields.String(data_key="replayedSha256", required=True)
+    first_difference = fields.Integer(data_key="firstDifference", required=True, allow_none=True)
+    recorded_count = fields.Integer(data_key="recordedCount", required=True)
+    replayed_count = fields.Integer(data_key="replayedCount", required=True)
+    duration_ms = fields.Float(data_key="durationMs", required=True)
+
+
+class HealthResponse(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(["ok"]))
+
+
+class ReadinessResponse(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(["ready"]))
+    backend = fields.String(required=True, validate=validate.OneOf(["memory", "redis"]))
+    engine = fields.Nested(EngineInfo, required=True)
+    engine_code_hash = fields.String(data_key="engineCodeHash", required=True)
+
+
+class StatsResponse(Schema):
+    """The original document's statistics (snake_case, as it has them), and more."""
+
+    backend = fields.String(required=True, validate=validate.OneOf(["memory", "redis"]))
+    total_entries = fields.Integer(required=True)
+    ttl_minutes = fields.Float(required=True)
+    entries_by_scenario = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    hits = fields.Integer(required=True)
+    misses = fields.Integer(required=True)
+    hit_ratio = fields.Float(required=True, allow_none=True)
+    evictions = fields.Integer(required=True)
+    expirations = fields.Integer(required=True)
+    engine_executions = fields.Integer(required=True)
+    engine_failures = fields.Integer(required=True)
+    engine_mean_ms = fields.Float(required=True, allow_none=True)

@@ -100,7 +100,7 @@ def require_binary(name: str) -> str:
     """The binary's path; without it the test skips, or fails under CI=true (a skip is not a pass)."""
     import pytest
 
-    path = shutil.which(name)
+    path = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin")
     if path is None:
         message = f"{name} is not installed (.ci/run installs it)"
         if os.environ.get("CI") == "true":
@@ -171,3 +171,73 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGCONT)  # in case a test paused it
         self.stop()
+
+
+class Nginx:
+    """Real nginx with ``deploy/nginx.conf`` in front of ``upstream_port``, on a free port."""
+
+    def __init__(self, directory: Path, upstream_port: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.directory = directory
+        site = (ROOT / "deploy" / "nginx.conf").read_text()
+        # The file as shipped, moved to free ports: both lines must be there to move.
+        assert "listen 80;" in site and "server 127.0.0.1:3001;" in site
+        site = site.replace("listen 80;", f"listen 127.0.0.1:{self.port};")
+        site = site.replace("server 127.0.0.1:3001;", f"server 127.0.0.1:{upstream_port};")
+        (directory / "site.conf").write_text(site)
+        temp_paths = "\n".join(
+            f"    {kind}_temp_path {directory}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        user = "user root;\n" if os.geteuid() == 0 else ""  # workers must reach the temp paths
+        self.config = directory / "nginx.conf"
+        self.config.write_text(
+            f"{user}daemon off;\nworker_processes 1;\npid {directory}/nginx.pid;\n"
+            f"error_log {directory}/error.log info;\nevents {{ worker_connections 256; }}\n"
+            f"http {{\n    access_log {directory}/access.log;\n{temp_paths}\n"
+            f"    include {directory}/site.conf;\n}}\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15) -> Nginx:
+        binary = require_binary("nginx")
+        check = subprocess.run([binary, "-t", "-p", str(self.directory), "-c", str(self.config)],
+                               capture_output=True, text=True, check=False)
+        assert check.returncode == 0, check.stderr
+        self.process = subprocess.Popen([binary, "-p", str(self.directory), "-c", str(self.config)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                errors = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise RuntimeError(f"nginx exited: {errors}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("nginx did not listen in time")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)  # graceful
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process is not None and self.process.stderr is not None:
+            self.process.stderr.close()
+
+    def __enter__(self) -> Nginx:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def metric(text: str, name: str) -> float:
+    """The one sample named ``name`` (labels included) in a Prometheus text exposition."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")]
+    assert len(values) == 1, name
+    return values[0]

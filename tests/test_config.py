@@ -48,6 +48,9 @@ def test_empty_variables_mean_the_default():
         ("RUN_REGISTRY_URL", "postgres://db"),
         ("RUN_REGISTRY_ENGINE", "no-colon"),
         ("RUN_REGISTRY_ENGINE", "a:b\nc"),
+        ("RUN_REGISTRY_TRUSTED_PROXIES", "-1"),
+        ("RUN_REGISTRY_PACED_REPLAYS", "0"),
+        ("RUN_REGISTRY_REDIS_TIMEOUT_MS", "0"),
     ],
 )
 def test_invalid_setting_is_one_line_naming_the_variable(name, value):

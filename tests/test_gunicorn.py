@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -54,9 +55,35 @@ def test_one_worker_whatever_web_concurrency_says(server):
     assert "1 worker process with 4 threads" in log and "WEB_CONCURRENCY=4 ignored" in log
 
 
-def test_access_log_goes_to_stdout(server):
-    http("GET", f"{server.url}/runs/lookup?scenarioId=logged&seed=1")
-    assert '"GET /runs/lookup?scenarioId=logged&seed=1 HTTP/1.1" 200' in server.log()
+def log_lines(server):
+    return [json.loads(line) for line in server.log().splitlines()]
+
+
+def test_one_json_log_line_per_request_with_its_request_id(server):
+    reply = http("GET", f"{server.url}/runs/lookup?scenarioId=logged&seed=1", headers={"X-Request-ID": "req-42"})
+    assert reply.headers["X-Request-ID"] == "req-42"
+    lines = [line for line in log_lines(server) if line.get("path") == "/runs/lookup?scenarioId=logged&seed=1"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["logger"] == "app.request" and line["level"] == "INFO"
+    assert (line["method"], line["status"], line["source"], line["request_id"]) == ("GET", 200, "new", "req-42")
+    assert line["client"] == "127.0.0.1" and line["duration_ms"] > 0
+    # The engine's own log line of that request carries the same id.
+    engine_lines = [entry for entry in log_lines(server) if entry["message"].startswith("engine ran scenario logged")]
+    assert [entry["request_id"] for entry in engine_lines] == ["req-42"]
+
+
+def test_a_missing_or_unusable_request_id_is_replaced(server):
+    generated = http("GET", f"{server.url}/healthz").headers["X-Request-ID"]
+    assert len(generated) == 32 and int(generated, 16) >= 0
+    for unusable in ("a b", "x" * 129, "<script>"):
+        replaced = http("GET", f"{server.url}/healthz", headers={"X-Request-ID": unusable}).headers["X-Request-ID"]
+        assert replaced != unusable and len(replaced) == 32
+
+
+def test_every_log_line_is_json(server):
+    http("GET", f"{server.url}/runs/lookup?scenarioId=test&seed=invalid")
+    assert all({"ts", "level", "logger", "message"} <= set(line) for line in log_lines(server))
 
 
 def test_port_variable_binds_all_interfaces(tmp_path):

@@ -13,6 +13,7 @@ from tests.servers import Gunicorn
 from tests.servers import RedisServer
 from tests.servers import free_port
 from tests.servers import http
+from tests.servers import metric
 
 pytestmark = pytest.mark.server
 
@@ -40,6 +41,9 @@ def test_four_workers_run_one_new_key_once_for_100_concurrent_lookups(redis_url,
 
         with ThreadPoolExecutor(max_workers=100) as pool:
             replies = list(pool.map(lookup, range(100)))
+        # Whichever worker answers a scrape, the figures are those of all four.
+        scrapes = [http("GET", f"{server.url}/metrics").body.decode() for _ in range(8)]
+        stats = http("GET", f"{server.url}/registry/stats").json()
         log = server.log()
     assert [reply.status for reply in replies] == [200] * 100
     bodies = [reply.json() for reply in replies]
@@ -47,6 +51,13 @@ def test_four_workers_run_one_new_key_once_for_100_concurrent_lookups(redis_url,
     assert len({body["runId"] for body in bodies}) == 1
     assert executions.read_text().count("\n") == 1
     assert log.count("Booting worker") == 4
+    for text in scrapes:
+        assert metric(text, 'run_registry_lookups_total{source="new"}') == 1
+        assert metric(text, 'run_registry_lookups_total{source="cache"}') == 99
+        assert metric(text, "run_registry_engine_executions_total") == 1
+        assert metric(text, "run_registry_entries") == 1
+    assert (stats["hits"], stats["misses"], stats["hit_ratio"], stats["engine_executions"]) == (99, 1, 0.99, 1)
+    assert stats["backend"] == "redis" and stats["entries_by_scenario"] == {"hot": 1}
     assert "4 worker processes with 8 threads each, sharing the registry at redis://127.0.0.1:" in log
 
 

@@ -42,9 +42,21 @@ def show_run(run_id: str) -> dict[str, Any]:
 
 @bp.get("/runs/<run_id>/events")
 def list_events(run_id: str) -> Response:
-    """The transcript: JSON from its stored bytes, or Server-Sent Events when the client asks."""
+    """The transcript: JSON from its stored bytes, or Server-Sent Events when the client asks.
+
+    The replay parameters are checked either way (a malformed one is an error, never ignored),
+    and used only by the event stream.
+    """
+    header = request.headers.get("Last-Event-ID")
+    sources = [request.args] if header is None else [request.args, MultiDict({"Last-Event-ID": header})]
+    query = load_or_bad_input(_replay_query, CombinedMultiDict(sources))
     if request.accept_mimetypes.best_match(["application/json", EVENT_STREAM]) == EVENT_STREAM:
-        return _replay(run_id)
+        stream = run_service().replay(run_id, query["last_event_id"], query["pace"])
+        return Response(
+            stream,
+            mimetype=EVENT_STREAM,
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},  # nginx: do not buffer
+        )
     record = run_service().run(run_id).record
     body = b"".join((
         b'{"runId":', json.dumps(record.run_id).encode(),
@@ -53,14 +65,3 @@ def list_events(run_id: str) -> Response:
     ))
     return Response(body, mimetype="application/json")
 
-
-def _replay(run_id: str) -> Response:
-    header = request.headers.get("Last-Event-ID")
-    sources = [request.args] if header is None else [request.args, MultiDict({"Last-Event-ID": header})]
-    query = load_or_bad_input(_replay_query, CombinedMultiDict(sources))
-    stream = run_service().replay(run_id, query["last_event_id"], query["pace"])
-    return Response(
-        stream,
-        mimetype=EVENT_STREAM,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},  # nginx: do not buffer
-    )

@@ -1,0 +1,67 @@
+"""Operations: liveness, readiness, registry statistics, Prometheus metrics, the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+from flask import Response
+from flask import current_app
+
+from app.api import run_service
+from app.metrics import CONTENT_TYPE
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Alive: the process answers. Asks nothing of the backend."""
+    return {"status": "ok"}
+
+
+@bp.get("/readyz")
+def readyz() -> dict[str, Any]:
+    """Ready: the registry backend answers (503 UNAVAILABLE when it does not)."""
+    ready = run_service().readiness()
+    return {
+        "status": "ready",
+        "backend": ready.backend,
+        "engine": {"name": ready.engine_name, "version": ready.engine_version},
+        "engineCodeHash": ready.engine_code_hash,
+    }
+
+
+@bp.get("/registry/stats")
+def registry_stats() -> dict[str, Any]:
+    """Entries, lookups and engine runs; with Redis, for every worker and host."""
+    report = run_service().stats_report()
+    stats = report.stats
+    lookups = stats.hits + stats.misses
+    return {
+        "backend": report.backend,
+        "total_entries": stats.total_entries,
+        "ttl_minutes": report.ttl_minutes,
+        "entries_by_scenario": stats.entries_by_scenario,
+        "hits": stats.hits,
+        "misses": stats.misses,
+        "hit_ratio": round(stats.hits / lookups, 4) if lookups else None,
+        "evictions": stats.evictions,
+        "expirations": stats.expirations,
+        "engine_executions": stats.engine_runs,
+        "engine_failures": stats.engine_failures,
+        "engine_mean_ms": round(stats.engine_ms_total / stats.engine_runs, 3) if stats.engine_runs else None,
+    }
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text format."""
+    return Response(current_app.extensions["metrics"].render(), content_type=CONTENT_TYPE)
+
+
+@bp.get("/openapi.json")
+def openapi() -> dict[str, Any]:
+    """The OpenAPI 3 document of every endpoint, generated from the marshmallow schemas."""
+    document: dict[str, Any] = current_app.extensions["openapi"]
+    return document

@@ -1,0 +1,99 @@
+"""Prometheus metrics; under gunicorn, summed over every worker (prometheus_client's multiprocess mode)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter
+from prometheus_client import Histogram
+from prometheus_client import disable_created_metrics
+from prometheus_client import generate_latest
+from prometheus_client import multiprocess
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from app.errors import ServiceError
+from app.models import RegistryStats
+from app.models import Source
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_ENGINE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """The service's metrics, in a registry of this app's own (a fresh one per ``create_app``).
+
+    With ``multiprocess_dir`` (gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR) every worker
+    writes its samples to files there and a scrape sums them, so whichever worker answers
+    reports for all. Figures the registry backend keeps (entries, evictions, expirations)
+    are read from it at scrape time: with Redis they cover the whole fleet.
+    """
+
+    def __init__(self, registry_stats: Callable[[], RegistryStats], multiprocess_dir: str | None) -> None:
+        disable_created_metrics()  # the *_created series only double what scrapes already know
+        self._multiprocess = multiprocess_dir is not None
+        self._registry = CollectorRegistry()
+        self._backend = _BackendCollector(registry_stats)
+        self.lookups = Counter(
+            "run_registry_lookups", "Lookups answered, by source.", ["source"], registry=self._registry
+        )
+        self.engine_executions = Counter(
+            "run_registry_engine_executions", "Engine executions (new runs and verifications).",
+            registry=self._registry,
+        )
+        self.engine_failures = Counter(
+            "run_registry_engine_failures", "Engine executions that raised or returned malformed events.",
+            registry=self._registry,
+        )
+        self.engine_duration = Histogram(
+            "run_registry_engine_duration_seconds", "Time the engine took per execution.",
+            buckets=_ENGINE_BUCKETS, registry=self._registry,
+        )
+        self.request_duration = Histogram(
+            "run_registry_http_request_duration_seconds", "Time to answer a request, by endpoint and status.",
+            ["endpoint", "method", "status"], buckets=_REQUEST_BUCKETS, registry=self._registry,
+        )
+        if not self._multiprocess:
+            self._registry.register(self._backend)
+
+    def lookup_answered(self, source: Source) -> None:
+        self.lookups.labels(source).inc()
+
+    def engine_ran(self, seconds: float, failed: bool) -> None:
+        self.engine_executions.inc()
+        if failed:
+            self.engine_failures.inc()
+        self.engine_duration.observe(seconds)
+
+    def request_answered(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        self.request_duration.labels(endpoint, method, str(status)).observe(seconds)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        if not self._multiprocess:
+            return generate_latest(self._registry)
+        scrape = CollectorRegistry()
+        multiprocess.MultiProcessCollector(scrape)
+        scrape.register(self._backend)
+        return generate_latest(scrape)
+
+
+class _BackendCollector(Collector):
+    def __init__(self, registry_stats: Callable[[], RegistryStats]) -> None:
+        self._registry_stats = registry_stats
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            stats = self._registry_stats()
+        except ServiceError:  # the backend is down: say so, and still serve the process' own figures
+            yield GaugeMetricFamily("run_registry_backend_up", "Whether the registry backend answered.", value=0)
+            return
+        yield GaugeMetricFamily("run_registry_backend_up", "Whether the registry backend answered.", value=1)
+        yield GaugeMetricFamily("run_registry_entries", "Live entries in the registry.", value=stats.total_entries)
+        yield CounterMetricFamily("run_registry_evictions", "Entries evicted at the cap.", value=stats.evictions)
+        yield CounterMetricFamily("run_registry_expirations", "Entries that expired.", value=stats.expirations)

@@ -1,0 +1,112 @@
+"""Operations endpoints in-process: health, readiness, stats, metrics, OpenAPI, request logs, proxies."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from app import create_app
+from tests.conftest import test_settings
+from tests.fakes import FakeEngine
+from tests.servers import free_port
+from tests.servers import metric
+
+
+def test_healthz(client):
+    response = client.get("/healthz")
+    assert (response.status_code, response.get_json()) == (200, {"status": "ok"})
+
+
+def test_readyz_names_the_backend_and_engine(client):
+    assert client.get("/readyz").get_json() == {
+        "status": "ready", "backend": "memory",
+        "engine": {"name": "pricing-simulator", "version": "1.0.0"}, "engineCodeHash": "test-code-hash",
+    }
+
+
+def test_readyz_is_503_when_the_backend_does_not_answer():
+    settings = test_settings(registry_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_ms=200)
+    client = create_app(settings, engine=FakeEngine()).test_client()
+    response = client.get("/readyz")
+    assert response.status_code == 503 and response.get_json()["type"] == "UNAVAILABLE"
+    assert client.get("/healthz").status_code == 200  # alive all the same
+
+
+def test_registry_stats_count_lookups_entries_and_engine_runs(settings):
+    engine = FakeEngine()
+    client = create_app(settings, engine=engine).test_client()
+    assert client.get("/registry/stats").get_json()["hit_ratio"] is None
+    for query in ("scenarioId=a&seed=1", "scenarioId=a&seed=1", "scenarioId=a&seed=1", "scenarioId=b&seed=1"):
+        client.get(f"/runs/lookup?{query}")
+    engine.failures = 1
+    assert client.get("/runs/lookup?scenarioId=c&seed=1").status_code == 500
+    stats = client.get("/registry/stats").get_json()
+    engine_mean = stats.pop("engine_mean_ms")
+    assert stats == {
+        "backend": "memory", "total_entries": 2, "ttl_minutes": 60.0, "entries_by_scenario": {"a": 1, "b": 1},
+        "hits": 2, "misses": 2, "hit_ratio": 0.5, "evictions": 0, "expirations": 0,
+        "engine_executions": 3, "engine_failures": 1,
+    }
+    assert engine_mean >= 0
+
+
+def test_metrics_in_prometheus_text_format(fake_client):
+    for _ in range(3):
+        fake_client.get("/runs/lookup?scenarioId=a&seed=1")
+    fake_client.get("/runs/lookup?scenarioId=a&seed=bad")
+    response = fake_client.get("/metrics")
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    text = response.get_data(as_text=True)
+    assert metric(text, 'run_registry_lookups_total{source="new"}') == 1
+    assert metric(text, 'run_registry_lookups_total{source="cache"}') == 2
+    assert metric(text, "run_registry_engine_executions_total") == 1
+    assert metric(text, "run_registry_engine_failures_total") == 0
+    assert metric(text, "run_registry_engine_duration_seconds_count") == 1
+    assert metric(text, "run_registry_entries") == 1 and metric(text, "run_registry_backend_up") == 1
+    assert metric(text, "run_registry_evictions_total") == 0
+    assert metric(text, 'run_registry_http_request_duration_seconds_count'
+                        '{endpoint="/runs/lookup",method="GET",status="200"}') == 3
+    assert metric(text, 'run_registry_http_request_duration_seconds_count'
+                        '{endpoint="/runs/lookup",method="GET",status="400"}') == 1
+    assert "_created" not in text
+
+
+def test_metrics_still_answer_when_the_backend_is_down():
+    settings = test_settings(registry_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_ms=200)
+    text = create_app(settings, engine=FakeEngine()).test_client().get("/metrics").get_data(as_text=True)
+    assert metric(text, "run_registry_backend_up") == 0
+
+
+def test_every_route_is_in_the_openapi_document(app, client):
+    document = client.get("/openapi.json").get_json()
+    assert document["openapi"] == "3.0.3"
+    documented = {(path, method) for path, operations in document["paths"].items() for method in operations}
+    routes = {
+        (rule.rule.replace("<run_id>", "{runId}"), method.lower())
+        for rule in app.url_map.iter_rules() if rule.endpoint != "static"
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    assert documented == routes
+    lookup = document["paths"]["/runs/lookup"]["get"]
+    assert [p["name"] for p in lookup["parameters"]] == ["scenarioId", "seed"]
+    assert set(document["components"]["schemas"]) >= {"Error", "LookupResponse", "RunMetadata", "CompareBody"}
+
+
+def test_request_log_line_has_the_lookup_source_and_request_id(fake_client, caplog):
+    caplog.set_level(logging.INFO, logger="app.request")
+    response = fake_client.get("/runs/lookup?scenarioId=a&seed=1", headers={"X-Request-ID": "abc-123"})
+    assert response.headers["X-Request-ID"] == "abc-123"
+    [record] = [r for r in caplog.records if r.name == "app.request"]
+    assert (record.method, record.path, record.status, record.source) == (
+        "GET", "/runs/lookup?scenarioId=a&seed=1", 200, "new")
+    assert record.client == "127.0.0.1"
+
+
+@pytest.mark.parametrize(("trusted", "client_address"), [(0, "127.0.0.1"), (1, "203.0.113.9")])
+def test_forwarded_address_only_from_trusted_proxies(trusted, client_address, caplog):
+    caplog.set_level(logging.INFO, logger="app.request")
+    client = create_app(test_settings(trusted_proxies=trusted), engine=FakeEngine()).test_client()
+    client.get("/healthz", headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"})
+    [record] = [r for r in caplog.records if r.name == "app.request"]
+    assert record.client == client_address
