@@ -36,6 +36,8 @@ def test_readme_examples_work(tmp_path):
         "manifest.json: OK", "events.json: OK", "events.csv: OK", "position,type,tokenIndex,text,data",
         '"reproducible":true', '"identical":false', "left: seed must be a valid integer",
         "Last-Event-ID 999 is not a position in this run (1 to 147)",
+        '{"status":"ok"}', '"status":"ready"', '"hit_ratio":', 'run_registry_lookups_total{source="new"}',
+        "'/runs/lookup'",
     ):
         assert expected in output, expected
     assert "NOT_FOUND" not in output and "METHOD_NOT_ALLOWED" not in output

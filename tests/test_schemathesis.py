@@ -1,0 +1,32 @@
+"""schemathesis against the running service: every response must match /openapi.json, none a 500."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.servers import Gunicorn
+
+pytestmark = pytest.mark.server
+SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+MAX_EXAMPLES = 25
+
+
+def test_the_api_keeps_to_its_openapi_document(tmp_path):
+    with Gunicorn(tmp_path / "gunicorn.log") as server:
+        result = subprocess.run(
+            [str(SCHEMATHESIS), "run", f"{server.url}/openapi.json", "--checks", "all",
+             "--phases", "examples,coverage,fuzzing", "--max-examples", str(MAX_EXAMPLES), "--seed", "20261126",
+             "--generation-database", "none", "--workers", "1", "--no-color", "--request-timeout", "30"],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False,
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    generated = re.search(r"(\d+) generated", output)
+    assert generated is not None and int(generated.group(1)) > 100, output[-2000:]
+    print(f"schemathesis: {generated.group(0)} test cases")
+    assert "500 Internal" not in server.log()
