@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
+import gzip
 import json
 import logging
 import re
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
@@ -61,6 +62,7 @@ class RunService:
         self._backend = "redis" if settings.shared_registry else "memory"
         self.engine_code_hash = engine_code_hash(engine, settings)
         self._run_id_clock = _UniqueMillis()
+        self._bodies = _DecompressedBodies(capacity=128)
         # A paced replay holds a server thread for its whole length: bound how many may.
         self._paced_replays = threading.BoundedSemaphore(settings.paced_replays)
 
@@ -86,6 +88,14 @@ class RunService:
         if live is None:
             raise RunNotFound(f"Run {printable(run_id)} not found")
         return live
+
+    def events_body(self, run_id: str, gzip_ok: bool) -> tuple[bytes, bool]:
+        """The /events JSON body: gzip-compressed as stored when the client takes that, else plain.
+
+        :returns: the body, and whether it is gzip-compressed.
+        """
+        record = self.run(run_id).record
+        return (record.body_gzip, True) if gzip_ok else (self._bodies.get(record), False)
 
     def stats_report(self) -> StatsReport:
         """What the registry counts (with a shared backend, for the whole fleet), with its settings."""
@@ -115,7 +125,7 @@ class RunService:
             raise BadInput(
                 f"Last-Event-ID {last_event_id} is not a position in this run (1 to {record.event_count})"
             )
-        messages = sse_messages(_events(record), after=last_event_id or 0, pace_ms=pace_ms)
+        messages = sse_messages(self._events(record), after=last_event_id or 0, pace_ms=pace_ms)
         if not pace_ms:
             return messages
         if not self._paced_replays.acquire(blocking=False):
@@ -124,12 +134,12 @@ class RunService:
 
     def export_csv(self, run_id: str) -> bytes:
         """The transcript as spreadsheet-safe CSV."""
-        return events_csv(_events(self.run(run_id).record))
+        return events_csv(self._events(self.run(run_id).record))
 
     def snapshot(self, run_id: str) -> bytes:
         """The run's ZIP evidence pack; the same bytes every time for the same run."""
         record = self.run(run_id).record
-        return snapshot_zip(record, events_csv(_events(record)))
+        return snapshot_zip(record, self._events_json(record), events_csv(self._events(record)))
 
     def compare(self, left: tuple[str, int], right: tuple[str, int]) -> Comparison:
         """Look both runs up (get or create, renewing them) and diff their transcripts."""
@@ -137,7 +147,7 @@ class RunService:
         right_run, right_source = self._lookup_run(*right)
         return Comparison(
             left_run, left_source, right_run, right_source,
-            diff_transcripts(_events(left_run.record), _events(right_run.record)),
+            diff_transcripts(self._events(left_run.record), self._events(right_run.record)),
         )
 
     def verify(self, run_id: str) -> Verification:
@@ -155,17 +165,24 @@ class RunService:
         started = time.perf_counter()
         replayed = self._execute(RunKey(record.scenario_id, record.seed, record.engine_code_hash))
         duration_ms = (time.perf_counter() - started) * 1000
-        reproducible = replayed.events_json == record.events_json
+        reproducible = self._events_json(replayed) == self._events_json(record)
         return Verification(
             run_id=record.run_id,
             reproducible=reproducible,
             recorded_sha256=record.events_sha256,
             replayed_sha256=replayed.events_sha256,
-            first_difference=None if reproducible else first_difference(_events(record), _events(replayed)),
+            first_difference=None if reproducible else first_difference(self._events(record), self._events(replayed)),
             recorded_count=record.event_count,
             replayed_count=replayed.event_count,
             duration_ms=round(duration_ms, 3),
         )
+
+    def _events_json(self, record: RunRecord) -> bytes:
+        return record.events_json(self._bodies.get(record))
+
+    def _events(self, record: RunRecord) -> list[Event]:
+        events: list[Event] = json.loads(self._events_json(record))
+        return events
 
     def _run_engine(self, key: RunKey) -> tuple[list[Event], bytes]:
         """The engine's events for the key, checked, and their canonical JSON."""
@@ -210,18 +227,13 @@ class RunService:
         created_at = self._run_id_clock.next()
         log.info("engine ran scenario %s seed %s: %d events in %.1f ms", key.scenario_id, key.seed, len(events),
                  seconds * 1000)
-        return RunRecord(
-            run_id=f"run_{key.scenario_id}_{key.seed}_{created_at}",
-            cache_key=key.digest,
-            scenario_id=key.scenario_id,
-            seed=key.seed,
-            engine_code_hash=key.engine_code_hash,
+        return RunRecord.create(
+            key=key,
             engine_name=self._engine.name,
             engine_version=self._engine.version,
             created_at=created_at,
-            event_count=len(events),
-            events_sha256=hashlib.sha256(events_json).hexdigest(),
             events_json=events_json,
+            event_count=len(events),
         )
 
 
@@ -298,6 +310,30 @@ class _ReleasingStream:
             self._release()
 
 
+class _DecompressedBodies:
+    """The plain /events bodies of the most recently read runs, so a hot run is not
+    decompressed on every request; bounded, so memory stays that of the compressed store."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._bodies: OrderedDict[tuple[str, bytes], bytes] = OrderedDict()
+
+    def get(self, record: RunRecord) -> bytes:
+        key = (record.run_id, record.events_digest)
+        with self._lock:
+            body = self._bodies.get(key)
+            if body is not None:
+                self._bodies.move_to_end(key)
+                return body
+        body = gzip.decompress(record.body_gzip)
+        with self._lock:
+            self._bodies[key] = body
+            if len(self._bodies) > self._capacity:
+                self._bodies.popitem(last=False)
+        return body
+
+
 class _UniqueMillis:
     """Epoch milliseconds that never repeat in this process, so two live runs never share a runId."""
 
@@ -336,7 +372,3 @@ def _validated_events_json(events: Sequence[object]) -> bytes | None:
     except (TypeError, ValueError):
         return None
 
-
-def _events(record: RunRecord) -> list[Event]:
-    events: list[Event] = json.loads(record.events_json)
-    return events

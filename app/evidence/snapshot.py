@@ -14,13 +14,13 @@ from app.models import RunRecord
 _ZIP_EPOCH = datetime(1980, 1, 1, tzinfo=UTC)
 
 
-def snapshot_zip(record: RunRecord, events_csv: bytes) -> bytes:
+def snapshot_zip(record: RunRecord, events_json: bytes, events_csv: bytes) -> bytes:
     """Pack a run: every byte derives from the record, nothing from the moment of download.
 
     Entries are stored, not deflated: deflate's output may differ between zlib builds
     (zlib-ng, for one), and the pack must be byte-identical on every host.
     """
-    contents = {"events.json": record.events_json, "events.csv": events_csv}
+    contents = {"events.json": events_json, "events.csv": events_csv}
     manifest = {
         "runId": record.run_id,
         "scenarioId": record.scenario_id,

@@ -155,8 +155,8 @@ return {redis.call('ZCARD', prefix .. 'lru'), redis.call('HGETALL', prefix .. 's
         redis.call('HGETALL', prefix .. 'counters')}
 """
 
-_RECORD_FIELDS = ("runId", "cacheKey", "scenarioId", "seed", "engineCodeHash", "engineName", "engineVersion",
-                  "createdAt", "count", "eventsSha256", "events", "hits", "expiresAt")
+_RECORD_FIELDS = ("runId", "cacheKey", "engineCodeHash", "engineName", "engineVersion", "count", "eventsDigest",
+                  "bodyGzip", "hits", "expiresAt")
 
 
 class RedisRegistry:
@@ -214,15 +214,12 @@ class RedisRegistry:
         record = RunRecord(
             run_id=fields["runId"].decode(),
             cache_key=fields["cacheKey"].decode(),
-            scenario_id=fields["scenarioId"].decode(),
-            seed=int(fields["seed"]),
             engine_code_hash=fields["engineCodeHash"].decode(),
             engine_name=fields["engineName"].decode(),
             engine_version=fields["engineVersion"].decode(),
-            created_at=int(fields["createdAt"]),
             event_count=int(fields["count"]),
-            events_sha256=fields["eventsSha256"].decode(),
-            events_json=fields["events"],
+            events_digest=fields["eventsDigest"],
+            body_gzip=fields["bodyGzip"],
         )
         return LiveRun(record, int(fields["expiresAt"]), int(fields["hits"]))
 
@@ -320,9 +317,9 @@ def _unavailable_on_redis_errors() -> Iterator[None]:
 def _record_fields(record: RunRecord) -> list[Any]:
     return [
         "runId", record.run_id, "cacheKey", record.cache_key, "scenarioId", record.scenario_id,
-        "seed", record.seed, "engineCodeHash", record.engine_code_hash, "engineName", record.engine_name,
-        "engineVersion", record.engine_version, "createdAt", record.created_at, "count", record.event_count,
-        "eventsSha256", record.events_sha256, "events", record.events_json,
+        "engineCodeHash", record.engine_code_hash, "engineName", record.engine_name,
+        "engineVersion", record.engine_version, "count", record.event_count,
+        "eventsDigest", record.events_digest, "bodyGzip", record.body_gzip,
     ]
 
 

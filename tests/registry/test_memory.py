@@ -12,6 +12,7 @@ from app.registry.memory import MemoryRegistry
 from tests.registry.contract import Builder
 from tests.registry.contract import RegistryContract
 from tests.registry.contract import record
+from tests.registry.contract import run_id
 
 TTL_MS = 60_000
 
@@ -32,9 +33,9 @@ class TestMemoryRegistry(RegistryContract):
     def test_entry_is_live_until_exactly_its_expiry(self, registry, frozen):
         registry.create_once("k1", Builder(record()))
         frozen.tick(timedelta(milliseconds=TTL_MS - 1))
-        assert registry.get("run_k1") is not None
+        assert registry.get(run_id()) is not None
         frozen.tick(timedelta(milliseconds=1))
-        assert registry.get("run_k1") is None
+        assert registry.get(run_id()) is None
 
 
 def test_each_call_sweeps_a_bounded_slice_of_expired_entries(frozen):
@@ -44,7 +45,7 @@ def test_each_call_sweeps_a_bounded_slice_of_expired_entries(frozen):
     frozen.tick(timedelta(milliseconds=TTL_MS))
     registry.touch("unrelated")
     assert len(registry._entries) == 2 * SWEEP_SLICE  # one slice gone, untouched
-    registry.get("run_unrelated")
+    registry.get(run_id("unrelated"))
     assert len(registry._entries) == SWEEP_SLICE
     assert registry.stats().total_entries == 0
 
@@ -57,4 +58,4 @@ def test_sweep_stops_at_the_first_live_entry(frozen):
     frozen.tick(timedelta(milliseconds=TTL_MS // 2))
     stats = registry.stats()
     assert (stats.total_entries, stats.expirations) == (1, 1)
-    assert registry.get("run_young") is not None
+    assert registry.get(run_id("young")) is not None

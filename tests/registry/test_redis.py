@@ -15,6 +15,7 @@ from app.registry.redis_registry import RedisRegistry
 from tests.registry.contract import Builder
 from tests.registry.contract import RegistryContract
 from tests.registry.contract import record
+from tests.registry.contract import run_id
 from tests.servers import RedisServer
 from tests.servers import free_port
 
@@ -52,17 +53,17 @@ def test_key_and_run_record_expire_at_the_same_instant(make_registry, redis_serv
     registry.create_once("k1", Builder(record()))
     client = redis_server.client()
     prefix = "run-registry:"
-    assert client.pexpiretime(f"{prefix}key:k1") == client.pexpiretime(f"{prefix}run:run_k1") > 0
+    assert client.pexpiretime(f"{prefix}key:k1") == client.pexpiretime(f"{prefix}run:{run_id()}") > 0
     registry.touch("k1")
-    assert client.pexpiretime(f"{prefix}key:k1") == client.pexpiretime(f"{prefix}run:run_k1")
-    assert client.pexpiretime(f"{prefix}run:run_k1") == registry.get("run_k1").expires_at
+    assert client.pexpiretime(f"{prefix}key:k1") == client.pexpiretime(f"{prefix}run:{run_id()}")
+    assert client.pexpiretime(f"{prefix}run:{run_id()}") == registry.get(run_id()).expires_at
 
 
 def test_two_processes_racing_on_one_key_build_once(make_registry):
     """Two registries on one Redis are two processes: no shared lock, only Redis."""
     processes = [make_registry(), make_registry()]
     gate = threading.Event()
-    builds = [Builder(record(), gate=gate), Builder(record(run_id="run_other"), gate=gate)]
+    builds = [Builder(record(), gate=gate), Builder(record(created_at=2), gate=gate)]
     start = threading.Barrier(32)
 
     def create(index):
@@ -78,7 +79,7 @@ def test_two_processes_racing_on_one_key_build_once(make_registry):
         gate.set()
         results = [future.result(timeout=30) for future in futures]
     assert builds[0].calls + builds[1].calls == 1
-    assert len({run_id for run_id, _ in results}) == 1
+    assert len({result_id for result_id, _ in results}) == 1
     assert sum(created for _, created in results) == 1
 
 
@@ -91,7 +92,7 @@ def test_a_claim_whose_holder_died_is_taken_over_after_it_expires(make_registry,
         assert client.get("run-registry:claim:k1") != b"dead-holder", "built while the dead claim still held"
         return record()
 
-    assert registry.create_once("k1", build) == ("run_k1", True)
+    assert registry.create_once("k1", build) == (run_id(), True)
 
 
 def test_a_long_run_keeps_its_claim_alive(make_registry):
@@ -102,12 +103,12 @@ def test_a_long_run_keeps_its_claim_alive(make_registry):
     with ThreadPoolExecutor(max_workers=2) as pool:
         first = pool.submit(holder.create_once, "k1", slow)
         assert slow.entered.wait(timeout=30)
-        second = pool.submit(other.create_once, "k1", Builder(record(run_id="run_duplicate")))
+        second = pool.submit(other.create_once, "k1", Builder(record(created_at=4)))
         time.sleep(1.0)  # more than three claim lifetimes
         assert not second.done()
         gate.set()
-        assert first.result(timeout=30) == ("run_k1", True)
-        assert second.result(timeout=30) == ("run_k1", False)
+        assert first.result(timeout=30) == (run_id(), True)
+        assert second.result(timeout=30) == (run_id(), False)
 
 
 def test_a_failed_build_releases_its_claim_at_once(make_registry, redis_server):
@@ -122,13 +123,13 @@ def test_entries_are_shared_by_every_instance_and_outlive_them(make_registry):
     first.create_once("k1", Builder(record()))
     first.close()
     later = make_registry()  # a restarted service
-    assert later.touch("k1") == "run_k1"
-    assert later.get("run_k1").hits == 1
+    assert later.touch("k1") == run_id()
+    assert later.get(run_id()).hits == 1
 
 
 def test_unreachable_redis_is_registry_unavailable_promptly():
     registry = RedisRegistry(f"redis://127.0.0.1:{free_port()}/0", ttl_ms=TTL_MS, max_entries=10, timeout_ms=200)
-    for call in (lambda: registry.touch("k1"), lambda: registry.get("run_k1"), registry.stats,
+    for call in (lambda: registry.touch("k1"), lambda: registry.get(run_id()), registry.stats,
                  lambda: registry.create_once("k1", Builder(record()))):
         with pytest.raises(RegistryUnavailable):
             call()
@@ -144,7 +145,7 @@ def test_a_hung_redis_times_out_and_recovers(tmp_path):
             registry.touch("k1")
         waited = time.monotonic() - started
         server.stop(signal.SIGCONT)
-        assert registry.touch("k1") == "run_k1"
+        assert registry.touch("k1") == run_id()
     assert waited < 2  # two tries of a 200 ms timeout, not the default 5 s each
 
 
@@ -158,16 +159,16 @@ def test_a_restarted_redis_is_used_again_without_restarting_the_service(tmp_path
         registry.touch("k1")
     with RedisServer(tmp_path, port=port):
         assert registry.touch("k1") is None  # it kept nothing on disk: a new, empty registry
-        assert registry.create_once("k1", Builder(record())) == ("run_k1", True)
+        assert registry.create_once("k1", Builder(record())) == (run_id(), True)
 
 
 def test_an_entry_whose_run_redis_evicted_is_absent(make_registry, redis_server):
     """Under Redis' own memory policy a run hash may go before its key: never a half entry."""
     registry = make_registry()
     registry.create_once("k1", Builder(record()))
-    redis_server.client().delete("run-registry:run:run_k1")
+    redis_server.client().delete(f"run-registry:run:{run_id()}")
     assert registry.touch("k1") is None
-    assert registry.create_once("k1", Builder(record(run_id="run_k1_new"))) == ("run_k1_new", True)
+    assert registry.create_once("k1", Builder(record(created_at=5))) == (run_id(created_at=5), True)
 
 
 def test_prefixes_keep_registries_apart(redis_url):

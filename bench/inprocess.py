@@ -1,0 +1,162 @@
+"""In-process figures: memory per cached run, lookup time against entries, the longest sweep pause."""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import time
+import tracemalloc
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+
+from app.clock import now_ms
+from app.config import Settings
+from app.engine.pricing import PricingEngine
+from app.models import RunKey
+from app.models import RunRecord
+from app.registry.memory import SWEEP_SLICE
+from app.registry.memory import MemoryRegistry
+from app.service import RunService
+
+CODE_HASH = "bench-code-hash"
+
+
+def measure(runs: int, smoke: bool = False) -> dict[str, str]:
+    """Every in-process figure, as text for the report."""
+    figures = memory_per_run(runs)
+    figures.update(lookup_time_by_entries(10, min(runs, 100_000), repeats=3 if smoke else 9))
+    figures.update(longest_sweep_pause(min(runs, 100_000)))
+    return figures
+
+
+def _events_json(seed: int) -> tuple[bytes, int]:
+    """The default engine's events for a seed, checked and encoded as the service does (in a pool worker)."""
+    service = RunService(MemoryRegistry(60_000, 1), PricingEngine(), Settings(engine_code_hash=CODE_HASH))
+    events, events_json = service._run_engine(RunKey("pricing-v1", seed, CODE_HASH))
+    return events_json, len(events)
+
+
+def memory_per_run(runs: int) -> dict[str, str]:
+    """Fill registries with ``runs`` runs of the default engine in all; what does each run cost?
+
+    RSS: each core's process fills a registry of its own, running the engine in-process as
+    the service does (moving runs between processes would fragment the heap and count that
+    too), untraced (tracemalloc's own bookkeeping would count as well). tracemalloc: the
+    bytes Python allocates for the records, made here from runs the workers made.
+    """
+    workers = os.cpu_count() or 1
+    shares = [runs // workers + (index < runs % workers) for index in range(workers)]
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        rss = sum(pool.map(_rss_growth_of_runs, shares, [sum(shares[:i]) for i in range(workers)]))
+    elapsed = time.perf_counter() - started
+    traced = _traced_bytes_of_runs(runs)
+    return {
+        "cached runs of the default engine (pricing-v1, seeds 0..)": f"{runs:,} (made in {elapsed:.0f} s)",
+        "memory per cached run, RSS growth": f"{rss / runs:,.0f} bytes ({rss / 2**20:,.1f} MiB in all)",
+        "memory per cached run, tracemalloc": f"{traced / runs:,.0f} bytes",
+    }
+
+
+def _rss_growth_of_runs(runs: int, first_seed: int) -> int:
+    """In a pool worker: RSS growth from caching ``runs`` runs made by the service itself."""
+    registry = MemoryRegistry(ttl_ms=3_600_000, max_entries=runs)
+    service = RunService(registry, PricingEngine(), Settings(engine_code_hash=CODE_HASH))
+    service.lookup("pricing-v1", -1)  # warm every code path before measuring
+    gc.collect()
+    before = _rss_bytes()
+    for seed in range(first_seed, first_seed + runs):
+        service.lookup("pricing-v1", seed)
+    gc.collect()
+    return _rss_bytes() - before
+
+
+def _traced_bytes_of_runs(runs: int) -> int:
+    """Bytes tracemalloc counts for ``runs`` cached runs (the engine runs in pool workers)."""
+    registry = MemoryRegistry(ttl_ms=3_600_000, max_entries=runs)
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(abs, range(8)))  # start the workers first: forked while tracing, they would trace too
+        gc.collect()
+        tracemalloc.start()
+        for seed, (events_json, count) in enumerate(pool.map(_events_json, range(runs), chunksize=256)):
+            key = RunKey("pricing-v1", seed, CODE_HASH)
+            created_at = 1_795_000_000_000 + seed
+            record = RunRecord.create(key=key,
+                                      engine_name=PricingEngine.name, engine_version=PricingEngine.version,
+                                      created_at=created_at, events_json=events_json, event_count=count)
+            registry.create_once(key.digest, partial(_same, record))
+    gc.collect()
+    traced = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert registry.stats().total_entries == runs
+    return traced
+
+
+def _same(record: RunRecord) -> RunRecord:
+    return record
+
+
+def lookup_time_by_entries(few: int, many: int, repeats: int) -> dict[str, str]:
+    """A lookup hit's time in the service, with ``few`` and with ``many`` entries in the registry."""
+    timings = {}
+    for entries in (few, many):
+        registry = MemoryRegistry(ttl_ms=3_600_000, max_entries=many)
+        settings = Settings(engine_code_hash=CODE_HASH)
+        service = RunService(registry, PricingEngine(), settings)
+        for seed in range(entries):
+            key = RunKey("bench-entries", seed, CODE_HASH)
+            registry.create_once(key.digest, partial(_small_record, key))
+        batches = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for seed in range(0, 10_000):
+                service.lookup("bench-entries", seed % few)
+            batches.append((time.perf_counter() - started) / 10_000)
+        timings[entries] = statistics.median(batches)
+    return {
+        f"lookup hit in the service, {few} entries": f"{timings[few] * 1e6:.2f} µs",
+        f"lookup hit in the service, {many:,} entries": f"{timings[many] * 1e6:.2f} µs"
+        f" (throughput {timings[few] / timings[many]:.2f} of the {few}-entry figure)",
+    }
+
+
+def _small_record(key: RunKey) -> RunRecord:
+    return RunRecord.create(key=key, engine_name="bench",
+                            engine_version="1", created_at=1, events_json=b"[]", event_count=0)
+
+
+def longest_sweep_pause(entries: int) -> dict[str, str]:
+    """Expire ``entries`` entries at once, then time every slice of the sweep that removes them.
+
+    A slice runs with the registry's lock held, so the longest slice is the longest any
+    lookup waits on a sweep.
+    """
+    ttl_ms = 3_600_000
+    registry = MemoryRegistry(ttl_ms=ttl_ms, max_entries=entries)
+    for seed in range(entries):
+        key = RunKey("bench-sweep", seed, CODE_HASH)
+        registry.create_once(key.digest, partial(_small_record, key))
+    later = now_ms() + ttl_ms  # an hour on: every entry has expired
+    pauses = []
+    while True:
+        started = time.perf_counter()
+        with registry._lock:
+            removed = registry._sweep(later, SWEEP_SLICE)
+        pauses.append(time.perf_counter() - started)
+        if removed < SWEEP_SLICE:
+            break
+    assert len(registry._entries) == 0
+    return {
+        f"sweep of {entries:,} expired entries": f"{len(pauses):,} slices of {SWEEP_SLICE}; longest lock hold "
+        f"{max(pauses) * 1000:.3f} ms, median {statistics.median(pauses) * 1000:.3f} ms, all "
+        f"{sum(pauses) * 1000:.0f} ms",
+    }
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0

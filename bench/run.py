@@ -1,0 +1,206 @@
+"""``make bench``: the service against its floor under wrk, and in-process measurements.
+
+Starts the service under its own gunicorn.conf.py and, beside it on the same settings,
+bench/floor.py (a bare Flask app answering with the service's recorded bytes). wrk loads
+each on loopback in interleaved rounds; the table gives medians over the rounds and each
+row's ratio to its floor measured in the same run. Then the in-process figures: memory per
+cached run, lookup time against the number of entries, the longest sweep pause.
+
+    python -m bench.run                 # the full run written up in docs/benchmarks.md
+    python -m bench.run --smoke         # a few seconds, to keep this script from rotting
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+
+from bench import inprocess
+from tests.servers import ROOT
+from tests.servers import Gunicorn
+from tests.servers import RedisServer
+from tests.servers import http
+from tests.servers import require_binary
+
+# Headers the floor repeats; the rest (Date, Content-Length, X-Request-ID...) are per response.
+_KEPT_HEADERS = ("Content-Type", "Content-Encoding", "Content-Disposition", "Cache-Control", "X-Accel-Buffering",
+                 "X-Content-Type-Options", "Vary")
+_NEW_KEYS_SCRIPT = """
+local counter = 0
+local offset = 0
+function setup(thread) thread:set("offset", math.random(1, 1000000000) * 1000) end
+function request()
+  counter = counter + 1
+  return wrk.format(nil, "/runs/lookup?scenarioId=bench-miss&seed=" .. (offset + counter))
+end
+"""
+
+
+@dataclass
+class Row:
+    name: str
+    path: str
+    headers: dict[str, str] = field(default_factory=dict)
+    script: str | None = None
+    target: str = "memory"  # which service answers: memory, or redis (several workers)
+    floor_of: str | None = None  # the row whose service figure is this row's floor (redis)
+    results: dict[str, list[dict[str, float]]] = field(default_factory=lambda: {"service": [], "floor": []})
+
+
+@dataclass
+class Target:
+    server: Gunicorn
+    pids: list[int]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=4)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--runs", type=int, default=100_000, help="cached runs for the memory figures")
+    parser.add_argument("--smoke", action="store_true", help="one short round and small in-process figures")
+    parser.add_argument("--markdown", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    if args.smoke:
+        args.rounds, args.seconds, args.runs = 1, 1, 2_000
+    require_binary("wrk")
+    require_binary("redis-server")
+
+    with tempfile.TemporaryDirectory(prefix="run-registry-bench-") as scratch:
+        table = load_test(Path(scratch), args)
+    figures = inprocess.measure(args.runs, smoke=args.smoke)
+    report = render(table, figures, args)
+    print(report)
+    if args.markdown:
+        args.markdown.write_text(report)
+
+
+def load_test(scratch: Path, args: argparse.Namespace) -> list[Row]:
+    env = {"RUN_REGISTRY_TTL_MIN": "600"}
+    with (
+        RedisServer(scratch) as redis_server,
+        Gunicorn(scratch / "memory.log", env=env) as memory,
+        Gunicorn(scratch / "redis.log", env={**env, "RUN_REGISTRY_URL": redis_server.url, "WEB_CONCURRENCY": "4"})
+        as shared,
+    ):
+        run_id = http("GET", f"{memory.url}/runs/lookup?scenarioId=pricing-v1&seed=42").json()["runId"]
+        http("GET", f"{shared.url}/runs/lookup?scenarioId=pricing-v1&seed=42")
+        rows = [
+            Row("lookup hit", "/runs/lookup?scenarioId=pricing-v1&seed=42"),
+            Row("lookup miss (new runs)", "/runs/lookup", script=_NEW_KEYS_SCRIPT),
+            Row("events JSON", f"/runs/{run_id}/events"),
+            Row("events JSON, gzip", f"/runs/{run_id}/events", headers={"Accept-Encoding": "gzip"}),
+            Row("events SSE", f"/runs/{run_id}/events", headers={"Accept": "text/event-stream"}),
+            Row("GET /runs/<runId>", f"/runs/{run_id}"),
+            Row("snapshot ZIP", f"/runs/{run_id}/snapshot"),
+            Row("lookup hit, Redis, 4 workers", "/runs/lookup?scenarioId=pricing-v1&seed=42", target="redis",
+                floor_of="lookup hit"),
+        ]
+        recorded = record_floor_responses(memory.url, run_id)
+        floor_file = scratch / "floor.json"
+        floor_file.write_text(json.dumps(recorded))
+        floor_env = {**env, "BENCH_FLOOR_RESPONSES": str(floor_file), "PYTHONPATH": str(ROOT)}
+        floor_server = Gunicorn(scratch / "floor.log", env=floor_env, app="bench.floor:app")
+        with floor_server as floor:
+            targets = {"memory": memory, "redis": shared, "floor": floor}
+            for _ in range(args.rounds):  # interleaved: service and floor alternate within each round
+                for row in rows:
+                    row.results["service"].append(wrk(targets[row.target], row, args))
+                    if row.floor_of is None:
+                        row.results["floor"].append(wrk(floor, row, args))
+    return rows
+
+
+def record_floor_responses(url: str, run_id: str) -> dict[str, dict[str, object]]:
+    """The service's own answers, for the floor to repeat byte for byte."""
+    requests = {
+        "lookup": ("/runs/lookup?scenarioId=pricing-v1&seed=42", {}),
+        "metadata": (f"/runs/{run_id}", {}),
+        "events": (f"/runs/{run_id}/events", {}),
+        "events_gzip": (f"/runs/{run_id}/events", {"Accept-Encoding": "gzip"}),
+        "sse": (f"/runs/{run_id}/events", {"Accept": "text/event-stream"}),
+        "snapshot": (f"/runs/{run_id}/snapshot", {}),
+    }
+    recorded = {}
+    for name, (path, headers) in requests.items():
+        reply = http("GET", url + path, headers=headers)
+        assert reply.status == 200, (path, reply.status)
+        kept = {key: value for key, value in reply.headers.items() if key in _KEPT_HEADERS}
+        recorded[name] = {"body": reply.body.hex(), "headers": kept}
+    return recorded
+
+
+def wrk(server: Gunicorn, row: Row, args: argparse.Namespace) -> dict[str, float]:
+    """One wrk run: requests/s, latency percentiles, and the server's CPU per request."""
+    command = ["wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds:g}s", "--latency"]
+    for name, value in row.headers.items():
+        command += ["-H", f"{name}: {value}"]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(row.script or "")
+    if row.script:
+        command += ["-s", script.name]
+    cpu_before = server.cpu_seconds()
+    output = subprocess.run([*command, server.url + row.path], capture_output=True, text=True, check=True).stdout
+    cpu = server.cpu_seconds() - cpu_before
+    os.unlink(script.name)
+    requests = float(re.search(r"(\d+) requests in", output).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if errors:
+        raise RuntimeError(f"{row.name}: {errors.group(1)} error responses\n{output}")
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "p50": _latency_ms(output, "50%"),
+        "p99": _latency_ms(output, "99%"),
+        "cpu_us": cpu / requests * 1e6 if requests else 0.0,
+    }
+
+
+def _latency_ms(output: str, percentile: str) -> float:
+    value, unit = re.search(rf"{re.escape(percentile)}\s+([\d.]+)(us|ms|s)", output).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def render(rows: list[Row], figures: dict[str, object], args: argparse.Namespace) -> str:
+    medians = {row.name: {side: _median(results) for side, results in row.results.items() if results}
+               for row in rows}
+    lines = [
+        f"Run Registry benchmark: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{args.rounds} interleaved rounds of {args.seconds:g} s, wrk -t1 -c{args.connections}",
+        f"Command: {' '.join(['python -m bench.run', *sys.argv[1:]])}",
+        "",
+        "| endpoint | requests/s | p50 ms | p99 ms | server CPU µs/request | floor requests/s | floor CPU µs/request "
+        "| ratio to floor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        service = medians[row.name]["service"]
+        floor = medians[row.floor_of]["service"] if row.floor_of else medians[row.name]["floor"]
+        floor_name = f"{floor['rps']:.0f} ({row.floor_of}, memory)" if row.floor_of else f"{floor['rps']:.0f}"
+        lines.append(
+            f"| {row.name} | {service['rps']:.0f} | {service['p50']:.2f} | {service['p99']:.2f} "
+            f"| {service['cpu_us']:.0f} | {floor_name} | {floor['cpu_us']:.0f} | {service['rps'] / floor['rps']:.2f} |"
+        )
+    lines += ["", "In-process (one Python process, no HTTP):", ""]
+    lines += [f"- {name}: {value}" for name, value in figures.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _median(results: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(result[key] for result in results) for key in results[0]}
+
+
+if __name__ == "__main__":
+    main()
