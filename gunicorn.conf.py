@@ -21,6 +21,8 @@ if _own_metrics_dir:
 for _stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
     os.remove(_stale)  # figures of an earlier run would be summed in
 
+from gunicorn.glogging import Logger  # noqa: E402 - after the metrics directory is set
+
 from app.config import ConfigError  # noqa: E402 - after the metrics directory is set
 from app.config import load_settings  # noqa: E402 - after the metrics directory is set
 from app.config import positive_int  # noqa: E402 - after the metrics directory is set
@@ -53,6 +55,17 @@ keepalive = 5
 # The control socket (gunicornc) sits at one path per user: two services on a host would clash.
 control_socket_disable = True
 accesslog = None  # the app logs one JSON line per request itself, with its request id
+
+
+class _WithoutAccessLog(Logger):
+    """gunicorn's logger, minus its access log, which any logconfig_dict switches back on: the
+    app writes the one JSON line per request, and gunicorn's would be a second (at a cost)."""
+
+    def access(self, resp, req, environ, request_time):
+        pass
+
+
+logger_class = _WithoutAccessLog
 errorlog = "-"
 loglevel = "info"
 # Everything to stdout as JSON, one object a line; app loggers propagate to root.
@@ -62,7 +75,6 @@ logconfig_dict = {
     "root": {"level": "INFO", "handlers": ["stdout"]},
     "loggers": {
         "gunicorn.error": {"level": "INFO", "handlers": ["stdout"], "propagate": False},
-        "gunicorn.access": {"level": "INFO", "handlers": ["stdout"], "propagate": False},
     },
     "filters": {"request_id": {"()": "app.logs.RequestIdFilter"}},
     "handlers": {

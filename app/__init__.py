@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 from flask import Flask
-from flask import Response
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.config import Settings
@@ -13,6 +12,7 @@ from app.config import load_settings
 from app.engine import load_engine
 from app.engine.base import Engine
 from app.errors import register_error_handlers
+from app.logs import AccessLog
 from app.logs import register_request_logging
 from app.metrics import Metrics
 from app.openapi import build_openapi
@@ -20,6 +20,7 @@ from app.registry import make_registry
 from app.service import RunService
 
 MAX_BODY_BYTES = 64 * 1024
+STDOUT = 1  # the process' standard output, where gunicorn and twelve-factor hosts collect logs
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
@@ -32,27 +33,21 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]  # bodies read in the documented order
-    if settings.trusted_proxies:
-        hops = settings.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)  # type: ignore[method-assign]
     engine = engine or load_engine(settings.engine)
     metrics = Metrics(lambda: service.stats_report().stats, settings.metrics_dir)
     service = RunService(make_registry(settings), engine, settings, observer=metrics)
     app.extensions["settings"] = settings
     app.extensions["run_service"] = service
     app.extensions["metrics"] = metrics
-    register_request_logging(app, on_answered=metrics.request_answered)
     register_error_handlers(app)
     register_blueprints(app)
-    app.after_request(_hardening_headers)
     app.extensions["openapi"] = build_openapi(app)
+    access_log = AccessLog(STDOUT if settings.access_log else None)
+    register_request_logging(app, on_answered=metrics.request_answered, access_log=access_log)
+    if settings.trusted_proxies:  # outermost, so the log and the app see the client's address
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)  # type: ignore[method-assign]
     return app
-
-
-def _hardening_headers(response: Response) -> Response:
-    """Browsers must take every body as the type we declare (no sniffing JSON into HTML)."""
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    return response
 
 
 def register_blueprints(app: Flask) -> None:

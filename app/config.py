@@ -34,6 +34,7 @@ class Settings:
     redis_timeout_ms: int = 500
     redis_prefix: str = "run-registry:"
     trusted_proxies: int = 0
+    access_log: bool = True
     metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR: gunicorn.conf.py sets it
 
     @property
@@ -59,6 +60,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         redis_timeout_ms=positive_int(environ, "RUN_REGISTRY_REDIS_TIMEOUT_MS", default=500),
         redis_prefix=_non_empty(environ, "RUN_REGISTRY_REDIS_PREFIX") or "run-registry:",
         trusted_proxies=non_negative_int(environ, "RUN_REGISTRY_TRUSTED_PROXIES", default=0),
+        access_log=_switch(environ, "RUN_REGISTRY_ACCESS_LOG", default=True),
         metrics_dir=_non_empty(environ, "PROMETHEUS_MULTIPROC_DIR"),
         engine_commit=next(
             (value for name in COMMIT_VARIABLES if (value := _non_empty(environ, name))), None
@@ -130,6 +132,15 @@ def _engine_spec(environ: Mapping[str, str]) -> str:
     if not _ENGINE_SPEC.fullmatch(raw):
         raise ConfigError(f"{name} must look like package.module:attribute, got {_shown(raw)}")
     return raw
+
+
+def _switch(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("on", "off", "true", "false", "1", "0"):
+        raise ConfigError(f"{name} must be on or off, got {_shown(raw)}")
+    return raw in ("on", "true", "1")
 
 
 def redacted_url(url: str) -> str:

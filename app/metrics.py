@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter
@@ -38,6 +39,8 @@ class Metrics:
         disable_created_metrics()  # the *_created series only double what scrapes already know
         self._multiprocess = multiprocess_dir is not None
         self._registry = CollectorRegistry()
+        # Label values are bounded (routes, methods, statuses, sources), so this stays small.
+        self._children: dict[tuple[Any, tuple[object, ...]], Any] = {}
         self._backend = _BackendCollector(registry_stats)
         self.lookups = Counter(
             "run_registry_lookups", "Lookups answered, by source.", ["source"], registry=self._registry
@@ -62,7 +65,7 @@ class Metrics:
             self._registry.register(self._backend)
 
     def lookup_answered(self, source: Source) -> None:
-        self.lookups.labels(source).inc()
+        self._child(self.lookups, source).inc()
 
     def engine_ran(self, seconds: float, failed: bool) -> None:
         self.engine_executions.inc()
@@ -71,7 +74,15 @@ class Metrics:
         self.engine_duration.observe(seconds)
 
     def request_answered(self, endpoint: str, method: str, status: int, seconds: float) -> None:
-        self.request_duration.labels(endpoint, method, str(status)).observe(seconds)
+        self._child(self.request_duration, endpoint, method, status).observe(seconds)
+
+    def _child(self, metric: Any, *labels: object) -> Any:
+        """The labelled child, kept: ``labels()`` costs as much as the update (the hot path has both)."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*(str(label) for label in labels))
+        return child
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 from marshmallow import EXCLUDE
 from marshmallow import Schema
@@ -13,6 +15,7 @@ from marshmallow import fields
 from marshmallow import post_load
 from marshmallow import pre_load
 from marshmallow import validate
+from werkzeug.datastructures import MultiDict
 
 from app.errors import BadInput
 
@@ -111,6 +114,9 @@ class LookupQuery(QuerySchema):
         return data
 
 
+_LOOKUP_QUERY = LookupQuery()
+
+
 class Position(fields.Field):
     """An event position: a positive decimal integer (whether it is in the run, the service checks)."""
 
@@ -192,6 +198,20 @@ class CompareBody(Schema):
             if side in data and not isinstance(data[side], Mapping):
                 raise ValidationError({side: [f"{side} must be an object with scenarioId and seed"]})
         return data
+
+
+@functools.lru_cache(maxsize=4096)
+def lookup_query(query_string: bytes) -> tuple[str, int]:
+    """``(scenarioId, seed)`` of a raw lookup query string, validated by LookupQuery.
+
+    Memoised on the raw bytes: the hot path is the same few queries over and over (cache
+    hits), and validation is a pure function of them. Refusals are not memoised.
+
+    :raises BadInput: as LookupQuery says.
+    """
+    pairs = parse_qsl(query_string.decode("utf-8", "replace"), keep_blank_values=True, errors="replace")
+    query = load_or_bad_input(_LOOKUP_QUERY, MultiDict(pairs))
+    return query["scenario_id"], query["seed"]
 
 
 def load_or_bad_input(schema: Schema, data: object) -> Any:

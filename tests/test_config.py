@@ -51,6 +51,7 @@ def test_empty_variables_mean_the_default():
         ("RUN_REGISTRY_TRUSTED_PROXIES", "-1"),
         ("RUN_REGISTRY_PACED_REPLAYS", "0"),
         ("RUN_REGISTRY_REDIS_TIMEOUT_MS", "0"),
+        ("RUN_REGISTRY_ACCESS_LOG", "maybe"),
     ],
 )
 def test_invalid_setting_is_one_line_naming_the_variable(name, value):

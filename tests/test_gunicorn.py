@@ -64,6 +64,7 @@ def test_one_json_log_line_per_request_with_its_request_id(server):
     assert reply.headers["X-Request-ID"] == "req-42"
     lines = [line for line in log_lines(server) if line.get("path") == "/runs/lookup?scenarioId=logged&seed=1"]
     assert len(lines) == 1
+    assert sum("scenarioId=logged" in text for text in server.log().splitlines()) == 1  # gunicorn logs none
     line = lines[0]
     assert line["logger"] == "app.request" and line["level"] == "INFO"
     assert (line["method"], line["status"], line["source"], line["request_id"]) == ("GET", 200, "new", "req-42")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 
@@ -114,3 +115,16 @@ def test_reading_a_run_neither_renews_nor_counts_as_a_hit(fake_client, frozen):
     fake_client.get(f"/runs/{run_id}/events")
     after = fake_client.get(f"/runs/{run_id}").get_json()
     assert (after["expiresAt"], after["hits"]) == (before["expiresAt"], before["hits"]) == (before["expiresAt"], 0)
+
+
+def test_events_go_gzip_compressed_as_stored_to_clients_that_accept_it(fake_client):
+    run_id = new_run(fake_client)
+    plain = fake_client.get(f"/runs/{run_id}/events")
+    packed = fake_client.get(f"/runs/{run_id}/events", headers={"Accept-Encoding": "gzip, deflate"})
+    assert plain.headers.get("Content-Encoding") is None
+    assert packed.headers["Content-Encoding"] == "gzip"
+    assert plain.headers["Vary"] == packed.headers["Vary"] == "Accept-Encoding"
+    assert gzip.decompress(packed.get_data()) == plain.get_data()
+    assert len(packed.get_data()) < len(plain.get_data())
+    refused = fake_client.get(f"/runs/{run_id}/events", headers={"Accept-Encoding": "gzip;q=0, identity"})
+    assert refused.headers.get("Content-Encoding") is None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import json
 
 import pytest
 
@@ -93,20 +93,34 @@ def test_every_route_is_in_the_openapi_document(app, client):
     assert set(document["components"]["schemas"]) >= {"Error", "LookupResponse", "RunMetadata", "CompareBody"}
 
 
-def test_request_log_line_has_the_lookup_source_and_request_id(fake_client, caplog):
-    caplog.set_level(logging.INFO, logger="app.request")
+def request_lines(capfd) -> list[dict]:
+    """The JSON request lines the app wrote to its standard output."""
+    return [line for line in map(json.loads, capfd.readouterr().out.splitlines()) if line["logger"] == "app.request"]
+
+
+def test_request_log_line_has_the_lookup_source_and_request_id(fake_client, capfd):
+    capfd.readouterr()
     response = fake_client.get("/runs/lookup?scenarioId=a&seed=1", headers={"X-Request-ID": "abc-123"})
     assert response.headers["X-Request-ID"] == "abc-123"
-    [record] = [r for r in caplog.records if r.name == "app.request"]
-    assert (record.method, record.path, record.status, record.source) == (
-        "GET", "/runs/lookup?scenarioId=a&seed=1", 200, "new")
-    assert record.client == "127.0.0.1"
+    [line] = request_lines(capfd)
+    assert set(line) == {"ts", "level", "logger", "message", "request_id", "method", "path", "status",
+                         "duration_ms", "client", "source"}
+    assert (line["message"], line["request_id"], line["method"], line["path"], line["status"], line["source"]) == (
+        "GET /runs/lookup 200", "abc-123", "GET", "/runs/lookup?scenarioId=a&seed=1", 200, "new")
+    assert line["client"] == "127.0.0.1" and line["level"] == "INFO"
+
+
+def test_request_lines_can_be_switched_off(capfd):
+    client = create_app(test_settings(access_log=False), engine=FakeEngine()).test_client()
+    capfd.readouterr()
+    client.get("/healthz")
+    assert request_lines(capfd) == []
 
 
 @pytest.mark.parametrize(("trusted", "client_address"), [(0, "127.0.0.1"), (1, "203.0.113.9")])
-def test_forwarded_address_only_from_trusted_proxies(trusted, client_address, caplog):
-    caplog.set_level(logging.INFO, logger="app.request")
+def test_forwarded_address_only_from_trusted_proxies(trusted, client_address, capfd):
     client = create_app(test_settings(trusted_proxies=trusted), engine=FakeEngine()).test_client()
+    capfd.readouterr()
     client.get("/healthz", headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"})
-    [record] = [r for r in caplog.records if r.name == "app.request"]
-    assert record.client == client_address
+    [line] = request_lines(capfd)
+    assert line["client"] == client_address
