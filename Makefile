@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run run-redis test lint clean
+.PHONY: run run-redis test lint bench clean
 REDIS_PORT ?= 6390
 
 run: $(STAMP)
@@ -21,8 +21,12 @@ run-redis: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# The benchmark (about ten minutes): the service against its floor, written to docs/benchmarks.md.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run --markdown docs/benchmarks.md
+
 lint: $(STAMP)
-	$(BIN)/ruff check app tests wsgi.py gunicorn.conf.py
+	$(BIN)/ruff check app tests bench wsgi.py gunicorn.conf.py
 	$(BIN)/mypy
 
 $(STAMP): requirements.txt requirements-dev.txt

@@ -49,12 +49,14 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
 class Gunicorn:
     """``gunicorn -c gunicorn.conf.py wsgi:app`` as the Procfile runs it, on a free port."""
 
-    def __init__(self, log_path: Path, env: dict[str, str] | None = None, bind: bool = True) -> None:
+    def __init__(
+        self, log_path: Path, env: dict[str, str] | None = None, bind: bool = True, app: str = "wsgi:app"
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.env = {**os.environ, "ENGINE_CODE_HASH": "gunicorn-test", **(env or {})}
-        self.args = [str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"]
+        self.args = [str(GUNICORN), "-c", "gunicorn.conf.py", app]
         if bind:
             self.args += ["--bind", f"127.0.0.1:{self.port}"]
         else:
@@ -88,6 +90,21 @@ class Gunicorn:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU time of the master and its workers so far (Linux /proc)."""
+        assert self.process is not None
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the process has gone
+            pid, parent = int(stat.parent.name), int(fields[1])
+            if self.process.pid in (pid, parent):
+                total += (int(fields[11]) + int(fields[12])) / ticks
+        return total
 
     def __enter__(self) -> Gunicorn:
         return self.start()

@@ -1,0 +1,28 @@
+"""A few-second run of the benchmark, so the script never rots. No timing is asserted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.servers import ROOT
+from tests.servers import require_binary
+
+pytestmark = pytest.mark.server
+
+
+def test_the_benchmark_runs_and_prints_its_table(tmp_path):
+    require_binary("wrk")
+    report = tmp_path / "benchmarks.md"
+    result = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--markdown", str(report)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = report.read_text()
+    for row in ("lookup hit", "lookup miss (new runs)", "events JSON", "events SSE", "GET /runs/<runId>",
+                "snapshot ZIP", "lookup hit, Redis, 4 workers"):
+        assert f"| {row} |" in text, row
+    for figure in ("memory per cached run, tracemalloc", "memory per cached run, RSS growth",
+                   "entries:", "sweep of"):
+        assert figure in text, figure
