@@ -31,6 +31,7 @@ class Settings:
     engine_code_hash: str | None = None
     engine_commit: str | None = None
     paced_replays: int = 2
+    engine_timeout_s: float = 30.0
     redis_timeout_ms: int = 500
     redis_prefix: str = "run-registry:"
     trusted_proxies: int = 0
@@ -51,12 +52,13 @@ class Settings:
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Parse the service's variables; raise ConfigError naming the first bad one."""
     return Settings(
-        ttl_minutes=_ttl_minutes(environ),
+        ttl_minutes=positive_number(environ, "RUN_REGISTRY_TTL_MIN", 60.0, "minutes", MAX_TTL_MINUTES),
         max_entries=positive_int(environ, "RUN_REGISTRY_MAX_ENTRIES", default=10_000),
         registry_url=_registry_url(environ),
         engine=_engine_spec(environ),
         engine_code_hash=_non_empty(environ, "ENGINE_CODE_HASH"),
         paced_replays=positive_int(environ, "RUN_REGISTRY_PACED_REPLAYS", default=2),
+        engine_timeout_s=positive_number(environ, "RUN_REGISTRY_ENGINE_TIMEOUT_S", 30.0, "seconds", 3600),
         redis_timeout_ms=positive_int(environ, "RUN_REGISTRY_REDIS_TIMEOUT_MS", default=500),
         redis_prefix=_non_empty(environ, "RUN_REGISTRY_REDIS_PREFIX") or "run-registry:",
         trusted_proxies=non_negative_int(environ, "RUN_REGISTRY_TRUSTED_PROXIES", default=0),
@@ -87,20 +89,19 @@ def _bounded_int(environ: Mapping[str, str], name: str, default: int, minimum: i
     return int(raw)
 
 
-def _ttl_minutes(environ: Mapping[str, str]) -> float:
-    name = "RUN_REGISTRY_TTL_MIN"
+def positive_number(environ: Mapping[str, str], name: str, default: float, unit: str, maximum: float) -> float:
+    """Read a positive decimal number up to ``maximum``, or the default when unset or empty."""
     raw = environ.get(name, "").strip()
     if not raw:
-        return 60.0
+        return default
     try:
-        minutes = float(raw)
+        number = float(raw)
     except ValueError:
-        minutes = math.nan
-    if not (0 < minutes <= MAX_TTL_MINUTES):  # also refuses nan and inf
-        raise ConfigError(
-            f"{name} must be a positive number of minutes up to {MAX_TTL_MINUTES}, got {_shown(raw)}"
-        )
-    return minutes
+        number = math.nan
+    if not (0 < number <= maximum):  # also refuses nan and inf
+        shown_maximum = f"{maximum:.0f}" if maximum == int(maximum) else f"{maximum:g}"
+        raise ConfigError(f"{name} must be a positive number of {unit} up to {shown_maximum}, got {_shown(raw)}")
+    return number
 
 
 def _registry_url(environ: Mapping[str, str]) -> str:

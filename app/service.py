@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import gzip
 import json
 import logging
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -46,6 +49,7 @@ from app.text import printable
 
 log = logging.getLogger(__name__)
 # An event type becomes an SSE "event:" line later: no spaces, no newlines.
+ENGINE_THREADS = 8  # engine runs at once in one process (more than gunicorn's request threads)
 _EVENT_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
@@ -63,6 +67,7 @@ class RunService:
         self.engine_code_hash = engine_code_hash(engine, settings)
         self._run_id_clock = _UniqueMillis()
         self._bodies = _DecompressedBodies(capacity=128)
+        self._engine_threads = ThreadPoolExecutor(max_workers=ENGINE_THREADS, thread_name_prefix="engine")
         # A paced replay holds a server thread for its whole length: bound how many may.
         self._paced_replays = threading.BoundedSemaphore(settings.paced_replays)
 
@@ -185,10 +190,25 @@ class RunService:
         return events
 
     def _run_engine(self, key: RunKey) -> tuple[list[Event], bytes]:
-        """The engine's events for the key, checked, and their canonical JSON."""
+        """The engine's events for the key, checked, and their canonical JSON.
+
+        The engine runs on a thread of its own, and is waited for at most the engine timeout:
+        a hung engine fails its callers then, instead of holding them (and their key) forever.
+        Python cannot stop the thread, so a bounded pool holds such runs; while every engine
+        thread is hung, new runs wait in its queue and fail at their own timeout.
+        """
         which = f"scenario {key.scenario_id} seed {key.seed}"
+        context = contextvars.copy_context()  # the engine's log lines keep the request's id
+        running = self._engine_threads.submit(context.run, self._engine_events, key)
         try:
-            events = list(self._engine.run(key.scenario_id, key.seed))
+            events = running.result(timeout=self._settings.engine_timeout_s)
+        except FutureTimeout as err:
+            running.cancel()  # if it is still queued; a running engine cannot be stopped
+            log.error("engine %s did not finish %s within %g s", self._engine.name, which,
+                      self._settings.engine_timeout_s)
+            raise EngineFailed(
+                f"The engine did not finish {which} within {self._settings.engine_timeout_s:g} s"
+            ) from err
         except Exception as err:  # a plugin's failure of any kind is reported, never cached
             log.exception("engine %s failed for %s", self._engine.name, which)
             raise EngineFailed(f"The engine failed to run {which}") from err
@@ -197,6 +217,9 @@ class RunService:
             log.error("engine %s returned malformed events for %s", self._engine.name, which)
             raise EngineFailed(f"The engine returned malformed events for {which}")
         return events, events_json
+
+    def _engine_events(self, key: RunKey) -> list[Event]:
+        return list(self._engine.run(key.scenario_id, key.seed))
 
     def _record_engine_run(self, duration_ms: float, failed: bool) -> None:
         # Statistics are worth less than the run: a backend outage here is the commit's to report.
@@ -290,11 +313,9 @@ class Verification:
 
 
 class _ReleasingStream:
-    """A response body that gives its replay slot back when the server closes it.
-
-    WSGI servers call ``close()`` whether the stream ran out or the client left; a
-    generator's own ``finally`` would not run if it was closed before it started.
-    """
+    """A response body that gives its replay slot back once: when it runs out, or when the
+    server closes it (WSGI servers call ``close()`` even for a stream never started, where a
+    generator's own ``finally`` would not run)."""
 
     def __init__(self, messages: Iterator[bytes], release: Callable[[], None]) -> None:
         self._messages = messages
@@ -302,7 +323,10 @@ class _ReleasingStream:
         self._released = False
 
     def __iter__(self) -> Iterator[bytes]:
-        return self._messages
+        try:
+            yield from self._messages
+        finally:  # run out, or the client left mid-stream: either way the slot is free again
+            self.close()
 
     def close(self) -> None:
         if not self._released:

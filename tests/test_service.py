@@ -99,3 +99,18 @@ def test_run_ids_are_unique_even_when_the_clock_stands_still(frozen):
     service = make_service(FakeEngine())
     run_ids = {service.lookup(f"s{index}", 1)[0].rsplit("_", 1)[1] for index in range(50)}
     assert len(run_ids) == 50
+
+
+def test_a_hung_engine_fails_its_callers_at_the_timeout_and_the_key_recovers():
+    gate = threading.Event()
+    engine = FakeEngine(gates={"hung": gate})
+    service = make_service(engine, engine_timeout_s=0.2)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        callers = [pool.submit(service.lookup, "hung", 1) for _ in range(8)]
+        for caller in callers:  # the one running it and the seven waiting on it: an error, not a hang
+            with pytest.raises(EngineFailed, match=r"did not finish scenario hung seed 1 within 0\.2 s"):
+                caller.result(timeout=10)
+    assert engine.calls == 1
+    assert service.lookup("other", 1)[1] == "new"  # other keys were never held up
+    gate.set()  # the abandoned run may end now; the key is free and runs again
+    assert service.lookup("hung", 1)[1] == "new"
