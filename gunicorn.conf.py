@@ -5,6 +5,7 @@ start-up with one line naming it, instead of a worker traceback.
 """
 
 import glob
+import json
 import logging
 import os
 import shutil
@@ -21,6 +22,7 @@ if _own_metrics_dir:
 for _stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
     os.remove(_stale)  # figures of an earlier run would be summed in
 
+import gunicorn.util  # noqa: E402 - after the metrics directory is set
 from gunicorn.glogging import Logger  # noqa: E402 - after the metrics directory is set
 
 from app.config import ConfigError  # noqa: E402 - after the metrics directory is set
@@ -66,6 +68,23 @@ class _WithoutAccessLog(Logger):
 
 
 logger_class = _WithoutAccessLog
+
+# gunicorn answers a request it cannot parse (a request line over 4094 bytes, a header too
+# large, a malformed line) itself, before the app sees it, with an HTML page that echoes the
+# input. Every answer of this service is JSON and echoes nothing, so its writer is replaced.
+_GUNICORN_ERROR_TYPES = {400: "BAD_INPUT", 403: "FORBIDDEN", 414: "URI_TOO_LONG", 417: "EXPECTATION_FAILED",
+                         431: "HEADERS_TOO_LARGE", 500: "INTERNAL", 501: "NOT_IMPLEMENTED"}
+
+
+def _write_json_error(sock, status_int, reason, mesg):  # noqa: ARG001 - mesg echoes the input: not sent
+    body = json.dumps({"type": _GUNICORN_ERROR_TYPES.get(status_int, "BAD_INPUT"), "message": reason})
+    gunicorn.util.write_nonblock(sock, (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nX-Content-Type-Options: nosniff\r\n\r\n{body}"
+    ).encode("latin-1"))
+
+
+gunicorn.util.write_error = _write_json_error
 errorlog = "-"
 loglevel = "info"
 # Everything to stdout as JSON, one object a line; app loggers propagate to root.

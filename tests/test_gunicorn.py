@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 
 import pytest
@@ -113,3 +114,35 @@ def test_sigterm_stops_gracefully(tmp_path):
     running = Gunicorn(tmp_path / "stop.log").start()
     assert running.stop() == 0
     assert "Shutting down: Master" in running.log()
+
+
+def raw_exchange(server, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are (no client library would send these) and read the whole answer."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "error_type"),
+    [
+        (b"GET /runs/lookup?scenarioId=" + b"a" * 5000 + b"&seed=1 HTTP/1.1\r\nHost: x\r\n\r\n", 414, "URI_TOO_LONG"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431, "HEADERS_TOO_LARGE"),
+        (b"GARBAGE\x01\x02 <script>\r\n\r\n", 400, "BAD_INPUT"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Evil: a\x00b<script>\r\n\r\n", 400, "BAD_INPUT"),
+        (b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n", 400, "BAD_INPUT"),
+    ],
+    ids=["request-line-too-long", "header-too-large", "garbage-request-line", "nul-in-header", "bad-http-version"],
+)
+def test_requests_gunicorn_refuses_itself_are_answered_in_json(server, request_bytes, status, error_type):
+    code, headers, body = raw_exchange(server, request_bytes)
+    assert code == status and headers["Content-Type"] == "application/json"
+    answer = json.loads(body)
+    assert set(answer) == {"type", "message"} and answer["type"] == error_type
+    assert b"<script>" not in body and b"aaaa" not in body  # nothing of the input is echoed
