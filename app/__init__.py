@@ -31,6 +31,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     settings = settings or load_settings(os.environ)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # "/runs//events" is no route: werkzeug would answer it with an HTML redirect to "/runs/events".
+    app.url_map.merge_slashes = False
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]  # bodies read in the documented order
     engine = engine or load_engine(settings.engine)
