@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run run-redis test lint bench clean
+.PHONY: run run-redis test lint bench soak clean
 REDIS_PORT ?= 6390
 
 run: $(STAMP)
@@ -25,8 +25,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run --markdown docs/benchmarks.md
 
+# The reliability scenarios at length (about ten minutes); the short versions are in `make test`.
+soak: $(STAMP)
+	$(BIN)/python -m soak.run
+
 lint: $(STAMP)
-	$(BIN)/ruff check app tests bench wsgi.py gunicorn.conf.py
+	$(BIN)/ruff check app tests bench soak wsgi.py gunicorn.conf.py
 	$(BIN)/mypy
 
 $(STAMP): requirements.txt requirements-dev.txt

@@ -50,13 +50,14 @@ class Gunicorn:
     """``gunicorn -c gunicorn.conf.py wsgi:app`` as the Procfile runs it, on a free port."""
 
     def __init__(
-        self, log_path: Path, env: dict[str, str] | None = None, bind: bool = True, app: str = "wsgi:app"
+        self, log_path: Path, env: dict[str, str] | None = None, bind: bool = True, app: str = "wsgi:app",
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.env = {**os.environ, "ENGINE_CODE_HASH": "gunicorn-test", **(env or {})}
-        self.args = [str(GUNICORN), "-c", "gunicorn.conf.py", app]
+        self.args = [str(GUNICORN), "-c", "gunicorn.conf.py", *extra_args, app]
         if bind:
             self.args += ["--bind", f"127.0.0.1:{self.port}"]
         else:
@@ -90,6 +91,28 @@ class Gunicorn:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def worker_pids(self) -> list[int]:
+        assert self.process is not None
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:
+                pids.append(int(stat.parent.name))
+        return pids
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the workers, summed (Linux /proc)."""
+        total = 0
+        for pid in self.worker_pids():
+            try:
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            except OSError:
+                continue
+        return total
 
     def cpu_seconds(self) -> float:
         """User and system CPU time of the master and its workers so far (Linux /proc)."""

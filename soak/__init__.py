@@ -1,0 +1,1 @@
+"""Reliability: the mixed load, floods, expiry churn and faults behind `make soak` and its short tests."""

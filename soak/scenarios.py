@@ -1,0 +1,235 @@
+"""The reliability scenarios, each sized by its arguments: short in `make test`, long in `make soak`."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.config import Settings
+from app.registry.memory import MemoryRegistry
+from app.service import RunService
+from soak.load import MixedLoad
+from tests.fakes import FakeEngine
+from tests.servers import Gunicorn
+from tests.servers import http
+
+
+@dataclass
+class Outcome:
+    """What a scenario held and what it found; ``errors`` must be empty."""
+
+    name: str
+    held: str
+    errors: list[str]
+    lost: int = 0
+
+
+def mixed_load(directory: Path, seconds: float, max_entries: int = 150, env: dict[str, str] | None = None) -> Outcome:
+    """The mixed load on a real gunicorn; RSS sampled once the registry is full."""
+    settings = {"RUN_REGISTRY_MAX_ENTRIES": str(max_entries), "RUN_REGISTRY_ACCESS_LOG": "off", **(env or {})}
+    with Gunicorn(directory / "mixed-load.log", env=settings) as server:
+        load = MixedLoad(server.url)
+        samples: list[int] = []
+        sampler = threading.Thread(target=_sample_rss, args=(server, seconds, samples), daemon=True)
+        sampler.start()
+        result = load.run_for(seconds)
+        sampler.join()
+    errors = [*result.inconsistencies[:5]]
+    if result.server_errors:
+        errors.append(f"{result.server_errors} server errors: {dict(result.statuses)}")
+    if result.connection_errors:
+        errors.append(f"{result.connection_errors} connection errors")
+    errors += [f"hot key {key} had {len(ids)} runIds" for key, ids in result.run_ids_by_key.items() if len(ids) > 1]
+    # Flat once full: between the middle and the end of the run, RSS grows by less than 8 MiB.
+    growth = (samples[-1] - samples[len(samples) // 2]) if len(samples) > 2 else 0
+    if growth > 8 * 2**20:
+        errors.append(f"RSS grew {growth / 2**20:.1f} MiB after the registry was full")
+    held = f"{result.requests:,} requests in {result.seconds:.0f} s, RSS +{growth / 2**20:.1f} MiB in the 2nd half"
+    return Outcome("mixed load (lookups hot and new, events, SSE, snapshots)", held, errors)
+
+
+def _sample_rss(server: Gunicorn, seconds: float, samples: list[int]) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        samples.append(server.rss_bytes())
+        time.sleep(max(seconds / 20, 0.2))
+
+
+def flood(keys: int, max_entries: int, hot_every: int = 50) -> Outcome:
+    """Distinct keys far beyond the cap, in-process; the hottest keys must stay cached."""
+    registry = MemoryRegistry(ttl_ms=3_600_000, max_entries=max_entries)
+    service = RunService(registry, _QuickEngine(), Settings(engine_code_hash="flood"))
+    errors: list[str] = []
+    hot = [f"hot-{index}" for index in range(10)]
+    hot_ids = {key: service.lookup(key, 1)[0] for key in hot}
+    for index in range(keys):
+        service.lookup("flood", index)
+        if index % hot_every == 0:
+            for key in hot:
+                run_id, source = service.lookup(key, 1)
+                if (run_id, source) != (hot_ids[key], "cache"):
+                    errors.append(f"hot key {key} fell out after {index:,} flooding keys")
+        if index % 10_000 == 0 and len(registry._entries) > max_entries:
+            errors.append(f"{len(registry._entries)} entries, over the cap of {max_entries}")
+    stats = registry.stats()
+    if stats.total_entries > max_entries:
+        errors.append(f"{stats.total_entries} entries at the end")
+    expected_evictions = keys + len(hot) - max_entries
+    if stats.evictions != expected_evictions:
+        errors.append(f"{stats.evictions} evictions, expected {expected_evictions}")
+    return Outcome("flood of distinct keys (in-process)",
+                   f"{keys:,} keys against a cap of {max_entries:,}; {stats.evictions:,} evicted, 10 hot keys kept",
+                   errors[:5])
+
+
+class _QuickEngine(FakeEngine):
+    """The fake engine's transcript, without its bookkeeping: a flood needs a million of them."""
+
+    def run(self, scenario_id: str, seed: int) -> list[dict[str, object]]:
+        return [{"type": "start", "data": {"scenarioId": scenario_id, "seed": seed}},
+                {"type": "done", "data": {"totalTokens": 0}}]
+
+
+def expiry_churn(seconds: float, ttl_minutes: float = 0.005, threads: int = 8, keys: int = 20) -> Outcome:
+    """A TTL of a fraction of a second under load: every answer consistent, nothing outlives its TTL."""
+    engine = FakeEngine()
+    settings = Settings(engine_code_hash="churn", ttl_minutes=ttl_minutes)
+    registry = MemoryRegistry(settings.ttl_ms, settings.max_entries)
+    service = RunService(registry, engine, settings)
+    errors: list[str] = []
+    answered: Counter[str] = Counter()
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def work(index: int) -> None:
+        rng = random.Random(index)
+        while not stop.is_set():
+            seed = rng.randrange(keys)
+            run_id, source = service.lookup("churn", seed)
+            answered[source] += 1
+            seen.add(run_id)
+            # Answered just now, renewed to a full TTL: it must be readable, and be this key's.
+            events = json.loads(service._events_json(service.run(run_id).record))
+            if events[0]["data"]["seed"] != seed or not run_id.startswith(f"run_churn_{seed}_"):
+                errors.append(f"{run_id} for seed {seed} holds {events[0]}")
+            time.sleep(rng.random() * settings.ttl_ms / 4000)  # some keys idle past their TTL
+
+    _run_threads(threads, seconds, work, stop)
+    if engine.calls != len(seen):
+        errors.append(f"{engine.calls} engine runs made {len(seen)} runIds")
+    time.sleep(settings.ttl_ms / 1000 + 0.05)
+    survivors = [run_id for run_id in seen if registry.get(run_id) is not None]
+    if survivors or registry.stats().total_entries:
+        errors.append(f"{len(survivors)} runs outlived their TTL")
+    return Outcome("expiry churn (TTL 0.3 s, in-process)",
+                   f"{sum(answered.values()):,} lookups ({answered['new']:,} new) in {seconds:.0f} s, "
+                   f"{len(seen):,} runs expired", errors[:5])
+
+
+def racing_threads(seconds: float, threads: int = 32, keys: int = 16) -> Outcome:
+    """Threads racing on few keys while entries expire and are evicted (cap below the keys)."""
+    engine = FakeEngine()
+    settings = Settings(engine_code_hash="race", ttl_minutes=0.002, max_entries=keys // 2)
+    service = RunService(MemoryRegistry(settings.ttl_ms, settings.max_entries), engine, settings)
+    errors: list[str] = []
+    owners: dict[str, int] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+    lookups = 0
+
+    def work(index: int) -> None:
+        nonlocal lookups
+        rng = random.Random(index)
+        while not stop.is_set():
+            seed = rng.randrange(keys)
+            run_id, _ = service.lookup("race", seed)
+            with lock:
+                lookups += 1
+                if owners.setdefault(run_id, seed) != seed:
+                    errors.append(f"{run_id} answered for seeds {owners[run_id]} and {seed}")
+
+    _run_threads(threads, seconds, work, stop)
+    if engine.calls != len(owners):
+        errors.append(f"{engine.calls} engine runs made {len(owners)} runIds: a key ran twice at once")
+    return Outcome("racing threads on expiring, evicted keys (in-process)",
+                   f"{lookups:,} lookups by {threads} threads on {keys} keys, {len(owners):,} runs", errors[:5])
+
+
+def lookup_answers(url: str, keys: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
+    return {key: http("GET", f"{url}/runs/lookup?scenarioId={key[0]}&seed={key[1]}").json()["runId"] for key in keys}
+
+
+def faults_on_redis(directory: Path, seconds: float) -> Outcome:
+    """The mixed load on 4 workers sharing Redis, while a worker is SIGKILLed and Redis restarted."""
+    from tests.servers import RedisServer
+    from tests.servers import free_port
+
+    port = free_port()
+    redis_dir = directory / "redis"
+    redis_dir.mkdir(exist_ok=True)
+    original, restarted = RedisServer(redis_dir, port=port), RedisServer(redis_dir, port=port)
+    errors: list[str] = []
+    lost = 0
+    try:
+        original.start()
+        env = {"RUN_REGISTRY_URL": original.url, "WEB_CONCURRENCY": "4", "RUN_REGISTRY_ACCESS_LOG": "off",
+               "RUN_REGISTRY_REDIS_TIMEOUT_MS": "300"}
+        with Gunicorn(directory / "faults.log", env=env) as server:
+            load = MixedLoad(server.url, tolerate_unavailable=True)
+            runner = threading.Thread(target=load.run_for, args=(seconds,), daemon=True)
+            runner.start()
+            kept = [(f"kept-{index}", index) for index in range(20)]
+            before = lookup_answers(server.url, kept)
+            time.sleep(seconds / 3)
+            victim = server.worker_pids()[0]
+            os.kill(victim, signal.SIGKILL)  # the master replaces it; Redis keeps every entry
+            time.sleep(1)
+            after = lookup_answers(server.url, kept)
+            lost = sum(before[key] != after[key] for key in kept)
+            time.sleep(seconds / 3)
+            original.stop(signal.SIGKILL)  # Redis gone: 503s, promptly
+            time.sleep(1)
+            restarted.start()  # back, empty (it keeps nothing on disk): the service recovers by itself
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and http("GET", f"{server.url}/readyz").status != 200:
+                time.sleep(0.1)
+            if http("GET", f"{server.url}/runs/lookup?scenarioId=after&seed=1").status != 200:
+                errors.append("no recovery after Redis came back")
+            runner.join()
+            booted = server.log().count("Booting worker")
+    finally:
+        original.stop(signal.SIGKILL)
+        restarted.stop()
+    result = load.result
+    errors += result.inconsistencies[:5]
+    unexpected = {status: count for status, count in result.statuses.items() if status >= 500 and status != 503}
+    if unexpected:
+        errors.append(f"server errors other than 503 during the outage: {unexpected}")
+    if booted != 5:
+        errors.append(f"{booted} workers booted: the killed one was not replaced once")
+    if lost:
+        errors.append(f"{lost} runs lost with the killed worker")
+    return Outcome(
+        "faults on Redis, 4 workers: SIGKILL of a worker, Redis killed and restarted",
+        f"{result.requests:,} requests in {result.seconds:.0f} s; {result.statuses.get(503, 0):,} answered 503 "
+        f"during the outage, {result.connection_errors} cut with the killed worker",
+        errors, lost)
+
+
+def _run_threads(threads: int, seconds: float, work: Callable[[int], None], stop: threading.Event) -> None:
+    """``work(index)`` on each of ``threads`` threads until ``seconds`` pass; their errors are raised."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        futures = [pool.submit(work, index) for index in range(threads)]
+        stop.wait(seconds)
+        stop.set()
+        for future in futures:
+            future.result(timeout=60)
