@@ -90,6 +90,22 @@ class RunRecord:
         return body[len(head):len(body) - len(tail)]
 
 
+def run_description(record: RunRecord) -> dict[str, object]:
+    """What never changes about a run, under the contract's names: the metadata endpoint adds
+    its expiry and hits, the evidence pack its files' digests."""
+    return {
+        "runId": record.run_id,
+        "scenarioId": record.scenario_id,
+        "seed": record.seed,
+        "engine": {"name": record.engine_name, "version": record.engine_version},
+        "engineCodeHash": record.engine_code_hash,
+        "cacheKey": record.cache_key,
+        "createdAt": record.created_at,
+        "count": record.event_count,
+        "eventsSha256": record.events_sha256,
+    }
+
+
 def _body_frame(run_id: str, event_count: int) -> tuple[bytes, bytes]:
     """What surrounds the events in the /events body."""
     return b'{"runId":' + json.dumps(run_id).encode() + b',"events":', b',"count":%d}' % event_count

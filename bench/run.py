@@ -80,8 +80,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="run-registry-bench-") as scratch:
         table = load_test(Path(scratch), args)
+        settings = compare_settings(Path(scratch), args)
     figures = inprocess.measure(args.runs, smoke=args.smoke)
-    report = render(table, figures, args)
+    report = render(table, settings, figures, args)
     print(report)
     if args.markdown:
         args.markdown.write_text(report)
@@ -121,6 +122,28 @@ def load_test(scratch: Path, args: argparse.Namespace) -> list[Row]:
                     if row.floor_of is None:
                         row.results["floor"].append(wrk(floor, row, args))
     return rows
+
+
+# gunicorn settings that keep one process (the in-memory registry's condition), for lookup hits.
+SETTINGS = {
+    "gthread, 1 thread": {"GUNICORN_THREADS": "1"},
+    "gthread, 2 threads": {"GUNICORN_THREADS": "2"},
+    "gthread, 4 threads (the default)": {"GUNICORN_THREADS": "4"},
+    "gthread, 8 threads": {"GUNICORN_THREADS": "8"},
+    "sync (one request at a time)": {"GUNICORN_CMD_ARGS": "--worker-class sync"},
+}
+
+
+def compare_settings(scratch: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Lookup hits under each one-process setting, in interleaved rounds; medians."""
+    row = Row("lookup hit", "/runs/lookup?scenarioId=pricing-v1&seed=42")
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in SETTINGS}
+    for _ in range(args.rounds):
+        for name, env in SETTINGS.items():
+            with Gunicorn(scratch / "settings.log", env={"RUN_REGISTRY_TTL_MIN": "600", **env}) as server:
+                http("GET", server.url + row.path)
+                results[name].append(wrk(server, row, args))
+    return {name: _median(runs) for name, runs in results.items()}
 
 
 def record_floor_responses(url: str, run_id: str) -> dict[str, dict[str, object]]:
@@ -172,7 +195,9 @@ def _latency_ms(output: str, percentile: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def render(rows: list[Row], figures: dict[str, object], args: argparse.Namespace) -> str:
+def render(
+    rows: list[Row], settings: dict[str, dict[str, float]], figures: dict[str, object], args: argparse.Namespace
+) -> str:
     medians = {row.name: {side: _median(results) for side, results in row.results.items() if results}
                for row in rows}
     lines = [
@@ -193,6 +218,13 @@ def render(rows: list[Row], figures: dict[str, object], args: argparse.Namespace
             f"| {row.name} | {service['rps']:.0f} | {service['p50']:.2f} | {service['p99']:.2f} "
             f"| {service['cpu_us']:.0f} | {floor_name} | {floor['cpu_us']:.0f} | {service['rps'] / floor['rps']:.2f} |"
         )
+    lines += [
+        "", "One-process gunicorn settings, lookup hit (the in-memory registry allows one process):", "",
+        "| worker class and threads | requests/s | p50 ms | p99 ms | server CPU µs/request |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {name} | {result['rps']:.0f} | {result['p50']:.2f} | {result['p99']:.2f} | {result['cpu_us']:.0f} |"
+              for name, result in settings.items()]
     lines += ["", "In-process (one Python process, no HTTP):", ""]
     lines += [f"- {name}: {value}" for name, value in figures.items()]
     return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ from werkzeug.datastructures import CombinedMultiDict
 from werkzeug.datastructures import MultiDict
 
 from app.api import run_service
+from app.models import run_description
 from app.schemas import ReplayQuery
 from app.schemas import load_or_bad_input
 
@@ -25,20 +26,7 @@ EVENT_STREAM = "text/event-stream"
 def show_run(run_id: str) -> Response:
     """The run's metadata; reading it neither renews nor refreshes the run."""
     live = run_service().run(run_id)
-    record = live.record
-    return _json({
-        "runId": record.run_id,
-        "scenarioId": record.scenario_id,
-        "seed": record.seed,
-        "engine": {"name": record.engine_name, "version": record.engine_version},
-        "engineCodeHash": record.engine_code_hash,
-        "cacheKey": record.cache_key,
-        "createdAt": record.created_at,
-        "expiresAt": live.expires_at,
-        "hits": live.hits,
-        "count": record.event_count,
-        "eventsSha256": record.events_sha256,
-    })
+    return _json({**run_description(live.record), "expiresAt": live.expires_at, "hits": live.hits})
 
 
 @bp.get("/runs/<run_id>/events")

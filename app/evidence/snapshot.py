@@ -10,6 +10,7 @@ from datetime import UTC
 from datetime import datetime
 
 from app.models import RunRecord
+from app.models import run_description
 
 _ZIP_EPOCH = datetime(1980, 1, 1, tzinfo=UTC)
 
@@ -21,18 +22,7 @@ def snapshot_zip(record: RunRecord, events_json: bytes, events_csv: bytes) -> by
     (zlib-ng, for one), and the pack must be byte-identical on every host.
     """
     contents = {"events.json": events_json, "events.csv": events_csv}
-    manifest = {
-        "runId": record.run_id,
-        "scenarioId": record.scenario_id,
-        "seed": record.seed,
-        "engine": {"name": record.engine_name, "version": record.engine_version},
-        "engineCodeHash": record.engine_code_hash,
-        "cacheKey": record.cache_key,
-        "createdAt": record.created_at,
-        "count": record.event_count,
-        "eventsSha256": record.events_sha256,
-        "files": {name: _sha256(data) for name, data in contents.items()},
-    }
+    manifest = {**run_description(record), "files": {name: _sha256(data) for name, data in contents.items()}}
     contents = {
         "manifest.json": json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8") + b"\n",
         **contents,
