@@ -31,9 +31,9 @@ from app.config import positive_int  # noqa: E402 - after the metrics directory 
 from app.config import redacted_url  # noqa: E402 - after the metrics directory is set
 from app.engine import load_engine  # noqa: E402 - after the metrics directory is set
 
-# Measured with wrk on 2 cores (README, "Choosing the thread count"): 4 threads keep the
-# lookup-hit rate within a few percent of 1 thread, while leaving spare threads so a slow
-# engine run never stalls the requests behind it.
+# Measured by `make bench` (README, "Choosing the thread count"): 1 thread is fastest but
+# serves one request at a time; 2, 4 and 8 are within a few percent, and 4 keeps serving while
+# two paced replays and an engine run each hold a thread.
 DEFAULT_THREADS = 4
 
 try:
@@ -43,6 +43,8 @@ try:
     threads = positive_int(os.environ, "GUNICORN_THREADS", default=DEFAULT_THREADS)
     _web_concurrency = positive_int(os.environ, "WEB_CONCURRENCY", default=2 * (os.cpu_count() or 1))
 except ConfigError as err:
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
     sys.exit(f"run-registry: refusing to start: {err}")
 
 bind = [f"0.0.0.0:{_port}"] if _port else ["127.0.0.1:3001"]
