@@ -120,7 +120,7 @@ def expiry_churn(seconds: float, ttl_minutes: float = 0.005, threads: int = 8, k
             answered[source] += 1
             seen.add(run_id)
             # Answered just now, renewed to a full TTL: it must be readable, and be this key's.
-            events = json.loads(service._events_json(service.run(run_id).record))
+            events = json.loads(service.events_body(run_id, gzip_ok=False)[0])["events"]
             if events[0]["data"]["seed"] != seed or not run_id.startswith(f"run_churn_{seed}_"):
                 errors.append(f"{run_id} for seed {seed} holds {events[0]}")
 
