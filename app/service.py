@@ -7,7 +7,6 @@ import gzip
 import json
 import logging
 import re
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -221,10 +220,11 @@ class RunService:
     def _engine_events(self, key: RunKey) -> list[Event]:
         return list(self._engine.run(key.scenario_id, key.seed))
 
-    def _record_engine_run(self, duration_ms: float, failed: bool) -> None:
+    def _engine_ran(self, seconds: float, failed: bool) -> None:
+        self._observer.engine_ran(seconds, failed)
         # Statistics are worth less than the run: a backend outage here is the commit's to report.
         try:
-            self._registry.record_engine_run(duration_ms, failed)
+            self._registry.record_engine_run(seconds * 1000, failed)
         except RegistryUnavailable:
             log.warning("engine run not counted: the registry is unavailable")
 
@@ -242,11 +242,11 @@ class RunService:
         started = time.perf_counter()
         try:
             events, events_json = self._run_engine(key)
-        finally:
-            seconds = time.perf_counter() - started
-            failed = sys.exc_info()[0] is not None
-            self._observer.engine_ran(seconds, failed)
-            self._record_engine_run(seconds * 1000, failed)
+        except EngineFailed:
+            self._engine_ran(time.perf_counter() - started, failed=True)
+            raise
+        seconds = time.perf_counter() - started
+        self._engine_ran(seconds, failed=False)
         created_at = self._run_id_clock.next()
         log.info("engine ran scenario %s seed %s: %d events in %.1f ms", key.scenario_id, key.seed, len(events),
                  seconds * 1000)

@@ -117,16 +117,13 @@ class Gunicorn:
     def cpu_seconds(self) -> float:
         """User and system CPU time of the master and its workers so far (Linux /proc)."""
         assert self.process is not None
-        ticks = os.sysconf("SC_CLK_TCK")
         total = 0.0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
+        for pid in (self.process.pid, *self.worker_pids()):
             try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue  # the process has gone
-            pid, parent = int(stat.parent.name), int(fields[1])
-            if self.process.pid in (pid, parent):
-                total += (int(fields[11]) + int(fields[12])) / ticks
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         return total
 
     def __enter__(self) -> Gunicorn:
