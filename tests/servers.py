@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -73,11 +74,21 @@ class Gunicorn:
                 raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
             try:
                 http("GET", f"{self.url}/runs/ready-probe", timeout=1)
-                return self
             except OSError:
                 time.sleep(0.05)
+                continue
+            # One worker answering is not all of them: gunicorn forks its workers a random
+            # 0-100 ms apart, so wait for as many as it said it would start.
+            if len(self.worker_pids()) >= self.expected_workers():
+                return self
+            time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"gunicorn did not answer within {timeout}s:\n{self.log()}")
+
+    def expected_workers(self) -> int:
+        """How many worker processes gunicorn.conf.py said, at start-up, it would run."""
+        said = re.search(r"run-registry: (\d+) worker process", self.log())
+        return int(said.group(1)) if said else 1
 
     def stop(self, timeout: float = 30) -> int | None:
         if self.process is None or self.process.poll() is not None:
@@ -93,14 +104,16 @@ class Gunicorn:
         return self.log_path.read_text(errors="replace")
 
     def worker_pids(self) -> list[int]:
+        """The master's live children: a killed worker stays a zombie until the master reaps it,
+        and a zombie is no worker."""
         assert self.process is not None
         pids = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == self.process.pid:
+            except (OSError, IndexError):
+                continue  # the process went while we looked
+            if int(fields[1]) == self.process.pid and fields[0] != "Z":
                 pids.append(int(stat.parent.name))
         return pids
 
