@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 from app.evidence.csv_export import neutralised
 from app.evidence.diff import diff_transcripts
@@ -33,10 +38,30 @@ def test_no_pace_never_sleeps():
 @pytest.mark.parametrize(
     ("cell", "expected"),
     [("=1+1", "'=1+1"), ("+1", "'+1"), ("-1", "'-1"), ("@A1", "'@A1"), ("\tx", "'\tx"), ("\rx", "'\rx"),
-     ("  =1", "'  =1"), ("a=1", "a=1"), ("", ""), (" on", " on"), ("{\"a\":1}", "{\"a\":1}")],
+     ("  =1", "'  =1"), ("a=1", "a=1"), ("", ""), (" on", " on"), ("{\"a\":1}", "{\"a\":1}"),
+     ("|cmd", "'|cmd"), ("%0A", "'%0A"), ("\u00a0=1+1", "'\u00a0=1+1"), ("\n=1", "'\n=1"),
+     ("\u3000@x", "'\u3000@x"), ("\u200b=1", "'\u200b=1"), ("\ufeff+1", "'\ufeff+1"), ("\uff1d1+1", "'\uff1d1+1"),
+     ("\u2212 1", "'\u2212 1"), ("\ufe63 1", "'\ufe63 1"), ("\u2028\u2029-1", "'\u2028\u2029-1"),
+     ("\u00a0 on", "\u00a0 on"), ("\u3000", "\u3000")],
 )
 def test_neutralised(cell, expected):
     assert neutralised(cell) == expected
+
+
+def spreadsheet_reads_formula(cell: str) -> bool:
+    """A model of the most eager spreadsheet: skip whatever it might skip, fold look-alikes."""
+    if cell.startswith("'"):
+        return False  # a quoted cell is text
+    shown = unicodedata.normalize("NFKC", cell)
+    stripped = "".join(ch for ch in shown if unicodedata.category(ch) not in {"Zs", "Zl", "Zp", "Cc", "Cf"})
+    return stripped[:1] in set("=+-@|%") or cell[:1] in ("\t", "\r") or cell.lstrip()[:1] == "\u2212"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet=st.sampled_from("=+-@|%abc1 \t\r\n\u00a0\u3000\u200b\ufeff\uff1d\uff0b\uff0d\uff20\u2212"
+                                        "\ufe62\ufe63\ufe66\ufe6b\u2028\u2029\u0085"), max_size=6))
+def test_no_cell_is_left_that_a_spreadsheet_reads_as_a_formula(cell):
+    assert not spreadsheet_reads_formula(neutralised(cell))
 
 
 def test_first_difference_is_by_bytes_and_length():
