@@ -28,7 +28,7 @@ from gunicorn.glogging import Logger  # noqa: E402 - after the metrics directory
 from app.config import ConfigError  # noqa: E402 - after the metrics directory is set
 from app.config import load_settings  # noqa: E402 - after the metrics directory is set
 from app.config import positive_int  # noqa: E402 - after the metrics directory is set
-from app.config import redacted_url  # noqa: E402 - after the metrics directory is set
+from app.config import registry_url_for_display  # noqa: E402 - after the metrics directory is set
 from app.engine import load_engine  # noqa: E402 - after the metrics directory is set
 
 # Measured by `make bench` (README, "Choosing the thread count"): 1 thread is fastest but
@@ -111,7 +111,7 @@ def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
     log = logging.getLogger("gunicorn.error")
     if _settings.shared_registry:
         log.info("run-registry: %d worker processes with %d threads each, sharing the registry at %s",
-                 workers, threads, redacted_url(_settings.registry_url))
+                 workers, threads, registry_url_for_display(_settings.registry_url))
     else:
         log.info(
             "run-registry: 1 worker process with %d threads: the in-memory registry (%s) lives in one process%s",

@@ -6,13 +6,18 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
+
+from redis import connection as redis_connection
 
 from app.text import printable
 
 DEFAULT_ENGINE = "app.engine.pricing:PricingEngine"
 MAX_TTL_MINUTES = 10 * 365 * 24 * 60  # ten years: beyond that a typo is likelier than intent
 COMMIT_VARIABLES = ("ENGINE_COMMIT_SHA", "SOURCE_VERSION", "HEROKU_SLUG_COMMIT")
+# Engine executions one client may cause a minute; the README says why this many.
+DEFAULT_NEW_RUNS_PER_MINUTE = 30
 _ENGINE_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
@@ -32,6 +37,9 @@ class Settings:
     engine_commit: str | None = None
     paced_replays: int = 2
     engine_timeout_s: float = 30.0
+    engine_threads: int = 8
+    engine_queue: int = 32
+    new_runs_per_minute: int = DEFAULT_NEW_RUNS_PER_MINUTE
     redis_timeout_ms: int = 500
     redis_prefix: str = "run-registry:"
     trusted_proxies: int = 0
@@ -59,6 +67,11 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         engine_code_hash=_non_empty(environ, "ENGINE_CODE_HASH"),
         paced_replays=positive_int(environ, "RUN_REGISTRY_PACED_REPLAYS", default=2),
         engine_timeout_s=positive_number(environ, "RUN_REGISTRY_ENGINE_TIMEOUT_S", 30.0, "seconds", 3600),
+        engine_threads=positive_int(environ, "RUN_REGISTRY_ENGINE_THREADS", default=8),
+        engine_queue=non_negative_int(environ, "RUN_REGISTRY_ENGINE_QUEUE", default=32),
+        new_runs_per_minute=non_negative_int(
+            environ, "RUN_REGISTRY_NEW_RUNS_PER_MINUTE", default=DEFAULT_NEW_RUNS_PER_MINUTE
+        ),
         redis_timeout_ms=positive_int(environ, "RUN_REGISTRY_REDIS_TIMEOUT_MS", default=500),
         redis_prefix=_non_empty(environ, "RUN_REGISTRY_REDIS_PREFIX") or "run-registry:",
         trusted_proxies=non_negative_int(environ, "RUN_REGISTRY_TRUSTED_PROXIES", default=0),
@@ -109,22 +122,45 @@ def _registry_url(environ: Mapping[str, str]) -> str:
     raw = environ.get(name, "").strip() or "memory://"
     if raw == "memory://":
         return raw
-    try:
-        parts = urlsplit(raw)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        parts = None
-    if (
-        parts is None
-        or parts.scheme not in ("redis", "rediss")
-        or not parts.hostname
-        or not re.fullmatch(r"/?[0-9]*", parts.path)
-    ):
+    if _redis_url_parts(raw) is None:
+        # Not echoed, not even in part: a malformed URL may hold a password anywhere in it.
         raise ConfigError(
-            f"{name} must be memory:// or redis://[:password@]host[:port][/db] (or rediss://),"
-            f" got {_shown(redacted_url(raw))}"
+            f"{name} must be memory:// or redis://[[user]:password@]host[:port][/db] (or rediss://);"
+            " the value given is not (not shown: it may hold a password)"
         )
     return raw
+
+
+def registry_url_for_display(url: str) -> str:
+    """The registry's address without any form of credential: scheme, host, port and db only.
+
+    redis-py takes a password from the user-info part or from a ``password`` query parameter,
+    so the URL is rebuilt from its parsed parts rather than redacted.
+    """
+    parts = _redis_url_parts(url)
+    if parts is None:
+        return url if url == "memory://" else "(an invalid URL)"
+    scheme, options = parts
+    return f"{scheme}://{options['host']}:{options.get('port', 6379)}/{options.get('db', 0)}"
+
+
+def _redis_url_parts(url: str) -> tuple[str, dict[str, Any]] | None:
+    """The scheme and redis-py's own reading of a redis:// or rediss:// URL, or None if it is not one."""
+    scheme = url.partition("://")[0]
+    if scheme not in ("redis", "rediss"):
+        return None
+    try:
+        urlsplit(url).port  # noqa: B018 - raises ValueError for a port that is not a number
+        options = redis_connection.parse_url(url)
+    except ValueError:
+        return None
+    host = options.get("host")
+    if not host or not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", host):
+        return None
+    path = urlsplit(url).path
+    if not re.fullmatch(r"/?[0-9]*", path):
+        return None
+    return scheme, options
 
 
 def _engine_spec(environ: Mapping[str, str]) -> str:
@@ -142,11 +178,6 @@ def _switch(environ: Mapping[str, str], name: str, default: bool) -> bool:
     if raw not in ("on", "off", "true", "false", "1", "0"):
         raise ConfigError(f"{name} must be on or off, got {_shown(raw)}")
     return raw in ("on", "true", "1")
-
-
-def redacted_url(url: str) -> str:
-    """The URL without its credentials, for logs and messages."""
-    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 def _non_empty(environ: Mapping[str, str], name: str) -> str | None:

@@ -18,6 +18,7 @@ _HTTP_ERROR_TYPES = {
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
     500: "INTERNAL",
 }
 _HTTP_ERROR_MESSAGES = {
@@ -30,14 +31,16 @@ _HTTP_ERROR_MESSAGES = {
 
 
 class ServiceError(Exception):
-    """An error the API reports as {"type", "message"}."""
+    """An error the API reports as {"type", "message"}; ``retry_after`` (seconds) becomes Retry-After."""
 
     error_type = "INTERNAL"
     status = 500
+    default_retry_after: int | None = None
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after = retry_after if retry_after is not None else self.default_retry_after
 
 
 class BadInput(ServiceError):
@@ -58,6 +61,23 @@ class EngineMismatch(ServiceError):
 
 class Unavailable(ServiceError):
     error_type, status = "UNAVAILABLE", 503
+    default_retry_after = 1  # outages and full engines are short-lived
+
+
+class RateLimited(ServiceError):
+    error_type, status = "RATE_LIMITED", 429
+
+    def __init__(self, message: str, retry_after: int, client: str) -> None:
+        super().__init__(message, retry_after)
+        self.client = client  # whose limit it is: callers sharing a flight may be other clients
+
+
+class CrossSiteRequest(ServiceError):
+    error_type, status = "FORBIDDEN", 403
+
+
+class UnsupportedMediaType(ServiceError):
+    error_type, status = "UNSUPPORTED_MEDIA_TYPE", 415
 
 
 def error_response(error_type: str, message: str, status: int) -> Response:
@@ -73,8 +93,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def handle_service_error(error: ServiceError) -> Response:
         response = error_response(error.error_type, error.message, error.status)
-        if error.status == 503:
-            response.headers["Retry-After"] = "1"  # outages and busy replays are short-lived
+        if error.retry_after is not None:
+            response.headers["Retry-After"] = str(error.retry_after)
         return response
 
     @app.errorhandler(HTTPException)

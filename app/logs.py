@@ -13,7 +13,9 @@ import logging
 import os
 import re
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from collections.abc import Iterable
 from datetime import UTC
@@ -31,11 +33,15 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
-# nginx's $request_id is 32 hex digits and Heroku's router sends a UUID; anything printable
-# and short is kept, anything else is replaced rather than echoed.
-_ACCEPTED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+# nginx's $request_id is 32 hex digits and Heroku's router sends a UUID: both fit. Anything
+# else (a path, markup, a header-splitting attempt) is replaced rather than echoed.
+_ACCEPTED_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _LOG_FIELDS = "run_registry.log_fields"
-MAX_LOGGED_PATH = 2048  # a hostile query string must not become a hostile log line
+# A hostile query string must not become a hostile log line: one escaped character is up to six
+# bytes, and these bounds keep a whole request line under PIPE_BUF (4 KiB), written atomically.
+MAX_LOGGED_PATH = 400
+MAX_LOGGED_PATH_IN_MESSAGE = 100
+MAX_LOGGED_METHOD = 16
 _STANDARD_ATTRIBUTES = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
 
 
@@ -63,7 +69,29 @@ class JsonFormatter(logging.Formatter):
         entry.update((key, value) for key, value in vars(record).items() if key not in _STANDARD_ATTRIBUTES)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return _encode(entry)
+
+
+class DefectLog:
+    """Logs a defect of one thing (a stored record, say) once, not on every request that meets it.
+
+    Remembers the last ``capacity`` things reported, so its memory is bounded whatever arrives.
+    """
+
+    def __init__(self, logger: logging.Logger, capacity: int = 1024) -> None:
+        self._logger = logger
+        self._capacity = capacity
+        self._reported: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def report(self, thing: str, message: str, *args: object) -> None:
+        with self._lock:
+            if thing in self._reported:
+                return
+            self._reported[thing] = None
+            if len(self._reported) > self._capacity:
+                self._reported.popitem(last=False)
+        self._logger.error(message, *args)
 
 
 def annotate_request(**fields: Any) -> None:
@@ -89,7 +117,7 @@ class AccessLog:
             return
         entry = {"ts": _timestamp(time.time()), "level": "INFO", "logger": "app.request", "message": message,
                  "request_id": request_id, **fields}
-        line = (_encode(entry) + "\n").encode("utf-8", "replace")
+        line = (_encode(entry) + "\n").encode("ascii")
         while line:
             line = line[os.write(self._fd, line):]
 
@@ -120,14 +148,14 @@ class RequestLog:
         def answered(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             seconds = time.perf_counter() - started
             code = int(status[:3])
-            method = environ.get("REQUEST_METHOD", "")
+            method = environ.get("REQUEST_METHOD", "")[:MAX_LOGGED_METHOD]
             # Still inside Flask's request context: the matched route's template, for the labels.
             rule = request.url_rule if has_request_context() else None
             self._on_answered(rule.rule if rule is not None else "unmatched", method, code, seconds)
             path = environ.get("PATH_INFO", "")
             query = environ.get("QUERY_STRING", "")
             self._access_log.write(
-                f"{method} {path[:MAX_LOGGED_PATH]} {code}",
+                f"{method} {path[:MAX_LOGGED_PATH_IN_MESSAGE]} {code}",
                 request_id,
                 {
                     "method": method,
@@ -156,7 +184,9 @@ def register_request_logging(
     app.wsgi_app = RequestLog(app.wsgi_app, on_answered, access_log)  # type: ignore[method-assign]
 
 
-_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
+# ASCII only: a client's path may carry U+0085, U+2028 or U+2029, which JSON leaves raw but
+# many log consumers split lines on; escaped, every line stays one object whatever arrives.
+_encode = json.JSONEncoder(ensure_ascii=True, default=str).encode
 
 
 @functools.lru_cache(maxsize=4)

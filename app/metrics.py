@@ -24,6 +24,8 @@ from app.models import Source
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _ENGINE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# gunicorn passes any token as a method: a client must not be able to mint new series.
+_METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Metrics:
@@ -39,7 +41,8 @@ class Metrics:
         disable_created_metrics()  # the *_created series only double what scrapes already know
         self._multiprocess = multiprocess_dir is not None
         self._registry = CollectorRegistry()
-        # Label values are bounded (routes, methods, statuses, sources), so this stays small.
+        # Every label value comes from a closed set (route templates, the methods above, the
+        # statuses the app answers, sources), so this stays small whatever clients send.
         self._children: dict[tuple[Any, tuple[object, ...]], Any] = {}
         self._backend = _BackendCollector(registry_stats)
         self.lookups = Counter(
@@ -74,7 +77,8 @@ class Metrics:
         self.engine_duration.observe(seconds)
 
     def request_answered(self, endpoint: str, method: str, status: int, seconds: float) -> None:
-        self._child(self.request_duration, endpoint, method, status).observe(seconds)
+        label = method if method in _METHOD_LABELS else "other"
+        self._child(self.request_duration, endpoint, label, status).observe(seconds)
 
     def _child(self, metric: Any, *labels: object) -> Any:
         """The labelled child, kept: ``labels()`` costs as much as the update (the hot path has both)."""

@@ -25,6 +25,15 @@ class RunKey:
         material = f"{self.scenario_id}:{self.seed}:{self.engine_code_hash}"
         return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
+    @property
+    def run_id_prefix(self) -> str:
+        """``run_<scenarioId>_<seed>_``: a runId is this and its creation time."""
+        return f"run_{self.scenario_id}_{self.seed}_"
+
+    def run_id(self, created_at: int) -> str:
+        """The runId of this key's run created at ``created_at`` (epoch milliseconds)."""
+        return f"{self.run_id_prefix}{created_at}"
+
 
 @dataclass(frozen=True, slots=True)
 class RunRecord:
@@ -49,11 +58,10 @@ class RunRecord:
 
     @classmethod
     def create(
-        cls, *, key: RunKey, engine_name: str, engine_version: str, created_at: int, events_json: bytes,
+        cls, *, key: RunKey, run_id: str, engine_name: str, engine_version: str, events_json: bytes,
         event_count: int,
     ) -> RunRecord:
         """The record of ``events_json`` (the canonical JSON of ``event_count`` events) for ``key``."""
-        run_id = f"run_{key.scenario_id}_{key.seed}_{created_at}"
         head, tail = _body_frame(run_id, event_count)
         return cls(
             run_id=run_id,
@@ -128,7 +136,8 @@ class RegistryStats:
     """
 
     total_entries: int
-    entries_by_scenario: dict[str, int]
+    entries_by_scenario: dict[str, int]  # the scenarios with most entries, most first (ties by name)
+    scenario_count: int  # scenarios with live entries, listed or not
     evictions: int
     expirations: int
     hits: int = 0  # lookups answered from a live entry

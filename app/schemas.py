@@ -352,7 +352,12 @@ class StatsResponse(Schema):
     backend = fields.String(required=True, validate=validate.OneOf(["memory", "redis"]))
     total_entries = fields.Integer(required=True)
     ttl_minutes = fields.Float(required=True)
-    entries_by_scenario = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    entries_by_scenario = fields.Dict(
+        keys=fields.String(), values=fields.Integer(), required=True,
+        metadata={"description": "The 20 scenarios with the most entries, most first"},
+    )
+    scenario_count = fields.Integer(required=True, metadata={"description": "Scenarios with entries, listed or not"})
+    entries_in_unlisted_scenarios = fields.Integer(required=True)
     hits = fields.Integer(required=True)
     misses = fields.Integer(required=True)
     hit_ratio = fields.Float(required=True, allow_none=True)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextvars
-import gzip
+import hashlib
 import json
 import logging
 import re
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from collections.abc import Iterable
@@ -19,8 +20,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
+from typing import TypeVar
 
-from app.clock import now_ms
 from app.code_hash import engine_code_hash
 from app.config import Settings
 from app.engine.base import Engine
@@ -28,6 +29,7 @@ from app.engine.base import Event
 from app.errors import BadInput
 from app.errors import EngineFailed
 from app.errors import EngineMismatch
+from app.errors import RateLimited
 from app.errors import RunNotFound
 from app.errors import Unavailable
 from app.evidence.csv_export import events_csv
@@ -36,6 +38,8 @@ from app.evidence.diff import diff_transcripts
 from app.evidence.diff import first_difference
 from app.evidence.snapshot import snapshot_zip
 from app.evidence.sse import sse_messages
+from app.limits import NewRunLimit
+from app.logs import DefectLog
 from app.models import LiveRun
 from app.models import RegistryStats
 from app.models import RunKey
@@ -44,19 +48,26 @@ from app.models import Source
 from app.models import canonical_json
 from app.registry.base import Registry
 from app.registry.base import RegistryUnavailable
+from app.registry.single_flight import SingleFlight
 from app.text import printable
 
 log = logging.getLogger(__name__)
 # An event type becomes an SSE "event:" line later: no spaces, no newlines.
-ENGINE_THREADS = 8  # engine runs at once in one process (more than gunicorn's request threads)
 _EVENT_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+# The largest transcript recorded, and so the most that reading one back may decompress to.
+MAX_TRANSCRIPT_BYTES = 32 * 1024 * 1024
+# /registry/stats lists this many scenarios by entries; the rest are counted, not named, so the
+# answer stays small however many scenarios a registry holds.
+STATS_TOP_SCENARIOS = 20
+T = TypeVar("T")
 
 
 class RunService:
     """Get-or-create runs and serve their transcripts. Knows nothing about HTTP."""
 
     def __init__(
-        self, registry: Registry, engine: Engine, settings: Settings, observer: RunObserver | None = None
+        self, registry: Registry, engine: Engine, settings: Settings, new_run_limit: NewRunLimit | None = None,
+        observer: RunObserver | None = None,
     ) -> None:
         self._registry = registry
         self._engine = engine
@@ -64,33 +75,55 @@ class RunService:
         self._settings = settings
         self._backend = "redis" if settings.shared_registry else "memory"
         self.engine_code_hash = engine_code_hash(engine, settings)
-        self._run_id_clock = _UniqueMillis()
         self._bodies = _DecompressedBodies(capacity=128)
-        self._engine_threads = ThreadPoolExecutor(max_workers=ENGINE_THREADS, thread_name_prefix="engine")
+        self._defects = DefectLog(log)
+        self._new_runs = new_run_limit or NewRunLimit(settings.new_runs_per_minute)
+        self._verifications: SingleFlight[Verification] = SingleFlight()
+        self._engine_threads = ThreadPoolExecutor(max_workers=settings.engine_threads, thread_name_prefix="engine")
+        # Runs beyond the threads wait in the pool's queue, up to engine_queue; beyond that a
+        # request that would start one is refused at once (503), not left to time out.
+        self._engine_slots = _Slots(settings.engine_threads + settings.engine_queue)
         # A paced replay holds a server thread for its whole length: bound how many may.
         self._paced_replays = threading.BoundedSemaphore(settings.paced_replays)
 
-    def lookup(self, scenario_id: str, seed: int) -> tuple[str, Source]:
+    def lookup(self, scenario_id: str, seed: int, client: str) -> tuple[str, Source]:
         """Return the runId of the key's live run, executing the engine once if there is none.
 
+        ``client`` is who asks: a lookup that would start a run counts against its new-run limit.
+
         :raises EngineFailed: the engine raised or returned malformed events; nothing is stored.
+        :raises RateLimited: the run would start, and ``client`` has started its share this minute.
+        :raises Unavailable: the run would start, and the engine has no room for it (or the backend is down).
         """
         key = RunKey(scenario_id, seed, self.engine_code_hash)
         created = False
         with _registry_errors():
             run_id = self._registry.touch(key.digest)
             if run_id is None:
-                run_id, created = self._registry.create_once(key.digest, lambda: self._execute(key))
+                run_id, created = _as_own_client(client, lambda: self._registry.create_once(
+                    key, lambda run_id: self._execute(key, run_id, client)
+                ))
         source: Source = "new" if created else "cache"
         self._observer.lookup_answered(source)
         return run_id, source
 
     def run(self, run_id: str) -> LiveRun:
-        """:raises RunNotFound: the run never existed, expired or was evicted."""
+        """The live run, its transcript checked against its digest the first time this process reads it.
+
+        :raises RunNotFound: the run never existed, expired or was evicted, or its stored
+            transcript is not what its digest says (so it is never served as one).
+        """
         with _registry_errors():
             live = self._registry.get(run_id)
         if live is None:
             raise RunNotFound(f"Run {printable(run_id)} not found")
+        try:
+            self._bodies.get(live.record)
+        except CorruptTranscript as err:
+            self._defects.report(live.record.run_id, "run %s is not served, and is removed: %s", printable(run_id), err)
+            with _registry_errors():
+                self._registry.discard(live.record.run_id)
+            raise RunNotFound(f"Run {printable(run_id)} not found") from err
         return live
 
     def events_body(self, run_id: str, gzip_ok: bool) -> tuple[bytes, bool]:
@@ -102,10 +135,16 @@ class RunService:
         return (record.body_gzip, True) if gzip_ok else (self._bodies.get(record), False)
 
     def stats_report(self) -> StatsReport:
-        """What the registry counts (with a shared backend, for the whole fleet), with its settings."""
+        """What the registry counts (with a shared backend, for the whole fleet), with its settings;
+        entries by scenario for the ``STATS_TOP_SCENARIOS`` scenarios with the most."""
         with _registry_errors():
-            stats = self._registry.stats()
+            stats = self._registry.stats(top_scenarios=STATS_TOP_SCENARIOS)
         return StatsReport(stats, self._backend, self._settings.ttl_minutes)
+
+    def registry_counts(self) -> RegistryStats:
+        """What the registry counts, without any scenario: what a metrics scrape needs, cheaply."""
+        with _registry_errors():
+            return self._registry.stats(top_scenarios=0)
 
     def readiness(self) -> Readiness:
         """:raises Unavailable: the registry backend does not answer."""
@@ -145,20 +184,28 @@ class RunService:
         record = self.run(run_id).record
         return snapshot_zip(record, self._events_json(record), events_csv(self._events(record)))
 
-    def compare(self, left: tuple[str, int], right: tuple[str, int]) -> Comparison:
-        """Look both runs up (get or create, renewing them) and diff their transcripts."""
-        left_run, left_source = self._lookup_run(*left)
-        right_run, right_source = self._lookup_run(*right)
+    def compare(self, left: tuple[str, int], right: tuple[str, int], client: str) -> Comparison:
+        """Look both runs up (get or create, renewing them) and diff their transcripts.
+
+        Each side that starts a run counts against ``client``'s new-run limit.
+        """
+        left_run, left_source = self._lookup_run(*left, client)
+        right_run, right_source = self._lookup_run(*right, client)
         return Comparison(
             left_run, left_source, right_run, right_source,
             diff_transcripts(self._events(left_run.record), self._events(right_run.record)),
         )
 
-    def verify(self, run_id: str) -> Verification:
+    def verify(self, run_id: str, client: str) -> Verification:
         """Execute the engine again and check the new transcript against the recorded bytes.
+
+        Verifications of one run asked for at once share one execution (and its answer); the
+        one that executes counts against ``client``'s new-run limit.
 
         :raises EngineMismatch: the run was recorded by other engine code than this one.
         :raises EngineFailed: the engine raised or returned malformed events.
+        :raises RateLimited: ``client`` has started its share of executions this minute.
+        :raises Unavailable: the engine has no room for another execution.
         """
         record = self.run(run_id).record
         if record.engine_code_hash != self.engine_code_hash:
@@ -166,20 +213,41 @@ class RunService:
                 f"Run {run_id} was recorded under engineCodeHash {record.engine_code_hash};"
                 f" this service runs {self.engine_code_hash}"
             )
+        verification, _ = _as_own_client(
+            client, lambda: self._verifications.run(record.run_id, lambda: self._reproduce(record, client))
+        )
+        return verification
+
+    def verification_callers(self, run_id: str) -> int:
+        """How many requests share the run's verification now (0 when none is running)."""
+        return self._verifications.callers(run_id)
+
+    def engine_slots_in_use(self) -> int:
+        """Engine executions running or queued in this process now."""
+        return self._engine_slots.in_use
+
+    def _reproduce(self, record: RunRecord, client: str) -> Verification:
+        self._admit(client)
         started = time.perf_counter()
-        replayed = self._execute(RunKey(record.scenario_id, record.seed, record.engine_code_hash))
+        events, events_json = self._timed_engine_run(RunKey(record.scenario_id, record.seed, record.engine_code_hash))
         duration_ms = (time.perf_counter() - started) * 1000
-        reproducible = self._events_json(replayed) == self._events_json(record)
+        recorded_json = self._events_json(record)
+        reproducible = events_json == recorded_json
         return Verification(
             run_id=record.run_id,
             reproducible=reproducible,
             recorded_sha256=record.events_sha256,
-            replayed_sha256=replayed.events_sha256,
-            first_difference=None if reproducible else first_difference(self._events(record), self._events(replayed)),
+            replayed_sha256=hashlib.sha256(events_json).hexdigest(),
+            first_difference=None if reproducible else first_difference(self._events(record), events),
             recorded_count=record.event_count,
-            replayed_count=replayed.event_count,
+            replayed_count=len(events),
             duration_ms=round(duration_ms, 3),
         )
+
+    def _admit(self, client: str) -> None:
+        """Count one engine execution against ``client``'s limit, before anything starts."""
+        with _registry_errors():
+            self._new_runs.admit(client)
 
     def _events_json(self, record: RunRecord) -> bytes:
         return record.events_json(self._bodies.get(record))
@@ -198,6 +266,11 @@ class RunService:
         """
         which = f"scenario {key.scenario_id} seed {key.seed}"
         context = contextvars.copy_context()  # the engine's log lines keep the request's id
+        if not self._engine_slots.take():
+            raise Unavailable(
+                f"The engine is running and queueing all it can ({self._settings.engine_threads} running,"
+                f" {self._settings.engine_queue} waiting); retry shortly"
+            )
         running = self._engine_threads.submit(context.run, self._engine_events, key)
         try:
             events = running.result(timeout=self._settings.engine_timeout_s)
@@ -215,10 +288,16 @@ class RunService:
         if events_json is None:
             log.error("engine %s returned malformed events for %s", self._engine.name, which)
             raise EngineFailed(f"The engine returned malformed events for {which}")
+        if len(events_json) > MAX_TRANSCRIPT_BYTES:
+            log.error("engine %s returned %d bytes of events for %s", self._engine.name, len(events_json), which)
+            raise EngineFailed(f"The engine returned more than {MAX_TRANSCRIPT_BYTES} bytes of events for {which}")
         return events, events_json
 
     def _engine_events(self, key: RunKey) -> list[Event]:
-        return list(self._engine.run(key.scenario_id, key.seed))
+        try:
+            return list(self._engine.run(key.scenario_id, key.seed))
+        finally:  # a run abandoned at the timeout keeps its slot until its thread is free again
+            self._engine_slots.give_back()
 
     def _engine_ran(self, seconds: float, failed: bool) -> None:
         self._observer.engine_ran(seconds, failed)
@@ -228,17 +307,18 @@ class RunService:
         except RegistryUnavailable:
             log.warning("engine run not counted: the registry is unavailable")
 
-    def _lookup_run(self, scenario_id: str, seed: int) -> tuple[LiveRun, Source]:
+    def _lookup_run(self, scenario_id: str, seed: int, client: str) -> tuple[LiveRun, Source]:
         """A lookup that also reads the run; retried if the run went in between (a full registry)."""
         for _ in range(3):
-            run_id, source = self.lookup(scenario_id, seed)
+            run_id, source = self.lookup(scenario_id, seed, client)
             with _registry_errors():
                 live = self._registry.get(run_id)
             if live is not None:
                 return live, source
         raise Unavailable("The registry is evicting runs faster than they can be compared; try again")
 
-    def _execute(self, key: RunKey) -> RunRecord:
+    def _timed_engine_run(self, key: RunKey) -> tuple[list[Event], bytes]:
+        """``_run_engine``, counted and timed (in the metrics and the registry's statistics)."""
         started = time.perf_counter()
         try:
             events, events_json = self._run_engine(key)
@@ -247,14 +327,19 @@ class RunService:
             raise
         seconds = time.perf_counter() - started
         self._engine_ran(seconds, failed=False)
-        created_at = self._run_id_clock.next()
         log.info("engine ran scenario %s seed %s: %d events in %.1f ms", key.scenario_id, key.seed, len(events),
                  seconds * 1000)
+        return events, events_json
+
+    def _execute(self, key: RunKey, run_id: str, client: str) -> RunRecord:
+        """A new run of ``key`` under ``run_id``: admitted for ``client``, executed, recorded."""
+        self._admit(client)
+        events, events_json = self._timed_engine_run(key)
         return RunRecord.create(
             key=key,
+            run_id=run_id,
             engine_name=self._engine.name,
             engine_version=self._engine.version,
-            created_at=created_at,
             events_json=events_json,
             event_count=len(events),
         )
@@ -334,9 +419,38 @@ class _ReleasingStream:
             self._release()
 
 
+class _Slots:
+    """A count of things in use, up to a capacity; taking one never waits."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self.in_use = 0
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.in_use >= self._capacity:
+                return False
+            self.in_use += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.in_use -= 1
+
+
+class CorruptTranscript(Exception):
+    """A stored transcript is not what its record says: it does not decompress within bounds,
+    or its events are not the bytes its digest names."""
+
+
 class _DecompressedBodies:
     """The plain /events bodies of the most recently read runs, so a hot run is not
-    decompressed on every request; bounded, so memory stays that of the compressed store."""
+    decompressed on every request; bounded, so memory stays that of the compressed store.
+
+    A body is checked against its record's digest when it is decompressed, so a record that
+    a shared backend holds damaged (or that someone wrote there) is never served.
+    """
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
@@ -344,13 +458,14 @@ class _DecompressedBodies:
         self._bodies: OrderedDict[tuple[str, bytes], bytes] = OrderedDict()
 
     def get(self, record: RunRecord) -> bytes:
+        """:raises CorruptTranscript: the stored transcript is not what the record says."""
         key = (record.run_id, record.events_digest)
         with self._lock:
             body = self._bodies.get(key)
             if body is not None:
                 self._bodies.move_to_end(key)
                 return body
-        body = gzip.decompress(record.body_gzip)
+        body = _checked_body(record)
         with self._lock:
             self._bodies[key] = body
             if len(self._bodies) > self._capacity:
@@ -358,17 +473,33 @@ class _DecompressedBodies:
         return body
 
 
-class _UniqueMillis:
-    """Epoch milliseconds that never repeat in this process, so two live runs never share a runId."""
+def _checked_body(record: RunRecord) -> bytes:
+    """Decompress, never past the largest body a transcript may have, and check the digest."""
+    limit = MAX_TRANSCRIPT_BYTES + 4096  # the events, and the runId and count around them
+    inflater = zlib.decompressobj(wbits=31)  # gzip framing
+    try:
+        body = inflater.decompress(record.body_gzip, limit)
+    except zlib.error as err:
+        raise CorruptTranscript(f"its transcript does not decompress ({err})") from err
+    if not inflater.eof or inflater.unconsumed_tail:
+        raise CorruptTranscript(f"its transcript is incomplete or decompresses past {limit} bytes")
+    if hashlib.sha256(record.events_json(body)).digest() != record.events_digest:
+        raise CorruptTranscript("its events do not match its eventsSha256")
+    return body
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._last = 0
 
-    def next(self) -> int:
-        with self._lock:
-            self._last = max(now_ms(), self._last + 1)
-            return self._last
+def _as_own_client(client: str, attempt: Callable[[], T]) -> T:
+    """Run ``attempt``, and once more if it failed on another client's limit.
+
+    A caller that waited on another caller's flight (of the same key or run) shares that
+    flight's outcome; but another client's limit is not this one's, so it tries on its own.
+    """
+    try:
+        return attempt()
+    except RateLimited as err:
+        if err.client == client:
+            raise
+    return attempt()
 
 
 @contextmanager

@@ -32,7 +32,8 @@ def measure(runs: int, smoke: bool = False) -> dict[str, str]:
 
 def _events_json(seed: int) -> tuple[bytes, int]:
     """The default engine's events for a seed, checked and encoded as the service does (in a pool worker)."""
-    service = RunService(MemoryRegistry(60_000, 1), PricingEngine(), Settings(engine_code_hash=CODE_HASH))
+    settings = Settings(new_runs_per_minute=0, engine_code_hash=CODE_HASH)
+    service = RunService(MemoryRegistry(60_000, 1), PricingEngine(), settings)
     events, events_json = service._run_engine(RunKey("pricing-v1", seed, CODE_HASH))
     return events_json, len(events)
 
@@ -62,12 +63,12 @@ def memory_per_run(runs: int) -> dict[str, str]:
 def _rss_growth_of_runs(runs: int, first_seed: int) -> int:
     """In a pool worker: RSS growth from caching ``runs`` runs made by the service itself."""
     registry = MemoryRegistry(ttl_ms=3_600_000, max_entries=runs)
-    service = RunService(registry, PricingEngine(), Settings(engine_code_hash=CODE_HASH))
-    service.lookup("pricing-v1", -1)  # warm every code path before measuring
+    service = RunService(registry, PricingEngine(), Settings(new_runs_per_minute=0, engine_code_hash=CODE_HASH))
+    service.lookup("pricing-v1", -1, "bench")  # warm every code path before measuring
     gc.collect()
     before = _rss_bytes()
     for seed in range(first_seed, first_seed + runs):
-        service.lookup("pricing-v1", seed)
+        service.lookup("pricing-v1", seed, "bench")
     gc.collect()
     return _rss_bytes() - before
 
@@ -81,20 +82,17 @@ def _traced_bytes_of_runs(runs: int) -> int:
         tracemalloc.start()
         for seed, (events_json, count) in enumerate(pool.map(_events_json, range(runs), chunksize=256)):
             key = RunKey("pricing-v1", seed, CODE_HASH)
-            created_at = 1_795_000_000_000 + seed
-            record = RunRecord.create(key=key,
-                                      engine_name=PricingEngine.name, engine_version=PricingEngine.version,
-                                      created_at=created_at, events_json=events_json, event_count=count)
-            registry.create_once(key.digest, partial(_same, record))
+            registry.create_once(key, partial(_pricing_record, key, events_json, count))
     gc.collect()
     traced = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    assert registry.stats().total_entries == runs
+    assert registry.stats(top_scenarios=0).total_entries == runs
     return traced
 
 
-def _same(record: RunRecord) -> RunRecord:
-    return record
+def _pricing_record(key: RunKey, events_json: bytes, count: int, run_id: str) -> RunRecord:
+    return RunRecord.create(key=key, run_id=run_id, engine_name=PricingEngine.name,
+                            engine_version=PricingEngine.version, events_json=events_json, event_count=count)
 
 
 def lookup_time_by_entries(few: int, many: int, repeats: int) -> dict[str, str]:
@@ -102,16 +100,16 @@ def lookup_time_by_entries(few: int, many: int, repeats: int) -> dict[str, str]:
     timings = {}
     for entries in (few, many):
         registry = MemoryRegistry(ttl_ms=3_600_000, max_entries=many)
-        settings = Settings(engine_code_hash=CODE_HASH)
+        settings = Settings(new_runs_per_minute=0, engine_code_hash=CODE_HASH)
         service = RunService(registry, PricingEngine(), settings)
         for seed in range(entries):
             key = RunKey("bench-entries", seed, CODE_HASH)
-            registry.create_once(key.digest, partial(_small_record, key))
+            registry.create_once(key, partial(_small_record, key))
         batches = []
         for _ in range(repeats):
             started = time.perf_counter()
             for seed in range(0, 10_000):
-                service.lookup("bench-entries", seed % few)
+                service.lookup("bench-entries", seed % few, "bench")
             batches.append((time.perf_counter() - started) / 10_000)
         timings[entries] = statistics.median(batches)
     return {
@@ -121,9 +119,9 @@ def lookup_time_by_entries(few: int, many: int, repeats: int) -> dict[str, str]:
     }
 
 
-def _small_record(key: RunKey) -> RunRecord:
-    return RunRecord.create(key=key, engine_name="bench",
-                            engine_version="1", created_at=1, events_json=b"[]", event_count=0)
+def _small_record(key: RunKey, run_id: str) -> RunRecord:
+    return RunRecord.create(key=key, run_id=run_id, engine_name="bench",
+                            engine_version="1", events_json=b"[]", event_count=0)
 
 
 def longest_sweep_pause(entries: int) -> dict[str, str]:
@@ -136,7 +134,7 @@ def longest_sweep_pause(entries: int) -> dict[str, str]:
     registry = MemoryRegistry(ttl_ms=ttl_ms, max_entries=entries)
     for seed in range(entries):
         key = RunKey("bench-sweep", seed, CODE_HASH)
-        registry.create_once(key.digest, partial(_small_record, key))
+        registry.create_once(key, partial(_small_record, key))
     later = now_ms() + ttl_ms  # an hour on: every entry has expired
     pauses = []
     while True:

@@ -67,20 +67,20 @@ def _sample_rss(server: Gunicorn, seconds: float, samples: list[int]) -> None:
 def flood(keys: int, max_entries: int, hot_every: int = 50) -> Outcome:
     """Distinct keys far beyond the cap, in-process; the hottest keys must stay cached."""
     registry = MemoryRegistry(ttl_ms=3_600_000, max_entries=max_entries)
-    service = RunService(registry, _QuickEngine(), Settings(engine_code_hash="flood"))
+    service = RunService(registry, _QuickEngine(), Settings(new_runs_per_minute=0, engine_code_hash="flood"))
     errors: list[str] = []
     hot = [f"hot-{index}" for index in range(10)]
-    hot_ids = {key: service.lookup(key, 1)[0] for key in hot}
+    hot_ids = {key: service.lookup(key, 1, "soak")[0] for key in hot}
     for index in range(keys):
-        service.lookup("flood", index)
+        service.lookup("flood", index, "soak")
         if index % hot_every == 0:
             for key in hot:
-                run_id, source = service.lookup(key, 1)
+                run_id, source = service.lookup(key, 1, "soak")
                 if (run_id, source) != (hot_ids[key], "cache"):
                     errors.append(f"hot key {key} fell out after {index:,} flooding keys")
         if index % 10_000 == 0 and len(registry._entries) > max_entries:
             errors.append(f"{len(registry._entries)} entries, over the cap of {max_entries}")
-    stats = registry.stats()
+    stats = registry.stats(top_scenarios=0)
     if stats.total_entries > max_entries:
         errors.append(f"{stats.total_entries} entries at the end")
     expected_evictions = keys + len(hot) - max_entries
@@ -102,7 +102,7 @@ class _QuickEngine(FakeEngine):
 def expiry_churn(seconds: float, ttl_minutes: float = 0.005, threads: int = 8, keys: int = 20) -> Outcome:
     """A TTL of a fraction of a second under load: every answer consistent, nothing outlives its TTL."""
     engine = FakeEngine()
-    settings = Settings(engine_code_hash="churn", ttl_minutes=ttl_minutes)
+    settings = Settings(new_runs_per_minute=0, engine_code_hash="churn", ttl_minutes=ttl_minutes)
     registry = MemoryRegistry(settings.ttl_ms, settings.max_entries)
     service = RunService(registry, engine, settings)
     errors: list[str] = []
@@ -116,7 +116,7 @@ def expiry_churn(seconds: float, ttl_minutes: float = 0.005, threads: int = 8, k
             # Most lookups on a few busy keys (renewed all the time), the rest on many cold ones,
             # which sit idle past their TTL between lookups and expire under the load.
             seed = rng.randrange(keys) if rng.random() < 0.7 else keys + rng.randrange(50 * keys)
-            run_id, source = service.lookup("churn", seed)
+            run_id, source = service.lookup("churn", seed, "soak")
             answered[source] += 1
             seen.add(run_id)
             # Answered just now, renewed to a full TTL: it must be readable, and be this key's.
@@ -129,7 +129,7 @@ def expiry_churn(seconds: float, ttl_minutes: float = 0.005, threads: int = 8, k
         errors.append(f"{engine.calls} engine runs made {len(seen)} runIds")
     time.sleep(settings.ttl_ms / 1000 + 0.05)
     survivors = [run_id for run_id in seen if registry.get(run_id) is not None]
-    if survivors or registry.stats().total_entries:
+    if survivors or registry.stats(top_scenarios=0).total_entries:
         errors.append(f"{len(survivors)} runs outlived their TTL")
     return Outcome(f"expiry churn (TTL {settings.ttl_ms / 1000:g} s, in-process)",
                    f"{sum(answered.values()):,} lookups ({answered['new']:,} new) in {seconds:.0f} s, "
@@ -139,7 +139,7 @@ def expiry_churn(seconds: float, ttl_minutes: float = 0.005, threads: int = 8, k
 def racing_threads(seconds: float, threads: int = 32, keys: int = 16) -> Outcome:
     """Threads racing on few keys while entries expire and are evicted (cap below the keys)."""
     engine = FakeEngine()
-    settings = Settings(engine_code_hash="race", ttl_minutes=0.002, max_entries=keys // 2)
+    settings = Settings(new_runs_per_minute=0, engine_code_hash="race", ttl_minutes=0.002, max_entries=keys // 2)
     service = RunService(MemoryRegistry(settings.ttl_ms, settings.max_entries), engine, settings)
     errors: list[str] = []
     owners: dict[str, int] = {}
@@ -152,7 +152,7 @@ def racing_threads(seconds: float, threads: int = 32, keys: int = 16) -> Outcome
         rng = random.Random(index)
         while not stop.is_set():
             seed = rng.randrange(keys)
-            run_id, _ = service.lookup("race", seed)
+            run_id, _ = service.lookup("race", seed, "soak")
             with lock:
                 lookups += 1
                 if owners.setdefault(run_id, seed) != seed:

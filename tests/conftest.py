@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 
+import freezegun
 import pytest
 from freezegun import freeze_time
+from freezegun.config import DEFAULT_IGNORE_LIST
 
 from app import create_app
 from app.config import Settings
 from tests.fakes import FakeEngine
 
 FROZEN_START = "2026-11-26 12:00:00"
+# freezegun gives real time to code called from the threading module, which is every thread's
+# bottom frame: the frozen clock must hold in the service's threads too (the limits library
+# expires its windows in a timer thread), or a test's frozen minute would pass in an instant.
+freezegun.configure(default_ignore_list=[name for name in DEFAULT_IGNORE_LIST if name != "threading"])
 
 
 def test_settings(**overrides: object) -> Settings:
-    """Defaults with a fixed engineCodeHash, so no test depends on the checkout's git state."""
-    return dataclasses.replace(Settings(engine_code_hash="test-code-hash"), **overrides)
+    """Defaults with a fixed engineCodeHash, so no test depends on the checkout's git state, and
+    no new-run limit, which the tests of limits set themselves."""
+    return dataclasses.replace(Settings(engine_code_hash="test-code-hash", new_runs_per_minute=0), **overrides)
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test

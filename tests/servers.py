@@ -57,7 +57,9 @@ class Gunicorn:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        self.env = {**os.environ, "ENGINE_CODE_HASH": "gunicorn-test", **(env or {})}
+        # No new-run limit unless a test sets one: tests start runs faster than any client should.
+        self.env = {**os.environ, "ENGINE_CODE_HASH": "gunicorn-test", "RUN_REGISTRY_NEW_RUNS_PER_MINUTE": "0",
+                    **(env or {})}
         self.args = [str(GUNICORN), "-c", "gunicorn.conf.py", *extra_args, app]
         if bind:
             self.args += ["--bind", f"127.0.0.1:{self.port}"]

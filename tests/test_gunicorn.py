@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.client as http_client
 import json
 import os
+import random
 import socket
+import string
 import subprocess
 
 import pytest
@@ -78,7 +81,7 @@ def test_one_json_log_line_per_request_with_its_request_id(server):
 def test_a_missing_or_unusable_request_id_is_replaced(server):
     generated = http("GET", f"{server.url}/healthz").headers["X-Request-ID"]
     assert len(generated) == 32 and int(generated, 16) >= 0
-    for unusable in ("a b", "x" * 129, "<script>"):
+    for unusable in ("a b", "x" * 129, "<script>", "../../etc/passwd", "a:b", "a/b", "a+b=", "id@host"):
         replaced = http("GET", f"{server.url}/healthz", headers={"X-Request-ID": unusable}).headers["X-Request-ID"]
         assert replaced != unusable and len(replaced) == 32
 
@@ -86,6 +89,77 @@ def test_a_missing_or_unusable_request_id_is_replaced(server):
 def test_every_log_line_is_json(server):
     http("GET", f"{server.url}/runs/lookup?scenarioId=test&seed=invalid")
     assert all({"ts", "level", "logger", "message"} <= set(line) for line in log_lines(server))
+
+
+def test_a_path_with_unicode_line_separators_is_one_log_line(server):
+    """U+0085, U+2028 and U+2029 end a line for many log consumers (Python's splitlines among them)."""
+    separators = "%C2%85%E2%80%A8%E2%80%A9"
+    reply = http("GET", f"{server.url}/runs/a{separators}b/events?scenarioId={separators}&x=%0b%0c%1c")
+    assert reply.status == 404
+    text = server.log_path.read_bytes().decode("utf-8")
+    assert text.splitlines() == text.split("\n")[:-1]  # no line boundary but the newlines
+    [line] = [entry for entry in log_lines(server) if entry.get("path", "").startswith("/runs/a")]
+    assert line["status"] == 404
+
+
+def test_a_chunked_body_over_64_kib_is_413_not_cut_short(server):
+    run_id = http("GET", f"{server.url}/runs/lookup?scenarioId=chunked&seed=1").json()["runId"]
+    valid = json.dumps({"left": {"scenarioId": "a", "seed": 1}, "right": {"scenarioId": "b", "seed": 2}}).encode()
+    body = valid + b" " * (64 * 1024 - len(valid)) + b"x" * 16_000  # 81,536 bytes, the first 64 KiB valid
+    for path in ("/compare", f"/runs/{run_id}/verify"):
+        connection = http_client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.request("POST", path, body=iter([body[:30_000], body[30_000:]]),
+                           headers={"Content-Type": "application/json"}, encode_chunked=True)
+        reply = connection.getresponse()
+        assert (reply.status, json.loads(reply.read())["type"]) == (413, "PAYLOAD_TOO_LARGE"), path
+        connection.close()
+
+
+def test_metric_labels_come_from_a_closed_set_whatever_the_method(server):
+    before = http("GET", f"{server.url}/metrics").body
+    randomness = random.Random(7)
+    for _ in range(100):
+        method = "".join(randomness.choices(string.ascii_uppercase, k=12))
+        connection = http_client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.request(method, "/runs/lookup?scenarioId=a&seed=1")
+        assert connection.getresponse().status == 405
+        connection.close()
+    after = http("GET", f"{server.url}/metrics").body.decode()
+    assert len(after) < len(before) + 4096  # one new series (method "other"), not a hundred
+    assert 'method="other"' in after
+
+
+def test_options_is_204_with_allow_and_no_html(server):
+    connection = http_client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("OPTIONS", "/runs/lookup")
+    reply = connection.getresponse()
+    assert (reply.status, reply.getheader("Allow"), reply.read()) == (204, "GET, HEAD, OPTIONS", b"")
+    assert reply.getheader("Content-Type") is None
+    connection.close()
+
+
+def test_no_form_of_the_redis_password_is_logged_at_start_up(tmp_path, redis_url):
+    secret = "s3cr3t-Hunter2"
+    url = redis_url.replace("redis://", f"redis://default:{secret}@") + f"?password={secret}"
+    with Gunicorn(tmp_path / "secret.log", env={"RUN_REGISTRY_URL": url, "WEB_CONCURRENCY": "1"}) as running:
+        http("GET", f"{running.url}/readyz")  # Redis refuses the password: the error is logged too
+        log = running.log()
+    assert "sharing the registry at redis://127.0.0.1:" in log
+    assert secret not in log and "Hunter2" not in log
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:pa/ss-Hunter2@127.0.0.1:6379/0", "redis://127.0.0.1:6379/x?password=pa-Hunter2"],
+    ids=["raw-slash", "query-password"],
+)
+def test_a_refused_redis_url_is_not_echoed(url):
+    result = subprocess.run(
+        [str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app", "--bind", "127.0.0.1:0"],
+        cwd=ROOT, env={**os.environ, "RUN_REGISTRY_URL": url}, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "RUN_REGISTRY_URL" in output and "Hunter2" not in output and "ss-" not in output
 
 
 def test_port_variable_binds_all_interfaces(tmp_path):

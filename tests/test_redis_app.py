@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import pytest
 
 from app import create_app
@@ -65,3 +67,38 @@ def test_compare_with_redis_down_is_a_json_503():
     response = client.post("/compare", json={"left": {"scenarioId": "a", "seed": 1},
                                              "right": {"scenarioId": "b", "seed": 1}})
     assert response.status_code == 503 and response.get_json()["type"] == "UNAVAILABLE"
+
+
+def test_the_new_run_limit_holds_across_the_fleet_under_its_own_prefix(redis_url, redis_server):
+    web = [redis_app(redis_url, new_runs_per_minute=3).test_client() for _ in range(2)]
+    statuses = [web[seed % 2].get(f"/runs/lookup?scenarioId=s&seed={seed}").status_code for seed in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    limit_keys = redis_server.client().keys("run-registry:limits*")
+    assert limit_keys and all(b"127.0.0.1" in name for name in limit_keys)
+
+
+def test_a_transcript_that_does_not_match_its_digest_is_not_served_and_the_key_runs_anew(
+        redis_url, redis_server, caplog):
+    client = redis_app(redis_url).test_client()
+    run_id = client.get("/runs/lookup?scenarioId=a&seed=1").get_json()["runId"]
+    run_key = f"run-registry:run:{run_id}"
+    redis = redis_server.client()
+    body = gzip.decompress(redis.hget(run_key, "bodyGzip")).replace(b"session_", b"sessiom_", 1)
+    redis.hset(run_key, "bodyGzip", gzip.compress(body, mtime=0))
+    fresh = redis_app(redis_url).test_client()  # a process that has not read it yet
+    answers = [fresh.get(f"/runs/{run_id}/events") for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [404] * 3
+    assert answers[0].get_json() == {"type": "BAD_INPUT", "message": f"Run {run_id} not found"}
+    defects = [record for record in caplog.records if "do not match its eventsSha256" in record.getMessage()]
+    assert len(defects) == 1
+    again = fresh.get("/runs/lookup?scenarioId=a&seed=1").get_json()
+    assert again["source"] == "new" and again["runId"] != run_id
+
+
+def test_a_transcript_that_decompresses_without_bound_is_not_served(redis_url, redis_server):
+    client = redis_app(redis_url).test_client()
+    run_id = client.get("/runs/lookup?scenarioId=a&seed=1").get_json()["runId"]
+    bomb = gzip.compress(b"[" + b" " * (40 * 1024 * 1024), compresslevel=9, mtime=0)  # 40 MiB from ~40 KB
+    redis_server.client().hset(f"run-registry:run:{run_id}", "bodyGzip", bomb)
+    fresh = redis_app(redis_url).test_client()
+    assert fresh.get(f"/runs/{run_id}/events", headers={"Accept-Encoding": "gzip"}).status_code == 404

@@ -30,7 +30,7 @@ def test_64_threads_on_one_new_key_run_the_engine_once():
 
     def lookup():
         start.wait()
-        return service.lookup("hot", 7)
+        return service.lookup("hot", 7, "test-client")
 
     with ThreadPoolExecutor(max_workers=64) as pool:
         futures = [pool.submit(lookup) for _ in range(64)]
@@ -47,9 +47,9 @@ def test_a_slow_engine_run_of_one_key_does_not_delay_another_key():
     engine = FakeEngine(gates={"slow": gate})
     service = make_service(engine)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        slow = pool.submit(service.lookup, "slow", 1)
+        slow = pool.submit(service.lookup, "slow", 1, "test-client")
         assert engine.started.wait(timeout=30)
-        run_id, source = service.lookup("fast", 1)  # answered while "slow" is still running
+        run_id, source = service.lookup("fast", 1, "test-client")  # answered while "slow" is still running
         assert source == "new" and not slow.done()
         assert service.run(run_id).record.scenario_id == "fast"
         gate.set()
@@ -60,8 +60,8 @@ def test_failing_engine_raises_engine_failed_and_caches_nothing():
     engine = FakeEngine(failures=1)
     service = make_service(engine)
     with pytest.raises(EngineFailed, match="scenario a seed 1"):
-        service.lookup("a", 1)
-    assert service.lookup("a", 1)[1] == "new"
+        service.lookup("a", 1, "test-client")
+    assert service.lookup("a", 1, "test-client")[1] == "new"
     assert engine.calls == 2
 
 
@@ -85,9 +85,9 @@ def test_failing_engine_raises_engine_failed_and_caches_nothing():
 def test_malformed_events_are_rejected_before_anything_is_stored(events):
     service = make_service(MalformedEngine(events))
     with pytest.raises(EngineFailed):
-        service.lookup("a", 1)
+        service.lookup("a", 1, "test-client")
     with pytest.raises(EngineFailed):  # still nothing cached: the engine is asked again
-        service.lookup("a", 1)
+        service.lookup("a", 1, "test-client")
 
 
 def test_unknown_run_raises_run_not_found():
@@ -97,7 +97,7 @@ def test_unknown_run_raises_run_not_found():
 
 def test_run_ids_are_unique_even_when_the_clock_stands_still(frozen):
     service = make_service(FakeEngine())
-    run_ids = {service.lookup(f"s{index}", 1)[0].rsplit("_", 1)[1] for index in range(50)}
+    run_ids = {service.lookup(f"s{index}", 1, "test-client")[0].rsplit("_", 1)[1] for index in range(50)}
     assert len(run_ids) == 50
 
 
@@ -106,11 +106,11 @@ def test_a_hung_engine_fails_its_callers_at_the_timeout_and_the_key_recovers():
     engine = FakeEngine(gates={"hung": gate})
     service = make_service(engine, engine_timeout_s=0.2)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        callers = [pool.submit(service.lookup, "hung", 1) for _ in range(8)]
+        callers = [pool.submit(service.lookup, "hung", 1, "test-client") for _ in range(8)]
         for caller in callers:  # the one running it and the seven waiting on it: an error, not a hang
             with pytest.raises(EngineFailed, match=r"did not finish scenario hung seed 1 within 0\.2 s"):
                 caller.result(timeout=10)
     assert engine.calls == 1
-    assert service.lookup("other", 1)[1] == "new"  # other keys were never held up
+    assert service.lookup("other", 1, "test-client")[1] == "new"  # other keys were never held up
     gate.set()  # the abandoned run may end now; the key is free and runs again
-    assert service.lookup("hung", 1)[1] == "new"
+    assert service.lookup("hung", 1, "test-client")[1] == "new"

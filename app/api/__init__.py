@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
 from flask import current_app
 from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.errors import BadInput
+from app.errors import CrossSiteRequest
+from app.errors import UnsupportedMediaType
 from app.service import RunService
+
+MAX_BODY_BYTES = 64 * 1024
 
 
 def run_service() -> RunService:
@@ -18,15 +24,62 @@ def run_service() -> RunService:
     return service
 
 
+def client_address() -> str:
+    """Who is asking: the peer's address, or the one trusted proxies forwarded (ProxyFix)."""
+    return request.remote_addr or "unknown"
+
+
+def bound_request_body() -> None:
+    """Refuse a body over 64 KiB however it is sent, before any view reads it.
+
+    werkzeug refuses a Content-Length over the limit, but a chunked body it cuts at the limit
+    and reads as whole, so a chunked body is read here, one byte past the limit, and kept.
+    """
+    environ = request.environ
+    if request.content_length is not None:
+        if request.content_length > MAX_BODY_BYTES:
+            raise RequestEntityTooLarge()
+        return
+    if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return
+    body = environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestEntityTooLarge()
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    environ.pop("HTTP_TRANSFER_ENCODING")
+
+
+def refuse_cross_site_posts() -> None:
+    """A POST starts engine work: a page of another site must not make a visitor's browser send one.
+
+    Browsers send forms and no-cors fetches without asking first, always with a form
+    content type or none; they also say where a request comes from (Fetch Metadata).
+    """
+    if request.method != "POST":
+        return
+    if request.headers.get("Sec-Fetch-Site") == "cross-site":
+        raise CrossSiteRequest("Requests from other sites' pages are refused; call the API directly")
+    if request.content_type is not None and not request.is_json:
+        raise UnsupportedMediaType("The body must be JSON, sent with Content-Type: application/json, or absent")
+
+
 def json_body() -> Any:
     """The request body parsed as JSON.
 
-    :raises BadInput: it is not JSON, not UTF-8, or nested too deeply to parse.
+    :raises BadInput: it is absent, not JSON, not UTF-8, or nested too deeply to parse.
     """
     if not request.is_json:
         raise BadInput("the body must be JSON, sent with Content-Type: application/json")
     try:
-        # The body is already bounded by MAX_CONTENT_LENGTH (a 413 past it).
+        # The body is already bounded (bound_request_body).
         return json.loads(request.get_data(cache=False))
     except (ValueError, RecursionError) as err:  # RecursionError: "[[[[..." thousands deep
         raise BadInput("the body is not valid JSON") from err
+
+
+def optional_json_body() -> Any:
+    """The JSON body, or ``None`` when there is none (a POST that needs no input may carry either)."""
+    if not request.content_length:
+        return None
+    return json_body()

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint
 
+from app.api import client_address
 from app.api import json_body
 from app.api import run_service
 from app.evidence.diff import MetricDelta
@@ -24,6 +25,7 @@ def compare() -> dict[str, Any]:
     result = run_service().compare(
         (body["left"]["scenario_id"], body["left"]["seed"]),
         (body["right"]["scenario_id"], body["right"]["seed"]),
+        client_address(),
     )
     diff = result.diff
     return {

@@ -11,6 +11,8 @@ from typing import Any
 from flask import Blueprint
 from flask import Response
 
+from app.api import client_address
+from app.api import optional_json_body
 from app.api import run_service
 
 bp = Blueprint("evidence", __name__)
@@ -55,8 +57,12 @@ def export_csv(run_id: str) -> Response:
 
 @bp.post("/runs/<run_id>/verify")
 def verify(run_id: str) -> dict[str, Any]:
-    """Execute the engine again and say whether the transcript reproduces byte for byte."""
-    result = run_service().verify(run_id)
+    """Execute the engine again and say whether the transcript reproduces byte for byte.
+
+    It takes no input: a body, if any, must be JSON (so a form of another site cannot ask).
+    """
+    optional_json_body()
+    result = run_service().verify(run_id, client_address())
     return {
         "runId": result.run_id,
         "reproducible": result.reproducible,

@@ -6,6 +6,7 @@ from flask import Blueprint
 from flask import Response
 from flask import request
 
+from app.api import client_address
 from app.api import run_service
 from app.logs import annotate_request
 from app.schemas import lookup_query
@@ -17,7 +18,7 @@ bp = Blueprint("lookup", __name__)
 def lookup() -> Response:
     """Get or create the run for a scenario and seed."""
     scenario_id, seed = lookup_query(request.query_string)
-    run_id, source = run_service().lookup(scenario_id, seed)
+    run_id, source = run_service().lookup(scenario_id, seed, client_address())
     annotate_request(source=source)
     # The hot path, written directly rather than through a JSON encoder: a runId is letters,
     # digits and ._- (the scenarioId's alphabet) and the source a known word, nothing to escape.

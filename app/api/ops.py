@@ -43,6 +43,8 @@ def registry_stats() -> dict[str, Any]:
         "total_entries": stats.total_entries,
         "ttl_minutes": report.ttl_minutes,
         "entries_by_scenario": stats.entries_by_scenario,
+        "scenario_count": stats.scenario_count,
+        "entries_in_unlisted_scenarios": stats.total_entries - sum(stats.entries_by_scenario.values()),
         "hits": stats.hits,
         "misses": stats.misses,
         "hit_ratio": round(stats.hits / lookups, 4) if lookups else None,

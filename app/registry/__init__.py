@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from limits.storage import MemoryStorage
+from limits.storage import RedisStorage
+from limits.storage import Storage
+
 from app.config import Settings
 from app.registry.base import Registry
 from app.registry.base import RegistryUnavailable
 from app.registry.memory import MemoryRegistry
 from app.registry.redis_registry import RedisRegistry
+from app.registry.redis_registry import redis_client_options
 
-__all__ = ["MemoryRegistry", "RedisRegistry", "Registry", "RegistryUnavailable", "make_registry"]
+__all__ = ["MemoryRegistry", "RedisRegistry", "Registry", "RegistryUnavailable", "make_limit_storage", "make_registry"]
 
 
 def make_registry(settings: Settings) -> Registry:
@@ -24,3 +29,16 @@ def make_registry(settings: Settings) -> Registry:
             wait_ms=round(settings.engine_timeout_s * 1000) + 5_000,
         )
     return MemoryRegistry(ttl_ms=settings.ttl_ms, max_entries=settings.max_entries)
+
+
+def make_limit_storage(settings: Settings) -> Storage:
+    """Where the new-run limits count: this process, or the shared Redis under a prefix of
+    their own, so that the limit holds across the fleet."""
+    if settings.shared_registry:
+        return RedisStorage(
+            settings.registry_url,
+            key_prefix=f"{settings.redis_prefix}limits",
+            wrap_exceptions=True,
+            **redis_client_options(settings.redis_timeout_ms),
+        )
+    return MemoryStorage()

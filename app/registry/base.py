@@ -7,6 +7,7 @@ from typing import Protocol
 
 from app.models import LiveRun
 from app.models import RegistryStats
+from app.models import RunKey
 from app.models import RunRecord
 
 
@@ -31,7 +32,7 @@ class Registry(Protocol):
         """
         ...
 
-    def create_once(self, cache_key: str, build: Callable[[], RunRecord]) -> tuple[str, bool]:
+    def create_once(self, key: RunKey, build: Callable[[str], RunRecord]) -> tuple[str, bool]:
         """Get the key's live run, or build and store it exactly once.
 
         However many callers (threads, and with a shared backend processes and hosts)
@@ -40,6 +41,12 @@ class Registry(Protocol):
         stored whole, with its events, or not at all. If ``build`` raises, nothing is
         stored, the callers waiting in this process get the same exception, and the
         next call builds again (a caller waiting in another process is such a call).
+
+        ``build`` is given the runId to record the run under: ``key.run_id(createdAt)`` for
+        the first millisecond from now that no live run of any key, in any process,
+        holds or is being built under, so two live runs never share a runId (the
+        cache key alone would not say so: deploys with different engineCodeHash have
+        different keys for the same scenario and seed).
 
         :returns: the runId, and ``True`` if this call built it.
         """
@@ -52,12 +59,22 @@ class Registry(Protocol):
         """
         ...
 
+    def discard(self, run_id: str) -> None:
+        """Remove a run the service found damaged (its transcript does not match its digest),
+        so that its key's next lookup starts a new run. Nothing happens if it is not there."""
+        ...
+
     def record_engine_run(self, duration_ms: float, failed: bool) -> None:
         """Count one execution of the engine (a new run or a verification) and its time."""
         ...
 
-    def stats(self) -> RegistryStats:
-        """Live entries (by scenario); since start: evictions, expirations, hits, misses, engine runs."""
+    def stats(self, top_scenarios: int) -> RegistryStats:
+        """Live entries; since start: evictions, expirations, hits, misses, engine runs.
+
+        ``entries_by_scenario`` holds the ``top_scenarios`` scenarios with the most entries
+        (most first, ties by name), however many there are: what it costs is bounded by
+        ``top_scenarios``, not by the registry's contents. ``0`` asks for counts alone.
+        """
         ...
 
     def ping(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections import Counter
 from collections import OrderedDict
@@ -10,7 +11,9 @@ from collections.abc import Callable
 from app.clock import now_ms
 from app.models import LiveRun
 from app.models import RegistryStats
+from app.models import RunKey
 from app.models import RunRecord
+from app.registry.run_ids import RunIdReservations
 from app.registry.single_flight import SingleFlight
 
 # Expired entries removed per registry call. Each call adds at most one entry, so the
@@ -44,6 +47,7 @@ class MemoryRegistry:
         self._keys_by_run_id: dict[str, str] = {}
         self._entries_by_scenario: Counter[str] = Counter()
         self._flights: SingleFlight[tuple[str, bool]] = SingleFlight()
+        self._run_ids = RunIdReservations()
         self._evictions = 0
         self._expirations = 0
         self._hits = 0
@@ -59,17 +63,25 @@ class MemoryRegistry:
             entry = self._renew(cache_key, now)
             return entry.record.run_id if entry is not None else None
 
-    def create_once(self, cache_key: str, build: Callable[[], RunRecord]) -> tuple[str, bool]:
+    def create_once(self, key: RunKey, build: Callable[[str], RunRecord]) -> tuple[str, bool]:
+        cache_key = key.digest
+
         def build_unless_live() -> tuple[str, bool]:
             # Checked again inside the flight: a flight that landed just before this one
             # began has already stored the run.
             run_id = self.touch(cache_key)
             if run_id is not None:
                 return run_id, False
-            record = build()  # the engine runs here, outside the lock: other keys are never held up
             with self._lock:
-                self._insert(record, now_ms())
-                self._misses += 1
+                run_id = self._run_ids.reserve(key, now_ms(), taken=self._keys_by_run_id.__contains__)
+            try:
+                record = build(run_id)  # the engine runs here, outside the lock: other keys are never held up
+                with self._lock:
+                    self._insert(record, now_ms())
+                    self._misses += 1
+            finally:
+                with self._lock:
+                    self._run_ids.release(run_id)
             return record.run_id, True
 
         (run_id, created), leader = self._flights.run(cache_key, build_unless_live)
@@ -85,14 +97,18 @@ class MemoryRegistry:
             entry = self._live_entry(cache_key, now) if cache_key is not None else None
             return LiveRun(entry.record, entry.expires_at, entry.hits) if entry is not None else None
 
-    def stats(self) -> RegistryStats:
+    def stats(self, top_scenarios: int) -> RegistryStats:
         # Sweep everything expired first, a slice per lock hold, so the count is true.
         while True:
             with self._lock:
                 if self._sweep(now_ms(), SWEEP_SLICE) < SWEEP_SLICE:
+                    top = heapq.nsmallest(
+                        top_scenarios, self._entries_by_scenario.items(), key=lambda item: (-item[1], item[0])
+                    )
                     return RegistryStats(
                         total_entries=len(self._entries),
-                        entries_by_scenario=dict(self._entries_by_scenario),
+                        entries_by_scenario=dict(top),
+                        scenario_count=len(self._entries_by_scenario),
                         evictions=self._evictions,
                         expirations=self._expirations,
                         hits=self._hits,
@@ -101,6 +117,12 @@ class MemoryRegistry:
                         engine_failures=self._engine_failures,
                         engine_ms_total=self._engine_ms_total,
                     )
+
+    def discard(self, run_id: str) -> None:
+        with self._lock:
+            cache_key = self._keys_by_run_id.get(run_id)
+            if cache_key is not None:
+                self._remove(cache_key)
 
     def record_engine_run(self, duration_ms: float, failed: bool) -> None:
         with self._lock:

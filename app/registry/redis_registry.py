@@ -6,10 +6,17 @@ Keys, under a prefix (``run-registry:`` by default):
 - ``run:<runId>``: a hash with the whole record (events included), its hits and expiresAt.
 - ``claim:<cacheKey>``: held by the one caller in the fleet that is running the engine
   for that key; a random token, with an expiry so a dead holder never blocks the key.
+- ``runid:<runId>``: a runId reserved for a run being built (the claim's token), so that no
+  other caller, of any key or deploy, records a run under it meanwhile.
 - ``lru``: a sorted set of ``<scenarioId> <cacheKey>`` scored by expiresAt. The TTL is
   the same for every entry and only a lookup renews it, so this is also LRU order:
   the lowest score is both the next to expire and the least recently used.
-- ``scenarios`` (entries per scenario) and ``counters`` (evictions, expirations).
+- ``scenario-entries``: a sorted set of scenarios scored by minus their entries, so the
+  scenarios with most entries come first (ties by name) and stats read only the first few;
+  ``counters``: evictions, expirations, hits, misses, engine runs.
+
+A key under the prefix that is not what this module wrote there (another type, missing
+fields) is treated as absent, never as a run, and logged once.
 
 Redis expires ``key:`` and ``run:`` itself, at one instant set by ``PEXPIREAT`` in one
 script. The sorted set and the counts are bookkeeping for the cap and for stats; a
@@ -22,6 +29,7 @@ replicas), not Redis Cluster.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -35,12 +43,16 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from app.clock import now_ms
+from app.logs import DefectLog
 from app.models import LiveRun
 from app.models import RegistryStats
+from app.models import RunKey
 from app.models import RunRecord
 from app.registry.base import RegistryUnavailable
 from app.registry.single_flight import SingleFlight
 
+log = logging.getLogger(__name__)
 SWEEP_SLICE = 64
 
 # Shared by the scripts: Redis' clock, renewal on a hit, and the bookkeeping of the index.
@@ -53,27 +65,43 @@ end
 local function forget(member, counter)
   redis.call('ZREM', prefix .. 'lru', member)
   local scenario = string.match(member, '^(%S+) ')
-  if redis.call('HINCRBY', prefix .. 'scenarios', scenario, -1) <= 0 then
-    redis.call('HDEL', prefix .. 'scenarios', scenario)
+  if tonumber(redis.call('ZINCRBY', prefix .. 'scenario-entries', 1, scenario)) >= 0 then
+    redis.call('ZREM', prefix .. 'scenario-entries', scenario)
   end
   redis.call('HINCRBY', prefix .. 'counters', counter, 1)
+end
+-- A string key's value; false when absent or when something else sits there.
+local function string_at(key)
+  local value = redis.pcall('GET', key)
+  if type(value) == 'table' then return false end
+  return value
 end
 local function sweep(now, limit)
   local expired = redis.call('ZRANGEBYSCORE', prefix .. 'lru', '-inf', now, 'LIMIT', 0, limit)
   for _, member in ipairs(expired) do forget(member, 'expirations') end
   return #expired
 end
--- The key's live runId, renewed (both keys expire at one instant) and counted as a hit.
-local function touch(cache_key, ttl)
+-- The runId (and scenario) of the key's entry if its run record is there and whole; false if
+-- not: absent, evicted by Redis' own memory policy, or something this module did not write.
+local function entry_run(cache_key)
   local entry = prefix .. 'key:' .. cache_key
-  local run_id = redis.call('GET', entry)
+  local run_id = string_at(entry)
   if not run_id then return false end
-  local run = prefix .. 'run:' .. run_id
-  local scenario = redis.call('HGET', run, 'scenarioId')
-  if not scenario then  -- the run hash was evicted by Redis' own memory policy: the entry is gone
+  local fields = redis.pcall('HMGET', prefix .. 'run:' .. run_id, 'scenarioId', 'cacheKey', 'count',
+                             'eventsDigest', 'bodyGzip')
+  if fields.err then return false end
+  if not fields[1] then  -- the run hash is gone: so is the entry
     redis.call('DEL', entry)
     return false
   end
+  if fields[2] ~= cache_key or not tonumber(fields[3]) or not fields[4] or not fields[5] then return false end
+  return run_id, fields[1]
+end
+-- The key's live runId, renewed (both keys expire at one instant) and counted as a hit.
+local function touch(cache_key, ttl)
+  local run_id, scenario = entry_run(cache_key)
+  if not run_id then return false end
+  local entry, run = prefix .. 'key:' .. cache_key, prefix .. 'run:' .. run_id
   local expires = now_ms() + ttl
   redis.call('PEXPIREAT', entry, expires)
   redis.call('PEXPIREAT', run, expires)
@@ -90,12 +118,22 @@ _TOUCH = _LUA_PRELUDE + """
 return touch(ARGV[2], tonumber(ARGV[3]))
 """
 
-# ARGV: prefix, cacheKey, ttl_ms, token, claim_ms. Returns {'live', runId} (renewed), {'claimed'} or {'wait'}.
+# ARGV: prefix, cacheKey, ttl_ms, token, claim_ms, runId prefix, now_ms.
+# Returns {'live', runId} (renewed), {'claimed', runId} (a runId reserved for the run) or {'wait'}.
+# The runId takes the first millisecond from now_ms that no run, of any key or deploy, holds or
+# has reserved: the cache key alone would not tell two deploys' runs of one scenario apart.
 _TOUCH_OR_CLAIM = _LUA_PRELUDE + """
 local run_id = touch(ARGV[2], tonumber(ARGV[3]))
 if run_id then return {'live', run_id} end
-if redis.call('SET', prefix .. 'claim:' .. ARGV[2], ARGV[4], 'NX', 'PX', ARGV[5]) then return {'claimed'} end
-return {'wait'}
+if not redis.call('SET', prefix .. 'claim:' .. ARGV[2], ARGV[4], 'NX', 'PX', ARGV[5]) then return {'wait'} end
+local created_at = tonumber(ARGV[7])
+local function taken(candidate)
+  return redis.call('EXISTS', prefix .. 'run:' .. candidate, prefix .. 'runid:' .. candidate) > 0
+end
+while taken(ARGV[6] .. string.format('%d', created_at)) do created_at = created_at + 1 end
+run_id = ARGV[6] .. string.format('%d', created_at)
+redis.call('SET', prefix .. 'runid:' .. run_id, ARGV[4], 'PX', ARGV[5])
+return {'claimed', run_id}
 """
 
 # ARGV: prefix, cacheKey, token, ttl_ms, max_entries, runId, scenarioId, then the record's fields.
@@ -105,8 +143,9 @@ local cache_key, token, ttl, max_entries = ARGV[2], ARGV[3], tonumber(ARGV[4]), 
 local run_id, scenario = ARGV[6], ARGV[7]
 local entry, claim = prefix .. 'key:' .. cache_key, prefix .. 'claim:' .. cache_key
 if redis.call('GET', claim) == token then redis.call('DEL', claim) end
-local existing = redis.call('GET', entry)
-if existing and redis.call('EXISTS', prefix .. 'run:' .. existing) == 1 then
+if redis.call('GET', prefix .. 'runid:' .. run_id) == token then redis.call('DEL', prefix .. 'runid:' .. run_id) end
+local existing = entry_run(cache_key)
+if existing then
   redis.call('HINCRBY', prefix .. 'counters', 'hits', 1)
   return {0, existing}  -- another caller's run got there first (our claim had lapsed): theirs stands
 end
@@ -116,7 +155,7 @@ local lru = prefix .. 'lru'
 while redis.call('ZCARD', lru) >= max_entries do
   local oldest = redis.call('ZRANGE', lru, 0, 0)[1]
   local oldest_entry = prefix .. 'key:' .. string.match(oldest, ' (%S+)$')
-  local oldest_run = redis.call('GET', oldest_entry)
+  local oldest_run = string_at(oldest_entry)
   if oldest_run then redis.call('DEL', oldest_entry, prefix .. 'run:' .. oldest_run) end
   forget(oldest, 'evictions')
 end
@@ -127,17 +166,37 @@ redis.call('HSET', run, unpack(ARGV, 8))
 redis.call('HSET', run, 'hits', 0, 'expiresAt', expires)
 redis.call('PEXPIREAT', run, expires)
 redis.call('ZADD', lru, expires, scenario .. ' ' .. cache_key)
-redis.call('HINCRBY', prefix .. 'scenarios', scenario, 1)
+redis.call('ZINCRBY', prefix .. 'scenario-entries', -1, scenario)
 redis.call('HINCRBY', prefix .. 'counters', 'misses', 1)
 return {1, run_id}
 """
 
-# ARGV: prefix, cacheKey, token[, claim_ms]. Extends (with claim_ms) or releases a claim we hold.
+# ARGV: prefix, cacheKey, runId, token[, claim_ms]. Extends (with claim_ms) or releases a claim we
+# hold, and the runId reserved with it.
 _EXTEND_OR_RELEASE = """
-local claim = ARGV[1] .. 'claim:' .. ARGV[2]
-if redis.call('GET', claim) ~= ARGV[3] then return 0 end
-if ARGV[4] then return redis.call('PEXPIRE', claim, ARGV[4]) end
-return redis.call('DEL', claim)
+local held = 0
+for _, key in ipairs({ARGV[1] .. 'claim:' .. ARGV[2], ARGV[1] .. 'runid:' .. ARGV[3]}) do
+  if redis.call('GET', key) == ARGV[4] then
+    held = 1
+    if ARGV[5] then redis.call('PEXPIRE', key, ARGV[5]) else redis.call('DEL', key) end
+  end
+end
+return held
+"""
+
+# ARGV: prefix, runId. Removes a run found damaged (and its entry, if it names the run), so the
+# key's next lookup starts a new run.
+_DISCARD = _LUA_PRELUDE + """
+local run = prefix .. 'run:' .. ARGV[2]
+local fields = redis.pcall('HMGET', run, 'scenarioId', 'cacheKey')
+if fields.err or not fields[1] or not fields[2] then return 0 end
+local entry = prefix .. 'key:' .. fields[2]
+if string_at(entry) == ARGV[2] then redis.call('DEL', entry) end
+redis.call('DEL', run)
+if redis.call('ZSCORE', prefix .. 'lru', fields[1] .. ' ' .. fields[2]) then
+  forget(fields[1] .. ' ' .. fields[2], 'discarded')
+end
+return 1
 """
 
 # ARGV: prefix, duration_ms, failed (0 or 1).
@@ -148,10 +207,14 @@ redis.call('HINCRBY', counters, 'engine_failures', ARGV[3])
 redis.call('HINCRBYFLOAT', counters, 'engine_ms_total', ARGV[2])
 """
 
-# ARGV: prefix. Sweeps everything expired, then reads the counts.
+# ARGV: prefix, top_scenarios. Sweeps what expired (at most 10,000 entries a call; the writes
+# sweep too), then reads the counts and the scenarios with the most entries.
 _STATS = _LUA_PRELUDE + """
-while sweep(now_ms(), 1000) == 1000 do end
-return {redis.call('ZCARD', prefix .. 'lru'), redis.call('HGETALL', prefix .. 'scenarios'),
+for _ = 1, 10 do if sweep(now_ms(), 1000) < 1000 then break end end
+local scenarios = prefix .. 'scenario-entries'
+local top = {}
+if tonumber(ARGV[2]) > 0 then top = redis.call('ZRANGE', scenarios, 0, tonumber(ARGV[2]) - 1, 'WITHSCORES') end
+return {redis.call('ZCARD', prefix .. 'lru'), top, redis.call('ZCARD', scenarios),
         redis.call('HGETALL', prefix .. 'counters')}
 """
 
@@ -177,20 +240,15 @@ class RedisRegistry:
         self._prefix = prefix
         self._claim_ms = claim_ms
         self._wait_ms = wait_ms
-        # Short timeouts and one immediate retry: the retry mends a pooled connection that
-        # a Redis restart closed; beyond that an outage is a prompt 503, not a hang.
-        self._client = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_ms / 1000,
-            socket_connect_timeout=timeout_ms / 1000,
-            retry=Retry(NoBackoff(), 1),
-        )
+        self._client = redis.Redis.from_url(url, **redis_client_options(timeout_ms))
+        self._defects = DefectLog(log)
         self._touch = self._client.register_script(_TOUCH)
         self._touch_or_claim = self._client.register_script(_TOUCH_OR_CLAIM)
         self._commit = self._client.register_script(_COMMIT)
         self._extend_or_release = self._client.register_script(_EXTEND_OR_RELEASE)
         self._stats = self._client.register_script(_STATS)
         self._engine_run = self._client.register_script(_ENGINE_RUN)
+        self._discard = self._client.register_script(_DISCARD)
         # Threads of this process share one claim per key, and one result or exception.
         self._flights: SingleFlight[tuple[str, bool]] = SingleFlight()
 
@@ -199,37 +257,54 @@ class RedisRegistry:
             run_id = self._touch(args=[self._prefix, cache_key, self.ttl_ms])
         return run_id.decode() if run_id else None
 
-    def create_once(self, cache_key: str, build: Callable[[], RunRecord]) -> tuple[str, bool]:
-        (run_id, created), leader = self._flights.run(cache_key, lambda: self._create_in_fleet(cache_key, build))
+    def create_once(self, key: RunKey, build: Callable[[str], RunRecord]) -> tuple[str, bool]:
+        cache_key = key.digest
+        (run_id, created), leader = self._flights.run(cache_key, lambda: self._create_in_fleet(key, build))
         if not leader:
             self.touch(cache_key)  # a caller that waited for another's build has a hit on that run
         return run_id, created and leader
 
     def get(self, run_id: str) -> LiveRun | None:
-        with _unavailable_on_redis_errors():
-            values: list[Any] = self._client.hmget(f"{self._prefix}run:{run_id}", _RECORD_FIELDS)
-        if values[0] is None:
+        key = f"{self._prefix}run:{run_id}"
+        try:
+            with _unavailable_on_redis_errors():
+                values: list[Any] = self._client.hmget(key, _RECORD_FIELDS)
+        except RegistryUnavailable as err:
+            if isinstance(err.__cause__, redis.ResponseError) and str(err.__cause__).startswith("WRONGTYPE"):
+                self._defects.report(key, "redis key %s is not a run record (another type); treated as absent", key)
+                return None
+            raise
+        if all(value is None for value in values):
             return None
-        fields = dict(zip(_RECORD_FIELDS, values, strict=True))
-        record = RunRecord(
-            run_id=fields["runId"].decode(),
-            cache_key=fields["cacheKey"].decode(),
-            engine_code_hash=fields["engineCodeHash"].decode(),
-            engine_name=fields["engineName"].decode(),
-            engine_version=fields["engineVersion"].decode(),
-            event_count=int(fields["count"]),
-            events_digest=fields["eventsDigest"],
-            body_gzip=fields["bodyGzip"],
-        )
-        return LiveRun(record, int(fields["expiresAt"]), int(fields["hits"]))
+        try:
+            fields = dict(zip(_RECORD_FIELDS, values, strict=True))
+            record = RunRecord(
+                run_id=fields["runId"].decode(),
+                cache_key=fields["cacheKey"].decode(),
+                engine_code_hash=fields["engineCodeHash"].decode(),
+                engine_name=fields["engineName"].decode(),
+                engine_version=fields["engineVersion"].decode(),
+                event_count=int(fields["count"]),
+                events_digest=bytes(fields["eventsDigest"]),
+                body_gzip=bytes(fields["bodyGzip"]),
+            )
+            live = LiveRun(record, int(fields["expiresAt"]), int(fields["hits"]))
+        except (AttributeError, TypeError, ValueError, UnicodeDecodeError):  # a field missing or not readable
+            self._defects.report(key, "redis key %s is not a whole run record; treated as absent", key)
+            return None
+        if record.run_id != run_id:
+            self._defects.report(key, "redis key %s holds the record of another run; treated as absent", key)
+            return None
+        return live
 
-    def stats(self) -> RegistryStats:
+    def stats(self, top_scenarios: int) -> RegistryStats:
         with _unavailable_on_redis_errors():
-            total, scenarios, counters = self._stats(args=[self._prefix])
+            total, top, scenario_count, counters = self._stats(args=[self._prefix, top_scenarios])
         counts = {name.decode(): float(value) for name, value in _pairs(counters)}
         return RegistryStats(
             total_entries=int(total),
-            entries_by_scenario={name.decode(): int(value) for name, value in _pairs(scenarios)},
+            entries_by_scenario={name.decode(): -int(float(score)) for name, score in _pairs(top)},
+            scenario_count=int(scenario_count),
             evictions=int(counts.get("evictions", 0)),
             expirations=int(counts.get("expirations", 0)),
             hits=int(counts.get("hits", 0)),
@@ -238,6 +313,10 @@ class RedisRegistry:
             engine_failures=int(counts.get("engine_failures", 0)),
             engine_ms_total=counts.get("engine_ms_total", 0.0),
         )
+
+    def discard(self, run_id: str) -> None:
+        with _unavailable_on_redis_errors():
+            self._discard(args=[self._prefix, run_id])
 
     def record_engine_run(self, duration_ms: float, failed: bool) -> None:
         with _unavailable_on_redis_errors():
@@ -250,35 +329,40 @@ class RedisRegistry:
     def close(self) -> None:
         self._client.close()
 
-    def _create_in_fleet(self, cache_key: str, build: Callable[[], RunRecord]) -> tuple[str, bool]:
+    def _create_in_fleet(self, key: RunKey, build: Callable[[str], RunRecord]) -> tuple[str, bool]:
         """Claim the key for this process, or wait for the process that holds it."""
+        cache_key = key.digest
         token = secrets.token_hex(16)
         deadline = time.monotonic() + self._wait_ms / 1000
         pause = 0.002
         while True:
             with _unavailable_on_redis_errors():
-                answer = self._touch_or_claim(args=[self._prefix, cache_key, self.ttl_ms, token, self._claim_ms])
+                answer = self._touch_or_claim(args=[
+                    self._prefix, cache_key, self.ttl_ms, token, self._claim_ms, key.run_id_prefix, now_ms(),
+                ])
             if answer[0] == b"live":
                 return answer[1].decode(), False
             if answer[0] == b"claimed":
-                return self._build_and_commit(cache_key, token, build)
+                return self._build_and_commit(cache_key, answer[1].decode(), token, build)
             if time.monotonic() >= deadline:
                 raise RegistryUnavailable(f"gave up after {self._wait_ms} ms waiting for another worker's run")
             time.sleep(pause)  # another process is running the engine for this key
             pause = min(pause * 2, 0.05)
 
-    def _build_and_commit(self, cache_key: str, token: str, build: Callable[[], RunRecord]) -> tuple[str, bool]:
-        with self._claim_kept_alive(cache_key, token):
-            record = build()
+    def _build_and_commit(
+        self, cache_key: str, run_id: str, token: str, build: Callable[[str], RunRecord]
+    ) -> tuple[str, bool]:
+        with self._claim_kept_alive(cache_key, run_id, token):
+            record = build(run_id)
         with _unavailable_on_redis_errors():
-            stored, run_id = self._commit(args=[
+            stored, stored_run_id = self._commit(args=[
                 self._prefix, cache_key, token, self.ttl_ms, self._max_entries, record.run_id, record.scenario_id,
                 *_record_fields(record),
             ])
-        return run_id.decode(), bool(stored)
+        return stored_run_id.decode(), bool(stored)
 
     @contextmanager
-    def _claim_kept_alive(self, cache_key: str, token: str) -> Iterator[None]:
+    def _claim_kept_alive(self, cache_key: str, run_id: str, token: str) -> Iterator[None]:
         """Extend the claim while the engine runs; release it if the run fails.
 
         If this process dies, nothing extends the claim and it expires, so another
@@ -290,7 +374,7 @@ class RedisRegistry:
             while not done.wait(self._claim_ms / 3000):
                 # A failed beat is retried by the next; if Redis stays away the claim lapses, as it should.
                 with suppress(redis.RedisError):
-                    self._extend_or_release(args=[self._prefix, cache_key, token, self._claim_ms])
+                    self._extend_or_release(args=[self._prefix, cache_key, run_id, token, self._claim_ms])
 
         beater = threading.Thread(target=heartbeat, name=f"claim-{cache_key[:8]}", daemon=True)
         beater.start()
@@ -299,11 +383,24 @@ class RedisRegistry:
         except BaseException:
             done.set()
             with suppress(redis.RedisError):  # unreleased, the claim expires by itself
-                self._extend_or_release(args=[self._prefix, cache_key, token])
+                self._extend_or_release(args=[self._prefix, cache_key, run_id, token])
             raise
         finally:
             done.set()
             beater.join()
+
+
+def redis_client_options(timeout_ms: int) -> dict[str, Any]:
+    """Options of every Redis client of the service (the registry's, the limits').
+
+    Short timeouts and one immediate retry: the retry mends a pooled connection that a Redis
+    restart closed; beyond that an outage is a prompt 503, not a hang.
+    """
+    return {
+        "socket_timeout": timeout_ms / 1000,
+        "socket_connect_timeout": timeout_ms / 1000,
+        "retry": Retry(NoBackoff(), 1),
+    }
 
 
 @contextmanager

@@ -21,6 +21,7 @@ class SingleFlight(Generic[T]):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._flights: dict[str, Future[T]] = {}
+        self._callers: dict[str, int] = {}
 
     def run(self, key: str, work: Callable[[], T]) -> tuple[T, bool]:
         """:returns: the result, and ``True`` for the caller whose ``work`` produced it."""
@@ -29,6 +30,7 @@ class SingleFlight(Generic[T]):
             leader = flight is None
             if flight is None:
                 flight = self._flights[key] = Future()
+            self._callers[key] = self._callers.get(key, 0) + 1
         if not leader:
             return flight.result(), False
         try:
@@ -41,6 +43,12 @@ class SingleFlight(Generic[T]):
         flight.set_result(result)
         return result, True
 
+    def callers(self, key: str) -> int:
+        """How many callers share the key's flight now (0 when none is in flight)."""
+        with self._lock:
+            return self._callers.get(key, 0)
+
     def _land(self, key: str) -> None:
         with self._lock:
             del self._flights[key]
+            del self._callers[key]

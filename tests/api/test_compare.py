@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 from datetime import timedelta
 
 import pytest
@@ -98,12 +100,10 @@ def test_each_malformed_part_is_named(fake_client, fake_engine, body, message):
         (b'{"left": ', "application/json", "the body is not valid JSON"),
         (b"\xff\xfe", "application/json", "the body is not valid JSON"),
         (b"[" * 20000 + b"]" * 20000, "application/json", "the body is not valid JSON"),
-        (b'{"left": {}}', "text/plain", "the body must be JSON, sent with Content-Type: application/json"),
-        (b"left=a", "application/x-www-form-urlencoded",
-         "the body must be JSON, sent with Content-Type: application/json"),
         (b"", "application/json", "the body is not valid JSON"),
+        (b'{"left": {}}', None, "the body must be JSON, sent with Content-Type: application/json"),
     ],
-    ids=["truncated", "not-utf8", "deeply-nested", "text-plain", "form", "empty"],
+    ids=["truncated", "not-utf8", "deeply-nested", "empty", "no-content-type"],
 )
 def test_bodies_that_are_not_json_are_bad_input(fake_client, data, content_type, message):
     response = fake_client.post("/compare", data=data, content_type=content_type)
@@ -111,10 +111,59 @@ def test_bodies_that_are_not_json_are_bad_input(fake_client, data, content_type,
     assert response.get_json() == {"type": "BAD_INPUT", "message": message}
 
 
+@pytest.mark.parametrize("path", ["/compare", "/runs/RUN/verify"])
+@pytest.mark.parametrize(
+    ("data", "content_type"),
+    [(b"left=a", "application/x-www-form-urlencoded"), (b"", "application/x-www-form-urlencoded"),
+     (b"--b--", "multipart/form-data; boundary=b"), (b'{"left": {}}', "text/plain")],
+    ids=["form", "empty-form", "multipart", "text-plain"],
+)
+def test_form_posts_start_nothing(fake_client, fake_engine, path, data, content_type):
+    """What a page of another site can make a browser send without asking: a form, or text."""
+    run_id = fake_client.get("/runs/lookup?scenarioId=a&seed=1").get_json()["runId"]
+    response = fake_client.post(path.replace("RUN", run_id), data=data, content_type=content_type)
+    assert response.status_code == 415
+    assert response.get_json() == {
+        "type": "UNSUPPORTED_MEDIA_TYPE",
+        "message": "The body must be JSON, sent with Content-Type: application/json, or absent",
+    }
+    assert fake_engine.calls == 1  # the lookup's run only
+
+
+@pytest.mark.parametrize("path", ["/compare", "/runs/RUN/verify"])
+def test_posts_a_browser_marks_cross_site_start_nothing(fake_client, fake_engine, path):
+    run_id = fake_client.get("/runs/lookup?scenarioId=a&seed=1").get_json()["runId"]
+    response = fake_client.post(path.replace("RUN", run_id), headers={"Sec-Fetch-Site": "cross-site"})
+    assert response.status_code == 403
+    assert response.get_json()["type"] == "FORBIDDEN"
+    assert fake_engine.calls == 1
+
+
 def test_a_body_over_64_kib_is_refused(fake_client):
     response = fake_client.post("/compare", data=b" " * (64 * 1024 + 1), content_type="application/json")
     assert response.status_code == 413
     assert response.get_json() == {"type": "PAYLOAD_TOO_LARGE", "message": "The request body is larger than 64 KiB"}
+
+
+@pytest.mark.parametrize("path", ["/compare", "/runs/RUN/verify"])
+def test_a_chunked_body_over_64_kib_is_refused_not_cut_short(fake_client, fake_engine, path):
+    """Valid JSON in its first 64 KiB, then more: werkzeug would read the first 64 KiB as the body."""
+    run_id = fake_client.get("/runs/lookup?scenarioId=a&seed=1").get_json()["runId"]
+    valid = json.dumps({"left": {"scenarioId": "a", "seed": 1}, "right": {"scenarioId": "b", "seed": 2}}).encode()
+    body = valid + b" " * (64 * 1024 - len(valid)) + b"x" * 16_000
+    response = fake_client.post(path.replace("RUN", run_id), input_stream=io.BytesIO(body),
+                                headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    assert response.status_code == 413
+    assert response.get_json()["type"] == "PAYLOAD_TOO_LARGE"
+    assert fake_engine.calls == 1
+
+
+def test_a_chunked_body_within_64_kib_is_read_whole(fake_client):
+    valid = json.dumps({"left": {"scenarioId": "a", "seed": 1}, "right": {"scenarioId": "b", "seed": 2}}).encode()
+    body = valid + b" " * (64 * 1024 - len(valid))
+    response = fake_client.post("/compare", input_stream=io.BytesIO(body),
+                                headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    assert response.status_code == 200 and response.get_json()["right"]["seed"] == 2
 
 
 def test_unknown_fields_are_ignored(fake_client):

@@ -37,3 +37,16 @@ def test_unexpected_failure_is_json_500_without_detail(app, client, monkeypatch)
 def test_head_of_a_json_endpoint_works(client):
     response = client.head("/runs/lookup?scenarioId=a&seed=1")
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/runs/lookup", "/compare", "/runs/x/verify", "/healthz"])
+def test_options_answers_204_with_allow_and_no_body(client, path):
+    response = client.options(path)
+    assert response.status_code == 204 and response.get_data() == b""
+    assert "Content-Type" not in response.headers
+    assert "OPTIONS" in response.headers["Allow"].split(", ")
+
+
+def test_options_of_an_unknown_route_is_the_json_404(client):
+    response = client.options("/nowhere")
+    assert response.status_code == 404 and response.get_json()["type"] == "NOT_FOUND"

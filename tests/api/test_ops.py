@@ -45,6 +45,7 @@ def test_registry_stats_count_lookups_entries_and_engine_runs(settings):
     engine_mean = stats.pop("engine_mean_ms")
     assert stats == {
         "backend": "memory", "total_entries": 2, "ttl_minutes": 60.0, "entries_by_scenario": {"a": 1, "b": 1},
+        "scenario_count": 2, "entries_in_unlisted_scenarios": 0,
         "hits": 2, "misses": 2, "hit_ratio": 0.5, "evictions": 0, "expirations": 0,
         "engine_executions": 3, "engine_failures": 1,
     }
@@ -124,3 +125,25 @@ def test_forwarded_address_only_from_trusted_proxies(trusted, client_address, ca
     client.get("/healthz", headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"})
     [line] = request_lines(capfd)
     assert line["client"] == client_address
+
+
+def test_registry_stats_stay_small_however_many_scenarios():
+    app = create_app(test_settings(max_entries=20_000), engine=FakeEngine())
+    service = app.extensions["run_service"]
+    for index in range(10_000):
+        service.lookup(f"s{index:05d}".ljust(128, "x"), 1, "test-client")
+    for seed in range(3):
+        service.lookup("hot", seed, "test-client")
+    response = app.test_client().get("/registry/stats")
+    body = response.get_json()
+    assert len(response.get_data()) < 5_000  # was 1.3 MB
+    assert len(body["entries_by_scenario"]) == 20
+    assert next(iter(body["entries_by_scenario"].items())) == ("hot", 3)
+    assert (body["scenario_count"], body["total_entries"]) == (10_001, 10_003)
+    assert body["entries_in_unlisted_scenarios"] == 10_003 - sum(body["entries_by_scenario"].values())
+
+
+def test_a_scrape_asks_the_registry_for_counts_only(fake_client):
+    fake_client.get("/runs/lookup?scenarioId=a&seed=1")
+    text = fake_client.get("/metrics").get_data(as_text=True)
+    assert "scenario" not in text and metric(text, "run_registry_entries") == 1

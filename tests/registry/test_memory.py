@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from datetime import timedelta
 
@@ -9,10 +10,9 @@ import pytest
 
 from app.registry.memory import SWEEP_SLICE
 from app.registry.memory import MemoryRegistry
-from tests.registry.contract import Builder
 from tests.registry.contract import RegistryContract
-from tests.registry.contract import record
-from tests.registry.contract import run_id
+from tests.registry.contract import create
+from tests.registry.contract import key
 
 TTL_MS = 60_000
 
@@ -30,32 +30,36 @@ class TestMemoryRegistry(RegistryContract):
     def advance(self, frozen):
         return lambda ms: frozen.tick(timedelta(milliseconds=ms))
 
+    @pytest.fixture
+    def frozen_ms(self, frozen):
+        return contextlib.nullcontext  # the clock stands still in every test here
+
     def test_entry_is_live_until_exactly_its_expiry(self, registry, frozen):
-        registry.create_once("k1", Builder(record()))
+        run_id = create(registry)
         frozen.tick(timedelta(milliseconds=TTL_MS - 1))
-        assert registry.get(run_id()) is not None
+        assert registry.get(run_id) is not None
         frozen.tick(timedelta(milliseconds=1))
-        assert registry.get(run_id()) is None
+        assert registry.get(run_id) is None
 
 
 def test_each_call_sweeps_a_bounded_slice_of_expired_entries(frozen):
     registry = MemoryRegistry(ttl_ms=TTL_MS, max_entries=10_000)
     for index in range(3 * SWEEP_SLICE):
-        registry.create_once(f"k{index}", Builder(record(f"k{index}")))
+        create(registry, f"k{index}")
     frozen.tick(timedelta(milliseconds=TTL_MS))
-    registry.touch("unrelated")
+    registry.touch(key("unrelated").digest)
     assert len(registry._entries) == 2 * SWEEP_SLICE  # one slice gone, untouched
-    registry.get(run_id("unrelated"))
+    registry.get(key("unrelated").run_id(1))
     assert len(registry._entries) == SWEEP_SLICE
-    assert registry.stats().total_entries == 0
+    assert registry.stats(top_scenarios=0).total_entries == 0
 
 
 def test_sweep_stops_at_the_first_live_entry(frozen):
     registry = MemoryRegistry(ttl_ms=TTL_MS, max_entries=100)
-    registry.create_once("old", Builder(record("old")))
+    create(registry, "old")
     frozen.tick(timedelta(milliseconds=TTL_MS // 2))
-    registry.create_once("young", Builder(record("young")))
+    young = create(registry, "young")
     frozen.tick(timedelta(milliseconds=TTL_MS // 2))
-    stats = registry.stats()
+    stats = registry.stats(top_scenarios=0)
     assert (stats.total_entries, stats.expirations) == (1, 1)
-    assert registry.get(run_id("young")) is not None
+    assert registry.get(young) is not None

@@ -1,0 +1,51 @@
+"""How many engine executions one client may cause a minute (``RUN_REGISTRY_NEW_RUNS_PER_MINUTE``).
+
+The check belongs inside the service, not in front of a route: whether a lookup or a compare
+starts a run is known only once the registry has missed, and hits must never count. So this
+uses the ``limits`` library (the one under Flask-Limiter) directly, with its moving window:
+exact, so a client never gets twice its share across a window boundary.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from limits import RateLimitItemPerMinute
+from limits.errors import StorageError
+from limits.storage import MemoryStorage
+from limits.storage import Storage
+from limits.strategies import MovingWindowRateLimiter
+
+from app.errors import RateLimited
+from app.registry.base import RegistryUnavailable
+
+
+class NewRunLimit:
+    """A per-client budget of engine executions a minute; ``per_minute=0`` turns it off."""
+
+    def __init__(self, per_minute: int, storage: Storage | None = None) -> None:
+        self._item = RateLimitItemPerMinute(per_minute) if per_minute else None
+        self._limiter = MovingWindowRateLimiter(storage or MemoryStorage())
+
+    def admit(self, client: str) -> None:
+        """Count one execution for ``client``.
+
+        :raises RateLimited: it has had its share this minute; nothing was counted.
+        :raises RegistryUnavailable: the shared storage does not answer.
+        """
+        if self._item is None:
+            return
+        try:
+            if self._limiter.hit(self._item, client):
+                return
+            reset_at = self._limiter.get_window_stats(self._item, client).reset_time
+        except StorageError as err:
+            raise RegistryUnavailable(f"limits storage: {err.storage_error.__class__.__name__}") from err
+        limit = self._item.amount
+        raise RateLimited(
+            f"This client may start {limit} engine executions a minute; retry in a moment or use cached runs",
+            # The window admits again only once strictly past its reset: a whole second later.
+            retry_after=math.floor(reset_at - time.time()) + 1,
+            client=client,
+        )
