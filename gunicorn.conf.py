@@ -8,6 +8,7 @@ import glob
 import json
 import logging
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -31,31 +32,52 @@ from app.config import positive_int  # noqa: E402 - after the metrics directory 
 from app.config import registry_url_for_display  # noqa: E402 - after the metrics directory is set
 from app.engine import load_engine  # noqa: E402 - after the metrics directory is set
 
-# Measured by `make bench` (README, "Choosing the thread count"): 1 thread is fastest but
-# serves one request at a time; 2, 4 and 8 are within a few percent, and 4 keeps serving while
-# two paced replays and an engine run each hold a thread.
-DEFAULT_THREADS = 4
+# Connections one worker holds at once (gevent: a greenlet each). Waiting connections (live
+# streams, waiting lookups) may take RUN_REGISTRY_MAX_WAITING of them; the rest stay free for
+# hits, health checks and whatever arrives meanwhile. README, "Serving model".
+DEFAULT_WORKER_CONNECTIONS = 2000
 
 try:
     _settings = load_settings(os.environ)
     load_engine(_settings.engine)
     _port = positive_int(os.environ, "PORT", default=0)
-    threads = positive_int(os.environ, "GUNICORN_THREADS", default=DEFAULT_THREADS)
+    worker_connections = positive_int(os.environ, "GUNICORN_WORKER_CONNECTIONS", default=DEFAULT_WORKER_CONNECTIONS)
     _web_concurrency = positive_int(os.environ, "WEB_CONCURRENCY", default=2 * (os.cpu_count() or 1))
+    if _settings.max_waiting >= worker_connections:
+        raise ConfigError(
+            f"RUN_REGISTRY_MAX_WAITING ({_settings.max_waiting}) must be less than GUNICORN_WORKER_CONNECTIONS"
+            f" ({worker_connections}): connections that do not wait need room too"
+        )
 except ConfigError as err:
     if _own_metrics_dir:
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
     sys.exit(f"run-registry: refusing to start: {err}")
 
 bind = [f"0.0.0.0:{_port}"] if _port else ["127.0.0.1:3001"]
-worker_class = "gthread"
+# Evented: an idle, slow or streaming connection costs a greenlet, not a thread, so none of them
+# can stop the service from answering others; engines run on real threads of their own
+# (app/concurrency.py). gevent also answered about twice gthread's requests a second here.
+worker_class = "gevent"
 # Redis holds the fleet's one registry, so any number of workers may share it. A dict cannot
 # be shared between processes: two workers would each answer "new" for the same key with
 # different runIds. So with the in-memory registry exactly one, whatever WEB_CONCURRENCY says.
 workers = _web_concurrency if _settings.shared_registry else 1
 graceful_timeout = 30  # SIGTERM: stop accepting, let in-flight requests finish
 timeout = 60
+# With the gevent worker this also bounds how long a connection may take to send a request's
+# line and headers (each one, the first included): idle and slow clients are cut after it.
 keepalive = 5
+
+
+def _raise_open_files_limit() -> None:
+    """Every connection is a file descriptor: lift the soft limit (often 1024) to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+_raise_open_files_limit()
 # The control socket (gunicornc) sits at one path per user: two services on a host would clash.
 control_socket_disable = True
 accesslog = None  # the app logs one JSON line per request itself, with its request id
@@ -110,12 +132,12 @@ def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
     """Say once how many workers there are and why, since WEB_CONCURRENCY may ask otherwise."""
     log = logging.getLogger("gunicorn.error")
     if _settings.shared_registry:
-        log.info("run-registry: %d worker processes with %d threads each, sharing the registry at %s",
-                 workers, threads, registry_url_for_display(_settings.registry_url))
+        log.info("run-registry: %d worker processes (gevent, %d connections each), sharing the registry at %s",
+                 workers, worker_connections, registry_url_for_display(_settings.registry_url))
     else:
         log.info(
-            "run-registry: 1 worker process with %d threads: the in-memory registry (%s) lives in one process%s",
-            threads, _settings.registry_url,
+            "run-registry: 1 worker process (gevent, %d connections): the in-memory registry (%s) lives in one"
+            " process%s", worker_connections, _settings.registry_url,
             f"; WEB_CONCURRENCY={os.environ['WEB_CONCURRENCY']} ignored" if os.environ.get("WEB_CONCURRENCY") else "",
         )
 

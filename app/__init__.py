@@ -1,83 +1,20 @@
-"""The Run Registry: a Flask service that runs each deterministic scenario once and keeps its transcript."""
+"""The Run Registry: a Flask service that runs each deterministic scenario once and keeps its transcript.
+
+``create_app`` lives in ``app.factory`` and is looked up here only when asked for (PEP 562):
+gunicorn's master imports ``app.config`` to check the settings, and importing the whole app
+there would load redis-py, and with it ssl, before the gevent worker patches them.
+"""
 
 from __future__ import annotations
 
-import os
+from typing import Any
 
-from flask import Flask
-from flask import Response
-from werkzeug.middleware.proxy_fix import ProxyFix
-
-from app.config import Settings
-from app.config import load_settings
-from app.engine import load_engine
-from app.engine.base import Engine
-from app.errors import register_error_handlers
-from app.limits import NewRunLimit
-from app.logs import AccessLog
-from app.logs import register_request_logging
-from app.metrics import Metrics
-from app.openapi import build_openapi
-from app.registry import make_limit_storage
-from app.registry import make_registry
-from app.service import RunService
-
-STDOUT = 1  # the process' standard output, where gunicorn and twelve-factor hosts collect logs
+__all__ = ["create_app"]
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
-    """Build a wired app: wsgi.py passes nothing; tests pass settings and may pass an engine.
+def __getattr__(name: str) -> Any:
+    if name == "create_app":
+        from app.factory import create_app
 
-    :raises ConfigError: a setting is invalid or the engine cannot be loaded.
-    """
-    settings = settings or load_settings(os.environ)
-    app = RegistryFlask(__name__)
-    # "/runs//events" is no route: werkzeug would answer it with an HTML redirect to "/runs/events".
-    app.url_map.merge_slashes = False
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # bodies read in the documented order
-    engine = engine or load_engine(settings.engine)
-    metrics = Metrics(lambda: service.registry_counts(), settings.metrics_dir)
-    new_run_limit = NewRunLimit(settings.new_runs_per_minute, make_limit_storage(settings))
-    service = RunService(make_registry(settings), engine, settings, new_run_limit, observer=metrics)
-    app.extensions["settings"] = settings
-    app.extensions["run_service"] = service
-    app.extensions["metrics"] = metrics
-    register_error_handlers(app)
-    register_blueprints(app)
-    app.extensions["openapi"] = build_openapi(app)
-    access_log = AccessLog(STDOUT if settings.access_log else None)
-    register_request_logging(app, on_answered=metrics.request_answered, access_log=access_log)
-    if settings.trusted_proxies:  # outermost, so the log and the app see the client's address
-        hops = settings.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)  # type: ignore[method-assign]
-    return app
-
-
-class RegistryFlask(Flask):
-    """Flask, answering OPTIONS as the contract answers everything: no HTML, not even an empty page."""
-
-    def make_default_options_response(self) -> Response:
-        allowed = super().make_default_options_response().allow
-        response = Response(status=204, headers={"Allow": ", ".join(sorted(allowed))})
-        del response.headers["Content-Type"]  # no body, so no type (werkzeug would say text/html)
-        return response
-
-
-def register_blueprints(app: Flask) -> None:
-    """Attach every endpoint and the checks every request passes first; imported here so
-    nothing else imports the blueprints."""
-    from app.api import MAX_BODY_BYTES
-    from app.api import bound_request_body
-    from app.api import compare
-    from app.api import events
-    from app.api import evidence
-    from app.api import lookup
-    from app.api import ops
-    from app.api import refuse_cross_site_posts
-
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.before_request(bound_request_body)
-    app.before_request(refuse_cross_site_posts)
-    for blueprint in (lookup.bp, events.bp, evidence.bp, compare.bp, ops.bp):
-        app.register_blueprint(blueprint)
+        return create_app
+    raise AttributeError(f"module 'app' has no attribute {name!r}")

@@ -7,9 +7,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
-
-from redis import connection as redis_connection
+from urllib.parse import parse_qs
+from urllib.parse import unquote
+from urllib.parse import urlparse
 
 from app.text import printable
 
@@ -18,6 +18,9 @@ MAX_TTL_MINUTES = 10 * 365 * 24 * 60  # ten years: beyond that a typo is likelie
 COMMIT_VARIABLES = ("ENGINE_COMMIT_SHA", "SOURCE_VERSION", "HEROKU_SLUG_COMMIT")
 # Engine executions one client may cause a minute; the README says why this many.
 DEFAULT_NEW_RUNS_PER_MINUTE = 30
+# How long a lookup (or a read of a run) waits for a run that is not done: the README says why.
+DEFAULT_LOOKUP_WAIT_S = 20.0
+MAX_LOOKUP_WAIT_S = 25.0
 _ENGINE_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
@@ -35,11 +38,14 @@ class Settings:
     engine: str = DEFAULT_ENGINE
     engine_code_hash: str | None = None
     engine_commit: str | None = None
-    paced_replays: int = 2
-    engine_timeout_s: float = 30.0
+    engine_timeout_s: float = 600.0
     engine_threads: int = 8
     engine_queue: int = 32
+    engine_event_delay_ms: int = 0
     new_runs_per_minute: int = DEFAULT_NEW_RUNS_PER_MINUTE
+    lookup_wait_s: float = DEFAULT_LOOKUP_WAIT_S
+    keepalive_s: float = 15.0
+    max_waiting: int = 800
     redis_timeout_ms: int = 500
     redis_prefix: str = "run-registry:"
     trusted_proxies: int = 0
@@ -65,10 +71,16 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         registry_url=_registry_url(environ),
         engine=_engine_spec(environ),
         engine_code_hash=_non_empty(environ, "ENGINE_CODE_HASH"),
-        paced_replays=positive_int(environ, "RUN_REGISTRY_PACED_REPLAYS", default=2),
-        engine_timeout_s=positive_number(environ, "RUN_REGISTRY_ENGINE_TIMEOUT_S", 30.0, "seconds", 3600),
+        engine_timeout_s=positive_number(environ, "RUN_REGISTRY_ENGINE_TIMEOUT_S", 600.0, "seconds", 24 * 3600),
         engine_threads=positive_int(environ, "RUN_REGISTRY_ENGINE_THREADS", default=8),
         engine_queue=non_negative_int(environ, "RUN_REGISTRY_ENGINE_QUEUE", default=32),
+        engine_event_delay_ms=_bounded_int(
+            environ, "RUN_REGISTRY_ENGINE_EVENT_DELAY_MS", 0, minimum=0, kind="milliseconds from 0 to 60000",
+            maximum=60_000,
+        ),
+        lookup_wait_s=_wait_seconds(environ, "RUN_REGISTRY_LOOKUP_WAIT_S", DEFAULT_LOOKUP_WAIT_S),
+        keepalive_s=positive_number(environ, "RUN_REGISTRY_KEEPALIVE_S", 15.0, "seconds", 300),
+        max_waiting=positive_int(environ, "RUN_REGISTRY_MAX_WAITING", default=800),
         new_runs_per_minute=non_negative_int(
             environ, "RUN_REGISTRY_NEW_RUNS_PER_MINUTE", default=DEFAULT_NEW_RUNS_PER_MINUTE
         ),
@@ -93,13 +105,29 @@ def non_negative_int(environ: Mapping[str, str], name: str, default: int) -> int
     return _bounded_int(environ, name, default, minimum=0, kind="an integer of 0 or more")
 
 
-def _bounded_int(environ: Mapping[str, str], name: str, default: int, minimum: int, kind: str) -> int:
+def _bounded_int(
+    environ: Mapping[str, str], name: str, default: int, minimum: int, kind: str, maximum: int = 999_999_999
+) -> int:
     raw = environ.get(name, "").strip()
     if not raw:
         return default
-    if not re.fullmatch(r"[0-9]{1,9}", raw) or int(raw) < minimum:
+    if not re.fullmatch(r"[0-9]{1,9}", raw) or not minimum <= int(raw) <= maximum:
         raise ConfigError(f"{name} must be {kind}, got {_shown(raw)}")
     return int(raw)
+
+
+def _wait_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    """Seconds from 0 to MAX_LOOKUP_WAIT_S: under the 30 s a Heroku-style router waits for an answer."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_LOOKUP_WAIT_S:  # also refuses nan
+        raise ConfigError(f"{name} must be a number of seconds from 0 to {MAX_LOOKUP_WAIT_S:g}, got {_shown(raw)}")
+    return seconds
 
 
 def positive_number(environ: Mapping[str, str], name: str, default: float, unit: str, maximum: float) -> float:
@@ -141,26 +169,30 @@ def registry_url_for_display(url: str) -> str:
     if parts is None:
         return url if url == "memory://" else "(an invalid URL)"
     scheme, options = parts
-    return f"{scheme}://{options['host']}:{options.get('port', 6379)}/{options.get('db', 0)}"
+    return f"{scheme}://{options['host']}:{options['port']}/{options['db']}"
 
 
 def _redis_url_parts(url: str) -> tuple[str, dict[str, Any]] | None:
-    """The scheme and redis-py's own reading of a redis:// or rediss:// URL, or None if it is not one."""
+    """The scheme, host, port and db of a redis:// or rediss:// URL as redis-py reads it (its
+    ``parse_url``: the same urllib parsing, a ``db`` query parameter before the path), or None
+    if it is not one. Done here rather than by importing redis-py: gunicorn's master reads the
+    settings, and redis-py would import ssl there before the gevent worker patches it."""
     scheme = url.partition("://")[0]
     if scheme not in ("redis", "rediss"):
         return None
     try:
-        urlsplit(url).port  # noqa: B018 - raises ValueError for a port that is not a number
-        options = redis_connection.parse_url(url)
+        parts = urlparse(url)
+        port = parts.port or 6379
+        query = {name: values[0] for name, values in parse_qs(parts.query).items() if values}
+        db_text = query.get("db") or unquote(parts.path).replace("/", "") or "0"
     except ValueError:
         return None
-    host = options.get("host")
-    if not host or not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", host):
+    host = unquote(parts.hostname or "")
+    if not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", host) or not re.fullmatch(r"[0-9]{1,9}", db_text):
         return None
-    path = urlsplit(url).path
-    if not re.fullmatch(r"/?[0-9]*", path):
+    if not re.fullmatch(r"/?[0-9]*", parts.path):
         return None
-    return scheme, options
+    return scheme, {"host": host, "port": port, "db": int(db_text)}
 
 
 def _engine_spec(environ: Mapping[str, str]) -> str:

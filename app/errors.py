@@ -59,6 +59,22 @@ class EngineMismatch(ServiceError):
     error_type, status = "ENGINE_MISMATCH", 409
 
 
+class RunRunning(ServiceError):
+    error_type, status = "RUN_RUNNING", 409
+
+
+class RunPending(Exception):
+    """Not an error: the run is not done yet, so its complete transcript cannot be served.
+
+    Answered ``202 {"runId", "status": "running", "count"}`` with ``Location`` and ``Retry-After``.
+    """
+
+    def __init__(self, run_id: str, count: int) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+        self.count = count
+
+
 class Unavailable(ServiceError):
     error_type, status = "UNAVAILABLE", 503
     default_retry_after = 1  # outages and full engines are short-lived
@@ -87,6 +103,19 @@ def error_response(error_type: str, message: str, status: int) -> Response:
     return response
 
 
+# Seconds a client is told to wait before asking again about a run that is not done.
+PENDING_RETRY_AFTER_S = 2
+
+
+def pending_response(body: dict[str, object], run_id: str) -> Response:
+    """A 202 for a run still running: where to ask about it, and when."""
+    response = jsonify(body)
+    response.status_code = 202
+    response.headers["Location"] = f"/runs/{run_id}"
+    response.headers["Retry-After"] = str(PENDING_RETRY_AFTER_S)
+    return response
+
+
 def register_error_handlers(app: Flask) -> None:
     """Answer every error, ours and werkzeug's, with the contract's JSON body."""
 
@@ -96,6 +125,10 @@ def register_error_handlers(app: Flask) -> None:
         if error.retry_after is not None:
             response.headers["Retry-After"] = str(error.retry_after)
         return response
+
+    @app.errorhandler(RunPending)
+    def handle_run_pending(pending: RunPending) -> Response:
+        return pending_response({"runId": pending.run_id, "status": "running", "count": pending.count}, pending.run_id)
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(error: HTTPException) -> Response:

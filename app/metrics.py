@@ -110,5 +110,6 @@ class _BackendCollector(Collector):
             return
         yield GaugeMetricFamily("run_registry_backend_up", "Whether the registry backend answered.", value=1)
         yield GaugeMetricFamily("run_registry_entries", "Live entries in the registry.", value=stats.total_entries)
+        yield GaugeMetricFamily("run_registry_runs_running", "Runs not done yet.", value=stats.running)
         yield CounterMetricFamily("run_registry_evictions", "Entries evicted at the cap.", value=stats.evictions)
         yield CounterMetricFamily("run_registry_expirations", "Entries that expired.", value=stats.expirations)

@@ -1,14 +1,19 @@
-"""Frozen records shared by every layer: the key of a run and what was recorded for it."""
+"""Frozen records shared by every layer: the key of a run, what it is, and what it recorded."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 Source = Literal["new", "cache"]
+RunStatus = Literal["running", "done", "failed"]
+# One recorded event as it is stored: its type and the canonical JSON of its data. Both the
+# events JSON and the SSE frames are made of these bytes, so a live stream and a replay match.
+EncodedEvent = tuple[str, bytes]
 
 
 @dataclass(frozen=True)
@@ -36,15 +41,11 @@ class RunKey:
 
 
 @dataclass(frozen=True, slots=True)
-class RunRecord:
-    """One recorded run. Never changes once created, so it is shared without copying.
+class RunIdentity:
+    """Which run this is and which engine code makes it: known from the moment it starts.
 
-    Small on purpose (a registry holds tens of thousands): the scenario, seed and creation
-    time are read back from the runId (``run_<scenarioId>_<seed>_<createdAt>``), and the
-    transcript is kept as the gzip of the whole ``/events`` JSON body
-    (``{"runId":...,"events":[...],"count":N}``), about 1.2 KB instead of 9 KB for the default
-    engine, and sent as it is to clients that accept gzip. The events part of that body is
-    their canonical JSON (compact, keys sorted, UTF-8), the bytes ``events_sha256`` digests.
+    The scenario, seed and creation time are read back from the runId
+    (``run_<scenarioId>_<seed>_<createdAt>``).
     """
 
     run_id: str
@@ -52,28 +53,10 @@ class RunRecord:
     engine_code_hash: str
     engine_name: str
     engine_version: str
-    event_count: int
-    events_digest: bytes  # sha256 of the events' canonical JSON
-    body_gzip: bytes
 
     @classmethod
-    def create(
-        cls, *, key: RunKey, run_id: str, engine_name: str, engine_version: str, events_json: bytes,
-        event_count: int,
-    ) -> RunRecord:
-        """The record of ``events_json`` (the canonical JSON of ``event_count`` events) for ``key``."""
-        head, tail = _body_frame(run_id, event_count)
-        return cls(
-            run_id=run_id,
-            cache_key=key.digest,
-            engine_code_hash=key.engine_code_hash,
-            engine_name=engine_name,
-            engine_version=engine_version,
-            event_count=event_count,
-            events_digest=hashlib.sha256(events_json).digest(),
-            # mtime=0: the same run compresses to the same bytes
-            body_gzip=gzip.compress(head + events_json + tail, compresslevel=9, mtime=0),
-        )
+    def of(cls, key: RunKey, run_id: str, engine_name: str, engine_version: str) -> RunIdentity:
+        return cls(run_id, key.digest, key.engine_code_hash, engine_name, engine_version)
 
     @property
     def scenario_id(self) -> str:
@@ -89,6 +72,44 @@ class RunRecord:
         return int(self.run_id.rsplit("_", 1)[1])
 
     @property
+    def key(self) -> RunKey:
+        return RunKey(self.scenario_id, self.seed, self.engine_code_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """A done run's transcript. Never changes once made, so it is shared without copying.
+
+    Small on purpose (a registry holds tens of thousands): the transcript is kept as the gzip
+    of the whole ``/events`` JSON body (``{"runId":...,"events":[...],"count":N}``), about
+    1.2 KB instead of 9 KB for the default engine, and sent as it is to clients that accept
+    gzip. The events part of that body is their canonical JSON (compact, keys sorted,
+    UTF-8), the bytes ``events_sha256`` digests.
+    """
+
+    identity: RunIdentity
+    event_count: int
+    events_digest: bytes  # sha256 of the events' canonical JSON
+    body_gzip: bytes
+
+    @classmethod
+    def create(cls, identity: RunIdentity, events: Sequence[EncodedEvent]) -> RunRecord:
+        """The record of ``events`` for the run ``identity`` names."""
+        events_json = encode_events(events)
+        head, tail = _body_frame(identity.run_id, len(events))
+        return cls(
+            identity=identity,
+            event_count=len(events),
+            events_digest=hashlib.sha256(events_json).digest(),
+            # mtime=0: the same run compresses to the same bytes
+            body_gzip=gzip.compress(head + events_json + tail, compresslevel=9, mtime=0),
+        )
+
+    @property
+    def run_id(self) -> str:
+        return self.identity.run_id
+
+    @property
     def events_sha256(self) -> str:
         return self.events_digest.hex()
 
@@ -98,20 +119,56 @@ class RunRecord:
         return body[len(head):len(body) - len(tail)]
 
 
-def run_description(record: RunRecord) -> dict[str, object]:
+@dataclass(frozen=True, slots=True)
+class RunError:
+    """Why a run failed, as its metadata and its live clients are told."""
+
+    type: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A run as the registry holds it right now.
+
+    ``record``, ``expires_at`` are set once it is done (its TTL starts then), ``error`` once it
+    failed; ``count`` is the events recorded so far.
+    """
+
+    identity: RunIdentity
+    status: RunStatus
+    count: int
+    hits: int = 0
+    record: RunRecord | None = None
+    expires_at: int | None = None  # epoch milliseconds
+    error: RunError | None = None
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """What a lookup hit learns: the runId and whether the run is done."""
+
+    run_id: str
+    status: RunStatus
+
+
+def run_description(identity: RunIdentity) -> dict[str, object]:
     """What never changes about a run, under the contract's names: the metadata endpoint adds
-    its expiry and hits, the evidence pack its files' digests."""
+    its status and counts, the evidence pack its files' digests."""
     return {
-        "runId": record.run_id,
-        "scenarioId": record.scenario_id,
-        "seed": record.seed,
-        "engine": {"name": record.engine_name, "version": record.engine_version},
-        "engineCodeHash": record.engine_code_hash,
-        "cacheKey": record.cache_key,
-        "createdAt": record.created_at,
-        "count": record.event_count,
-        "eventsSha256": record.events_sha256,
+        "runId": identity.run_id,
+        "scenarioId": identity.scenario_id,
+        "seed": identity.seed,
+        "engine": {"name": identity.engine_name, "version": identity.engine_version},
+        "engineCodeHash": identity.engine_code_hash,
+        "cacheKey": identity.cache_key,
+        "createdAt": identity.created_at,
     }
+
+
+def record_description(record: RunRecord) -> dict[str, object]:
+    """A done run's description: what never changes about it, with its transcript's count and digest."""
+    return {**run_description(record.identity), "count": record.event_count, "eventsSha256": record.events_sha256}
 
 
 def _body_frame(run_id: str, event_count: int) -> tuple[bytes, bytes]:
@@ -119,13 +176,14 @@ def _body_frame(run_id: str, event_count: int) -> tuple[bytes, bytes]:
     return b'{"runId":' + json.dumps(run_id).encode() + b',"events":', b',"count":%d}' % event_count
 
 
-@dataclass(frozen=True)
-class LiveRun:
-    """A record as the registry holds it right now: with its expiry and hit count."""
+def encode_event(event_type: str, data_json: bytes) -> bytes:
+    """One event's canonical JSON (keys sorted: "data" before "type"); types need no escaping."""
+    return b'{"data":' + data_json + b',"type":"' + event_type.encode() + b'"}'
 
-    record: RunRecord
-    expires_at: int  # epoch milliseconds
-    hits: int
+
+def encode_events(events: Sequence[EncodedEvent]) -> bytes:
+    """The canonical JSON of a list of events: what ``eventsSha256`` digests."""
+    return b"[" + b",".join(encode_event(event_type, data) for event_type, data in events) + b"]"
 
 
 @dataclass(frozen=True)
@@ -141,7 +199,8 @@ class RegistryStats:
     evictions: int
     expirations: int
     hits: int = 0  # lookups answered from a live entry
-    misses: int = 0  # lookups that stored a new run
+    misses: int = 0  # lookups that started a new run
+    running: int = 0  # runs not done yet
     engine_runs: int = 0
     engine_failures: int = 0
     engine_ms_total: float = 0.0

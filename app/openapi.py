@@ -33,20 +33,32 @@ _RUN_ID = {"in": "path", "name": "runId", "required": True, "schema": {"type": "
            "description": "A runId from a lookup", "example": "run_pricing-v1_42_1764180000123"}
 _POSITION = {"type": "integer", "minimum": 1, "maximum": MAX_POSITION}
 _NOT_FOUND = {"404": _error("No live run has this runId: `{\"type\": \"BAD_INPUT\", ...}`")}
-_UNAVAILABLE = {"503": _error("The registry backend does not answer (UNAVAILABLE); retry shortly")}
+_UNAVAILABLE = {"503": _error("UNAVAILABLE: the backend does not answer, the engine or the registry is full, or"
+                              " too many connections wait; retry after Retry-After")}
 _ENGINE = {"500": _error("The engine failed (ENGINE_ERROR), or an unexpected error (INTERNAL)")}
+_LIMITED = {"429": _error("RATE_LIMITED: this client started its share of engine executions this minute;"
+                          " retry after Retry-After")}
+_JSON_ONLY = {"403": _error("FORBIDDEN: sent by a page of another site (Sec-Fetch-Site: cross-site)"),
+              "415": _error("UNSUPPORTED_MEDIA_TYPE: a body that is not JSON (a form, text)")}
+_PENDING = {"202": _json(schemas.RunPendingBody, "The run is still running after the wait: ask again after"
+                                                   " Retry-After, or at Location")}
+_NOT_MODIFIED = {"304": {"description": "If-None-Match matched the strong ETag of this representation"}}
+_PREFER = {"in": "header", "name": "Prefer", "schema": {"type": "string"}, "required": False,
+           "description": "RFC 7240: `wait=<seconds>` (at most 25) or `respond-async`; echoed in Preference-Applied"}
 
 # Every route's documentation, by (Flask rule, method). build_openapi refuses a route missing here.
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("/runs/lookup", "get"): {
         "summary": "Get or create the run for a scenario and seed",
-        "parameters": [{"in": "query", "schema": schemas.LookupQuery}],
-        "responses": {"200": _json(schemas.LookupResponse, "The runId, and whether it was just created"),
+        "parameters": [{"in": "query", "schema": schemas.LookupQuery}, _PREFER],
+        "responses": {"200": _json(schemas.LookupResponse, "The runId of a done run, and whether this lookup"
+                                                           " started it"),
+                      "202": _json(schemas.LookupPending, "The run is still running after the wait"),
                       "400": _error("BAD_INPUT: missing, repeated or malformed parameters"),
-                      **_ENGINE, **_UNAVAILABLE},
+                      **_LIMITED, **_ENGINE, **_UNAVAILABLE},
     },
     ("/runs/<run_id>", "get"): {
-        "summary": "The run's metadata (does not renew it)",
+        "summary": "The run's metadata, running, done or failed (does not renew it)",
         "parameters": [_RUN_ID],
         "responses": {"200": _json(schemas.RunMetadata, "The run's metadata"), **_NOT_FOUND, **_UNAVAILABLE},
     },
@@ -62,12 +74,15 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
              "schema": {"oneOf": [{"type": "string", "enum": ["live"]},
                                   {"type": "integer", "minimum": 0, "maximum": MAX_PACE_MS}]},
              "description": "SSE only: 'live' (50 ms between events) or a delay in milliseconds"},
+            _PREFER,
         ],
         "responses": {
-            "200": {"description": "The transcript",
+            "200": {"description": "The transcript (JSON once done; SSE live while running)",
                     "content": {JSON: {"schema": schemas.EventsResponse},
                                 "text/event-stream": {"schema": {"type": "string"}}}},
+            **_PENDING, **_NOT_MODIFIED,
             "400": _error("BAD_INPUT: SSE only, a Last-Event-ID or pace that is not valid for this run"),
+            "500": _error("ENGINE_ERROR: the run failed"),
             **_NOT_FOUND, **_UNAVAILABLE,
         },
     },
@@ -78,30 +93,35 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("/runs/<run_id>/snapshot", "get"): {
         "summary": "The ZIP evidence pack: manifest.json, events.json, events.csv, SHA256SUMS",
-        "parameters": [_RUN_ID],
+        "parameters": [_RUN_ID, _PREFER],
         "responses": {"200": _body("application/zip", "The evidence pack, <runId>.zip", binary=True),
+                      **_PENDING, **_NOT_MODIFIED, "500": _error("ENGINE_ERROR: the run failed"),
                       **_NOT_FOUND, **_UNAVAILABLE},
     },
     ("/runs/<run_id>/export.csv", "get"): {
         "summary": "The transcript as CSV, safe to open in a spreadsheet",
-        "parameters": [_RUN_ID],
+        "parameters": [_RUN_ID, _PREFER],
         "responses": {"200": _body("text/csv", "position, type, tokenIndex, text, data"),
+                      **_PENDING, **_NOT_MODIFIED, "500": _error("ENGINE_ERROR: the run failed"),
                       **_NOT_FOUND, **_UNAVAILABLE},
     },
     ("/runs/<run_id>/verify", "post"): {
         "summary": "Execute the engine again; is the transcript byte-identical?",
         "parameters": [_RUN_ID],
         "responses": {"200": _json(schemas.VerifyResponse, "The verdict, with both digests"),
-                      "409": _error("ENGINE_MISMATCH: recorded under another engineCodeHash"),
-                      **_NOT_FOUND, **_ENGINE, **_UNAVAILABLE},
+                      "409": _error("ENGINE_MISMATCH: recorded under another engineCodeHash; RUN_RUNNING:"
+                                    " not done yet"),
+                      **_JSON_ONLY, **_LIMITED, **_NOT_FOUND, **_ENGINE, **_UNAVAILABLE},
     },
     ("/compare", "post"): {
         "summary": "Look two runs up (get or create) and compare them",
+        "parameters": [_PREFER],
         "requestBody": {"required": True, "content": {JSON: {"schema": schemas.CompareBody}}},
         "responses": {"200": _json(schemas.CompareResponse, "Both runs and their diff"),
+                      **_PENDING,
                       "400": _error("BAD_INPUT: the body, or the part of it named in the message"),
                       "413": _error("PAYLOAD_TOO_LARGE: over 64 KiB"),
-                      **_ENGINE, **_UNAVAILABLE},
+                      **_JSON_ONLY, **_LIMITED, **_ENGINE, **_UNAVAILABLE},
     },
     ("/healthz", "get"): {
         "summary": "Alive", "responses": {"200": _json(schemas.HealthResponse, "The process answers")},

@@ -261,6 +261,18 @@ class EngineInfo(Schema):
     version = fields.String(required=True)
 
 
+class LookupPending(Schema):
+    run_id = fields.String(data_key="runId", required=True)
+    source = fields.String(required=True, validate=validate.OneOf(["new", "cache"]))
+    status = fields.String(required=True, validate=validate.OneOf(["running"]))
+
+
+class RunPendingBody(Schema):
+    run_id = fields.String(data_key="runId", required=True)
+    status = fields.String(required=True, validate=validate.OneOf(["running"]))
+    count = fields.Integer(required=True, metadata={"description": "events recorded so far"})
+
+
 class RunMetadata(Schema):
     run_id = fields.String(data_key="runId", required=True)
     scenario_id = fields.String(data_key="scenarioId", required=True)
@@ -271,12 +283,14 @@ class RunMetadata(Schema):
         data_key="cacheKey", required=True, metadata={"description": "sha256(scenarioId:seed:engineCodeHash), hex"}
     )
     created_at = fields.Integer(data_key="createdAt", required=True, metadata={"description": "epoch milliseconds"})
+    status = fields.String(required=True, validate=validate.OneOf(["running", "done", "failed"]))
+    count = fields.Integer(required=True, metadata={"description": "events recorded (so far, while running)"})
+    events_sha256 = fields.String(data_key="eventsSha256", metadata={"description": "once done"})
     expires_at = fields.Integer(
-        data_key="expiresAt", required=True, metadata={"description": "epoch milliseconds; live while now < it"}
+        data_key="expiresAt", metadata={"description": "once done: epoch milliseconds; live while now < it"}
     )
     hits = fields.Integer(required=True)
-    count = fields.Integer(required=True)
-    events_sha256 = fields.String(data_key="eventsSha256", required=True)
+    error = fields.Nested(ErrorBody, metadata={"description": "once failed"})
 
 
 class EventSchema(Schema):

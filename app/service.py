@@ -1,22 +1,13 @@
-"""RunService: get-or-create runs, execute the engine once per key, serve the records."""
+"""RunService: get-or-start runs, wait for them, and serve what they recorded. Knows nothing of HTTP."""
 
 from __future__ import annotations
 
-import contextvars
-import hashlib
-import json
 import logging
-import re
-import threading
+import secrets
 import time
-import zlib
-from collections import OrderedDict
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,45 +16,79 @@ from typing import TypeVar
 from app.code_hash import engine_code_hash
 from app.config import Settings
 from app.engine.base import Engine
-from app.engine.base import Event
 from app.errors import BadInput
 from app.errors import EngineFailed
 from app.errors import EngineMismatch
 from app.errors import RateLimited
 from app.errors import RunNotFound
+from app.errors import RunPending
+from app.errors import RunRunning
 from app.errors import Unavailable
 from app.evidence.csv_export import events_csv
 from app.evidence.diff import TranscriptDiff
 from app.evidence.diff import diff_transcripts
 from app.evidence.diff import first_difference
 from app.evidence.snapshot import snapshot_zip
-from app.evidence.sse import sse_messages
+from app.evidence.sse import KEEPALIVE
+from app.evidence.sse import RETRY
+from app.evidence.sse import sse_error
+from app.evidence.sse import sse_frame
+from app.evidence.sse import sse_frames
 from app.limits import NewRunLimit
 from app.logs import DefectLog
-from app.models import LiveRun
 from app.models import RegistryStats
+from app.models import RunError
+from app.models import RunIdentity
 from app.models import RunKey
 from app.models import RunRecord
+from app.models import RunState
 from app.models import Source
-from app.models import canonical_json
+from app.models import encode_events
 from app.registry.base import Registry
+from app.registry.base import RegistryFull
 from app.registry.base import RegistryUnavailable
 from app.registry.single_flight import SingleFlight
+from app.runner import EngineFault
+from app.runner import Runner
+from app.runner import Slots
 from app.text import printable
+from app.transcripts import CorruptTranscript
+from app.transcripts import TranscriptCache
 
 log = logging.getLogger(__name__)
-# An event type becomes an SSE "event:" line later: no spaces, no newlines.
-_EVENT_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
-# The largest transcript recorded, and so the most that reading one back may decompress to.
-MAX_TRANSCRIPT_BYTES = 32 * 1024 * 1024
 # /registry/stats lists this many scenarios by entries; the rest are counted, not named, so the
 # answer stays small however many scenarios a registry holds.
 STATS_TOP_SCENARIOS = 20
 T = TypeVar("T")
 
 
+class RunObserver(Protocol):
+    """What the service reports as it works (the Prometheus metrics implement it)."""
+
+    def lookup_answered(self, source: Source) -> None: ...
+
+    def engine_ran(self, seconds: float, failed: bool) -> None: ...
+
+
+class _Unobserved:
+    def lookup_answered(self, source: Source) -> None:
+        pass
+
+    def engine_ran(self, seconds: float, failed: bool) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A lookup's answer: the runId, whether this lookup started it, and whether it is done yet."""
+
+    run_id: str
+    source: Source
+    done: bool
+
+
 class RunService:
-    """Get-or-create runs and serve their transcripts. Knows nothing about HTTP."""
+    """Get-or-start runs and serve their transcripts, complete or live. Knows nothing about HTTP."""
 
     def __init__(
         self, registry: Registry, engine: Engine, settings: Settings, new_run_limit: NewRunLimit | None = None,
@@ -75,64 +100,287 @@ class RunService:
         self._settings = settings
         self._backend = "redis" if settings.shared_registry else "memory"
         self.engine_code_hash = engine_code_hash(engine, settings)
-        self._bodies = _DecompressedBodies(capacity=128)
+        self._runner = Runner(registry, engine, settings, self._observer)
+        self._transcripts = TranscriptCache(capacity=128)
         self._defects = DefectLog(log)
         self._new_runs = new_run_limit or NewRunLimit(settings.new_runs_per_minute)
         self._verifications: SingleFlight[Verification] = SingleFlight()
-        self._engine_threads = ThreadPoolExecutor(max_workers=settings.engine_threads, thread_name_prefix="engine")
-        # Runs beyond the threads wait in the pool's queue, up to engine_queue; beyond that a
-        # request that would start one is refused at once (503), not left to time out.
-        self._engine_slots = _Slots(settings.engine_threads + settings.engine_queue)
-        # A paced replay holds a server thread for its whole length: bound how many may.
-        self._paced_replays = threading.BoundedSemaphore(settings.paced_replays)
+        # Connections that wait (on a run, or streaming one) hold a greenlet each: cheap, but
+        # bounded, so that past it the service says so (503) instead of running out of room.
+        self._waiting = Slots(settings.max_waiting)
 
-    def lookup(self, scenario_id: str, seed: int, client: str) -> tuple[str, Source]:
-        """Return the runId of the key's live run, executing the engine once if there is none.
+    # Lookups.
+
+    def lookup(self, scenario_id: str, seed: int, client: str, wait_s: float) -> Lookup:
+        """The runId of the key's run, starting one if there is none; waits up to ``wait_s`` for it.
 
         ``client`` is who asks: a lookup that would start a run counts against its new-run limit.
 
-        :raises EngineFailed: the engine raised or returned malformed events; nothing is stored.
+        :raises EngineFailed: the run failed while this lookup waited for it.
         :raises RateLimited: the run would start, and ``client`` has started its share this minute.
-        :raises Unavailable: the run would start, and the engine has no room for it (or the backend is down).
+        :raises Unavailable: the run would start, and the engine or the registry has no room
+            for it (or the backend is down).
         """
         key = RunKey(scenario_id, seed, self.engine_code_hash)
-        created = False
         with _registry_errors():
-            run_id = self._registry.touch(key.digest)
-            if run_id is None:
-                run_id, created = _as_own_client(client, lambda: self._registry.create_once(
-                    key, lambda run_id: self._execute(key, run_id, client)
-                ))
-        source: Source = "new" if created else "cache"
+            found = self._registry.touch(key.digest)
+            if found is None:
+                run_id, status, started = self._start(key, client)
+            else:
+                run_id, status, started = found.run_id, found.status, False
+        source: Source = "new" if started else "cache"
         self._observer.lookup_answered(source)
-        return run_id, source
+        if status == "running":
+            status = self._wait_for_end(run_id, wait_s)
+        if status == "failed":
+            raise EngineFailed(self._failure_message(run_id))
+        return Lookup(run_id, source, done=status == "done")
 
-    def run(self, run_id: str) -> LiveRun:
-        """The live run, its transcript checked against its digest the first time this process reads it.
+    def _start(self, key: RunKey, client: str) -> tuple[str, str, bool]:
+        self._admit(client)
+        if not self._runner.slots.take():
+            raise Unavailable(
+                f"The engine is running and queueing all it can ({self._settings.engine_threads} running,"
+                f" {self._settings.engine_queue} waiting); retry shortly"
+            )
+        owner = secrets.token_hex(16)
+        try:
+            started = self._registry.start(key, self._engine.name, self._engine.version, owner)
+        except RegistryFull as err:
+            self._runner.slots.give_back()
+            raise Unavailable(f"The registry is full of runs still running ({err}); retry shortly") from err
+        except BaseException:
+            self._runner.slots.give_back()
+            raise
+        if not started.started:  # another caller started it between our miss and our start
+            self._runner.slots.give_back()
+            return started.run_id, started.status, False
+        self._runner.execute(RunIdentity.of(key, started.run_id, self._engine.name, self._engine.version), owner)
+        return started.run_id, started.status, True
 
-        :raises RunNotFound: the run never existed, expired or was evicted, or its stored
-            transcript is not what its digest says (so it is never served as one).
+    def _admit(self, client: str) -> None:
+        """Count one engine execution against ``client``'s limit, before anything starts."""
+        with _registry_errors():
+            self._new_runs.admit(client)
+
+    def _wait_for_end(self, run_id: str, wait_s: float) -> str:
+        """The run's status after waiting up to ``wait_s`` for it to end (no waiting past capacity)."""
+        if wait_s <= 0 or not self._waiting.take():
+            return "running"
+        try:
+            with _registry_errors():
+                live_log = self._registry.open_log(run_id)
+            if live_log is not None:
+                ending = live_log.wait_end(wait_s)
+                return "running" if ending is None else "done" if ending == "done" else "failed"
+            with _registry_errors():
+                state = self._registry.get(run_id)
+        finally:
+            self._waiting.give_back()
+        # It ended before we looked; if it is gone already (a tiny TTL, a full registry), it was done.
+        return state.status if state is not None else "done"
+
+    def _failure_message(self, run_id: str) -> str:
+        with _registry_errors():
+            state = self._registry.get(run_id)
+        if state is not None and state.error is not None:
+            return state.error.message
+        return f"Run {printable(run_id)} failed"
+
+    # A run and its complete transcript.
+
+    def run(self, run_id: str) -> RunState:
+        """The run, in whatever state, without renewing it; a done run's transcript is checked
+        against its digest the first time this process reads it.
+
+        :raises RunNotFound: the run never existed, expired or was evicted, is no longer
+            retained after failing, or its stored transcript is not what its digest says (so
+            it is never served as one).
         """
         with _registry_errors():
-            live = self._registry.get(run_id)
-        if live is None:
+            state = self._registry.get(run_id)
+        if state is None:
             raise RunNotFound(f"Run {printable(run_id)} not found")
-        try:
-            self._bodies.get(live.record)
-        except CorruptTranscript as err:
-            self._defects.report(live.record.run_id, "run %s is not served, and is removed: %s", printable(run_id), err)
-            with _registry_errors():
-                self._registry.discard(live.record.run_id)
-            raise RunNotFound(f"Run {printable(run_id)} not found") from err
-        return live
+        if state.record is not None:
+            self._checked(state.record)
+        return state
 
-    def events_body(self, run_id: str, gzip_ok: bool) -> tuple[bytes, bool]:
-        """The /events JSON body: gzip-compressed as stored when the client takes that, else plain.
+    def done_run(self, run_id: str, wait_s: float) -> RunRecord:
+        """The run's record, waiting up to ``wait_s`` for a run that is not done.
 
-        :returns: the body, and whether it is gzip-compressed.
+        :raises RunPending: it is still running.
+        :raises EngineFailed: it failed.
         """
-        record = self.run(run_id).record
-        return (record.body_gzip, True) if gzip_ok else (self._bodies.get(record), False)
+        state = self.run(run_id)
+        if state.status == "running" and self._wait_for_end(run_id, wait_s) != "running":
+            state = self.run(run_id)
+        if state.status == "running":
+            raise RunPending(state.identity.run_id, state.count)
+        if state.status == "failed" or state.record is None:
+            raise EngineFailed(state.error.message if state.error else f"Run {printable(run_id)} failed")
+        return state.record
+
+    def events_body(self, record: RunRecord, gzip_ok: bool) -> bytes:
+        """A done run's /events JSON body: gzip-compressed as stored when the client takes that, else plain."""
+        return record.body_gzip if gzip_ok else self._transcripts.body(record)
+
+    def export_csv(self, record: RunRecord) -> bytes:
+        """A done run's transcript as spreadsheet-safe CSV."""
+        return events_csv(self._transcripts.events(record))
+
+    def snapshot(self, record: RunRecord) -> bytes:
+        """A done run's ZIP evidence pack; the same bytes every time for the same run."""
+        events = self._transcripts.events(record)
+        return snapshot_zip(record, self._transcripts.events_json(record), events_csv(events))
+
+    def _checked(self, record: RunRecord) -> None:
+        try:
+            self._transcripts.body(record)
+        except CorruptTranscript as err:
+            self._defects.report(record.run_id, "run %s is not served, and is removed: %s", record.run_id, err)
+            with _registry_errors():
+                self._registry.discard(record.run_id)
+            raise RunNotFound(f"Run {printable(record.run_id)} not found") from err
+
+    # Server-Sent Events, live or replayed.
+
+    def stream(self, run_id: str, last_event_id: int | None, pace_ms: int) -> Iterable[bytes]:
+        """The run as Server-Sent Events after ``last_event_id``: a done run's transcript (paced
+        if asked), or a running run's events so far and then each as it is recorded.
+
+        :raises BadInput: ``last_event_id`` is not a position the run has reached.
+        :raises Unavailable: too many connections are waiting already.
+        """
+        state = self.run(run_id)
+        if last_event_id is not None and not 1 <= last_event_id <= state.count:
+            reached = "in this run" if state.status == "done" else "this run has reached"
+            raise BadInput(f"Last-Event-ID {last_event_id} is not a position {reached} (1 to {state.count})")
+        after = last_event_id or 0
+        if not self._waiting.take():
+            raise Unavailable("Too many connections are waiting on runs; retry shortly")
+        if state.record is not None:
+            messages = self._replayed(state.record, after, pace_ms)
+        else:
+            messages = self._live(state.identity.run_id, after)
+        return _ReleasingStream(messages, self._waiting.give_back)
+
+    def _replayed(self, record: RunRecord, after: int, pace_ms: int) -> Iterator[bytes]:
+        yield RETRY
+        yield from sse_frames(self._transcripts.encoded_events(record), after, pace_ms)
+
+    def _live(self, run_id: str, after: int) -> Iterator[bytes]:
+        """The events as they are recorded; byte for byte the replay once the run is done, but
+        for ``: keepalive`` comments while none comes."""
+        yield RETRY
+        position = after
+        with _registry_errors():
+            live_log = self._registry.open_log(run_id)
+        ending: object = None
+        if live_log is not None:
+            while True:
+                chunk = live_log.read(position, timeout=self._settings.keepalive_s)
+                for event in chunk.events:
+                    position += 1
+                    yield sse_frame(position, event)
+                ending = chunk.ending
+                if ending is not None:
+                    break
+                if not chunk.events:
+                    yield KEEPALIVE
+        if isinstance(ending, RunError):
+            yield sse_error(ending)
+            return
+        # Done (or the log went with the run's end): the rest comes from its transcript.
+        state = self.run(run_id)
+        if state.record is not None:
+            yield from sse_frames(self._transcripts.encoded_events(state.record), position)
+        elif state.error is not None:
+            yield sse_error(state.error)
+
+    # Comparing and verifying.
+
+    def compare(self, left: tuple[str, int], right: tuple[str, int], client: str, wait_s: float) -> Comparison:
+        """Look both runs up (get or start, renewing them), wait for them, and diff their transcripts.
+
+        Each side that starts a run counts against ``client``'s new-run limit.
+
+        :raises RunPending: a side is still running after the wait.
+        """
+        # Both started first, then waited for together: the wait is the lookup's, not twice it.
+        left_lookup = self.lookup(*left, client, wait_s=0)
+        right_lookup = self.lookup(*right, client, wait_s=0)
+        deadline = time.monotonic() + wait_s
+        left_record = self.done_run(left_lookup.run_id, wait_s)
+        right_record = self.done_run(right_lookup.run_id, max(0.0, deadline - time.monotonic()))
+        return Comparison(
+            left_record, left_lookup.source, right_record, right_lookup.source,
+            diff_transcripts(self._transcripts.events(left_record), self._transcripts.events(right_record)),
+        )
+
+    def verify(self, run_id: str, client: str) -> Verification:
+        """Execute the engine again and check the new transcript against the recorded bytes.
+
+        Verifications of one run asked for at once share one execution (and its answer); the
+        one that executes counts against ``client``'s new-run limit.
+
+        :raises RunRunning: the run is not done: there is nothing to verify yet.
+        :raises EngineMismatch: the run was recorded by other engine code than this one.
+        :raises EngineFailed: the run failed, or the engine failed this time.
+        :raises RateLimited: ``client`` has started its share of executions this minute.
+        :raises Unavailable: the engine has no room for another execution.
+        """
+        state = self.run(run_id)
+        if state.status == "running":
+            raise RunRunning(f"Run {printable(run_id)} is still running; verify it once it is done")
+        record = self.done_run(run_id, 0)
+        if record.identity.engine_code_hash != self.engine_code_hash:
+            raise EngineMismatch(
+                f"Run {run_id} was recorded under engineCodeHash {record.identity.engine_code_hash};"
+                f" this service runs {self.engine_code_hash}"
+            )
+        verification, _ = _as_own_client(
+            client, lambda: self._verifications.run(record.run_id, lambda: self._reproduce(record, client))
+        )
+        return verification
+
+    def _reproduce(self, record: RunRecord, client: str) -> Verification:
+        self._admit(client)
+        if not self._runner.slots.take():
+            raise Unavailable("The engine is running and queueing all it can; retry shortly")
+        try:
+            reproduction = self._runner.reproduce(record.identity.key)
+        except EngineFault as fault:
+            raise EngineFailed(str(fault)) from fault
+        replayed_json = encode_events(reproduction.events)
+        recorded_json = self._transcripts.events_json(record)
+        reproducible = replayed_json == recorded_json
+        replayed = RunRecord.create(record.identity, reproduction.events)
+        return Verification(
+            run_id=record.run_id,
+            reproducible=reproducible,
+            recorded_sha256=record.events_sha256,
+            replayed_sha256=replayed.events_sha256,
+            first_difference=None if reproducible else first_difference(
+                self._transcripts.events(record), self._transcripts.events(replayed)
+            ),
+            recorded_count=record.event_count,
+            replayed_count=replayed.event_count,
+            duration_ms=round(reproduction.seconds * 1000, 3),
+        )
+
+    def verification_callers(self, run_id: str) -> int:
+        """How many requests share the run's verification now (0 when none is running)."""
+        return self._verifications.callers(run_id)
+
+    def engine_slots_in_use(self) -> int:
+        """Engine executions running or queued in this process now."""
+        return self._runner.slots.in_use
+
+    def waiting_connections(self) -> int:
+        """Connections waiting on runs or streaming them in this process now."""
+        return self._waiting.in_use
+
+    # Operations.
 
     def stats_report(self) -> StatsReport:
         """What the registry counts (with a shared backend, for the whole fleet), with its settings;
@@ -157,209 +405,6 @@ class RunService:
             engine_code_hash=self.engine_code_hash,
         )
 
-    def replay(self, run_id: str, last_event_id: int | None, pace_ms: int) -> Iterable[bytes]:
-        """The transcript as Server-Sent Events, resuming after ``last_event_id``.
-
-        :raises BadInput: ``last_event_id`` is not a position in the run.
-        :raises Unavailable: too many paced replays are already running.
-        """
-        record = self.run(run_id).record
-        if last_event_id is not None and not 1 <= last_event_id <= record.event_count:
-            raise BadInput(
-                f"Last-Event-ID {last_event_id} is not a position in this run (1 to {record.event_count})"
-            )
-        messages = sse_messages(self._events(record), after=last_event_id or 0, pace_ms=pace_ms)
-        if not pace_ms:
-            return messages
-        if not self._paced_replays.acquire(blocking=False):
-            raise Unavailable("Too many paced replays are running; retry shortly, or replay without pace")
-        return _ReleasingStream(messages, self._paced_replays.release)
-
-    def export_csv(self, run_id: str) -> bytes:
-        """The transcript as spreadsheet-safe CSV."""
-        return events_csv(self._events(self.run(run_id).record))
-
-    def snapshot(self, run_id: str) -> bytes:
-        """The run's ZIP evidence pack; the same bytes every time for the same run."""
-        record = self.run(run_id).record
-        return snapshot_zip(record, self._events_json(record), events_csv(self._events(record)))
-
-    def compare(self, left: tuple[str, int], right: tuple[str, int], client: str) -> Comparison:
-        """Look both runs up (get or create, renewing them) and diff their transcripts.
-
-        Each side that starts a run counts against ``client``'s new-run limit.
-        """
-        left_run, left_source = self._lookup_run(*left, client)
-        right_run, right_source = self._lookup_run(*right, client)
-        return Comparison(
-            left_run, left_source, right_run, right_source,
-            diff_transcripts(self._events(left_run.record), self._events(right_run.record)),
-        )
-
-    def verify(self, run_id: str, client: str) -> Verification:
-        """Execute the engine again and check the new transcript against the recorded bytes.
-
-        Verifications of one run asked for at once share one execution (and its answer); the
-        one that executes counts against ``client``'s new-run limit.
-
-        :raises EngineMismatch: the run was recorded by other engine code than this one.
-        :raises EngineFailed: the engine raised or returned malformed events.
-        :raises RateLimited: ``client`` has started its share of executions this minute.
-        :raises Unavailable: the engine has no room for another execution.
-        """
-        record = self.run(run_id).record
-        if record.engine_code_hash != self.engine_code_hash:
-            raise EngineMismatch(
-                f"Run {run_id} was recorded under engineCodeHash {record.engine_code_hash};"
-                f" this service runs {self.engine_code_hash}"
-            )
-        verification, _ = _as_own_client(
-            client, lambda: self._verifications.run(record.run_id, lambda: self._reproduce(record, client))
-        )
-        return verification
-
-    def verification_callers(self, run_id: str) -> int:
-        """How many requests share the run's verification now (0 when none is running)."""
-        return self._verifications.callers(run_id)
-
-    def engine_slots_in_use(self) -> int:
-        """Engine executions running or queued in this process now."""
-        return self._engine_slots.in_use
-
-    def _reproduce(self, record: RunRecord, client: str) -> Verification:
-        self._admit(client)
-        started = time.perf_counter()
-        events, events_json = self._timed_engine_run(RunKey(record.scenario_id, record.seed, record.engine_code_hash))
-        duration_ms = (time.perf_counter() - started) * 1000
-        recorded_json = self._events_json(record)
-        reproducible = events_json == recorded_json
-        return Verification(
-            run_id=record.run_id,
-            reproducible=reproducible,
-            recorded_sha256=record.events_sha256,
-            replayed_sha256=hashlib.sha256(events_json).hexdigest(),
-            first_difference=None if reproducible else first_difference(self._events(record), events),
-            recorded_count=record.event_count,
-            replayed_count=len(events),
-            duration_ms=round(duration_ms, 3),
-        )
-
-    def _admit(self, client: str) -> None:
-        """Count one engine execution against ``client``'s limit, before anything starts."""
-        with _registry_errors():
-            self._new_runs.admit(client)
-
-    def _events_json(self, record: RunRecord) -> bytes:
-        return record.events_json(self._bodies.get(record))
-
-    def _events(self, record: RunRecord) -> list[Event]:
-        events: list[Event] = json.loads(self._events_json(record))
-        return events
-
-    def _run_engine(self, key: RunKey) -> tuple[list[Event], bytes]:
-        """The engine's events for the key, checked, and their canonical JSON.
-
-        The engine runs on a thread of its own, and is waited for at most the engine timeout:
-        a hung engine fails its callers then, instead of holding them (and their key) forever.
-        Python cannot stop the thread, so a bounded pool holds such runs; while every engine
-        thread is hung, new runs wait in its queue and fail at their own timeout.
-        """
-        which = f"scenario {key.scenario_id} seed {key.seed}"
-        context = contextvars.copy_context()  # the engine's log lines keep the request's id
-        if not self._engine_slots.take():
-            raise Unavailable(
-                f"The engine is running and queueing all it can ({self._settings.engine_threads} running,"
-                f" {self._settings.engine_queue} waiting); retry shortly"
-            )
-        running = self._engine_threads.submit(context.run, self._engine_events, key)
-        try:
-            events = running.result(timeout=self._settings.engine_timeout_s)
-        except FutureTimeout as err:
-            running.cancel()  # if it is still queued; a running engine cannot be stopped
-            log.error("engine %s did not finish %s within %g s", self._engine.name, which,
-                      self._settings.engine_timeout_s)
-            raise EngineFailed(
-                f"The engine did not finish {which} within {self._settings.engine_timeout_s:g} s"
-            ) from err
-        except Exception as err:  # a plugin's failure of any kind is reported, never cached
-            log.exception("engine %s failed for %s", self._engine.name, which)
-            raise EngineFailed(f"The engine failed to run {which}") from err
-        events_json = _validated_events_json(events)
-        if events_json is None:
-            log.error("engine %s returned malformed events for %s", self._engine.name, which)
-            raise EngineFailed(f"The engine returned malformed events for {which}")
-        if len(events_json) > MAX_TRANSCRIPT_BYTES:
-            log.error("engine %s returned %d bytes of events for %s", self._engine.name, len(events_json), which)
-            raise EngineFailed(f"The engine returned more than {MAX_TRANSCRIPT_BYTES} bytes of events for {which}")
-        return events, events_json
-
-    def _engine_events(self, key: RunKey) -> list[Event]:
-        try:
-            return list(self._engine.run(key.scenario_id, key.seed))
-        finally:  # a run abandoned at the timeout keeps its slot until its thread is free again
-            self._engine_slots.give_back()
-
-    def _engine_ran(self, seconds: float, failed: bool) -> None:
-        self._observer.engine_ran(seconds, failed)
-        # Statistics are worth less than the run: a backend outage here is the commit's to report.
-        try:
-            self._registry.record_engine_run(seconds * 1000, failed)
-        except RegistryUnavailable:
-            log.warning("engine run not counted: the registry is unavailable")
-
-    def _lookup_run(self, scenario_id: str, seed: int, client: str) -> tuple[LiveRun, Source]:
-        """A lookup that also reads the run; retried if the run went in between (a full registry)."""
-        for _ in range(3):
-            run_id, source = self.lookup(scenario_id, seed, client)
-            with _registry_errors():
-                live = self._registry.get(run_id)
-            if live is not None:
-                return live, source
-        raise Unavailable("The registry is evicting runs faster than they can be compared; try again")
-
-    def _timed_engine_run(self, key: RunKey) -> tuple[list[Event], bytes]:
-        """``_run_engine``, counted and timed (in the metrics and the registry's statistics)."""
-        started = time.perf_counter()
-        try:
-            events, events_json = self._run_engine(key)
-        except EngineFailed:
-            self._engine_ran(time.perf_counter() - started, failed=True)
-            raise
-        seconds = time.perf_counter() - started
-        self._engine_ran(seconds, failed=False)
-        log.info("engine ran scenario %s seed %s: %d events in %.1f ms", key.scenario_id, key.seed, len(events),
-                 seconds * 1000)
-        return events, events_json
-
-    def _execute(self, key: RunKey, run_id: str, client: str) -> RunRecord:
-        """A new run of ``key`` under ``run_id``: admitted for ``client``, executed, recorded."""
-        self._admit(client)
-        events, events_json = self._timed_engine_run(key)
-        return RunRecord.create(
-            key=key,
-            run_id=run_id,
-            engine_name=self._engine.name,
-            engine_version=self._engine.version,
-            events_json=events_json,
-            event_count=len(events),
-        )
-
-
-class RunObserver(Protocol):
-    """What the service reports as it works (the Prometheus metrics implement it)."""
-
-    def lookup_answered(self, source: Source) -> None: ...
-
-    def engine_ran(self, seconds: float, failed: bool) -> None: ...
-
-
-class _Unobserved:
-    def lookup_answered(self, source: Source) -> None:
-        pass
-
-    def engine_ran(self, seconds: float, failed: bool) -> None:
-        pass
-
 
 @dataclass(frozen=True)
 class StatsReport:
@@ -378,9 +423,9 @@ class Readiness:
 
 @dataclass(frozen=True)
 class Comparison:
-    left: LiveRun
+    left: RunRecord
     left_source: Source
-    right: LiveRun
+    right: RunRecord
     right_source: Source
     diff: TranscriptDiff
 
@@ -398,7 +443,7 @@ class Verification:
 
 
 class _ReleasingStream:
-    """A response body that gives its replay slot back once: when it runs out, or when the
+    """A response body that gives its waiting slot back once: when it runs out, or when the
     server closes it (WSGI servers call ``close()`` even for a stream never started, where a
     generator's own ``finally`` would not run)."""
 
@@ -416,83 +461,15 @@ class _ReleasingStream:
     def close(self) -> None:
         if not self._released:
             self._released = True
+            self._messages.close()  # type: ignore[attr-defined]
             self._release()
-
-
-class _Slots:
-    """A count of things in use, up to a capacity; taking one never waits."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._lock = threading.Lock()
-        self.in_use = 0
-
-    def take(self) -> bool:
-        with self._lock:
-            if self.in_use >= self._capacity:
-                return False
-            self.in_use += 1
-            return True
-
-    def give_back(self) -> None:
-        with self._lock:
-            self.in_use -= 1
-
-
-class CorruptTranscript(Exception):
-    """A stored transcript is not what its record says: it does not decompress within bounds,
-    or its events are not the bytes its digest names."""
-
-
-class _DecompressedBodies:
-    """The plain /events bodies of the most recently read runs, so a hot run is not
-    decompressed on every request; bounded, so memory stays that of the compressed store.
-
-    A body is checked against its record's digest when it is decompressed, so a record that
-    a shared backend holds damaged (or that someone wrote there) is never served.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._lock = threading.Lock()
-        self._bodies: OrderedDict[tuple[str, bytes], bytes] = OrderedDict()
-
-    def get(self, record: RunRecord) -> bytes:
-        """:raises CorruptTranscript: the stored transcript is not what the record says."""
-        key = (record.run_id, record.events_digest)
-        with self._lock:
-            body = self._bodies.get(key)
-            if body is not None:
-                self._bodies.move_to_end(key)
-                return body
-        body = _checked_body(record)
-        with self._lock:
-            self._bodies[key] = body
-            if len(self._bodies) > self._capacity:
-                self._bodies.popitem(last=False)
-        return body
-
-
-def _checked_body(record: RunRecord) -> bytes:
-    """Decompress, never past the largest body a transcript may have, and check the digest."""
-    limit = MAX_TRANSCRIPT_BYTES + 4096  # the events, and the runId and count around them
-    inflater = zlib.decompressobj(wbits=31)  # gzip framing
-    try:
-        body = inflater.decompress(record.body_gzip, limit)
-    except zlib.error as err:
-        raise CorruptTranscript(f"its transcript does not decompress ({err})") from err
-    if not inflater.eof or inflater.unconsumed_tail:
-        raise CorruptTranscript(f"its transcript is incomplete or decompresses past {limit} bytes")
-    if hashlib.sha256(record.events_json(body)).digest() != record.events_digest:
-        raise CorruptTranscript("its events do not match its eventsSha256")
-    return body
 
 
 def _as_own_client(client: str, attempt: Callable[[], T]) -> T:
     """Run ``attempt``, and once more if it failed on another client's limit.
 
-    A caller that waited on another caller's flight (of the same key or run) shares that
-    flight's outcome; but another client's limit is not this one's, so it tries on its own.
+    A caller that waited on another caller's flight (of the same run) shares that flight's
+    outcome; but another client's limit is not this one's, so it tries on its own.
     """
     try:
         return attempt()
@@ -509,21 +486,3 @@ def _registry_errors() -> Iterator[None]:
         yield
     except RegistryUnavailable as err:
         raise Unavailable("The run registry is unavailable; try again shortly") from err
-
-
-def _validated_events_json(events: Sequence[object]) -> bytes | None:
-    """Canonical JSON of well-formed events: each exactly {"type": name, "data": object}."""
-    for event in events:
-        if not (
-            isinstance(event, dict)
-            and event.keys() == {"type", "data"}
-            and isinstance(event["type"], str)
-            and _EVENT_TYPE.fullmatch(event["type"])
-            and isinstance(event["data"], dict)
-        ):
-            return None
-    try:
-        return canonical_json(events)
-    except (TypeError, ValueError):
-        return None
-

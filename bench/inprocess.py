@@ -8,18 +8,21 @@ import statistics
 import time
 import tracemalloc
 from concurrent.futures import ProcessPoolExecutor
-from functools import partial
 
 from app.clock import now_ms
 from app.config import Settings
 from app.engine.pricing import PricingEngine
+from app.models import EncodedEvent
+from app.models import RunIdentity
 from app.models import RunKey
 from app.models import RunRecord
+from app.models import canonical_json
 from app.registry.memory import SWEEP_SLICE
 from app.registry.memory import MemoryRegistry
 from app.service import RunService
 
 CODE_HASH = "bench-code-hash"
+WAIT_S = 10.0
 
 
 def measure(runs: int, smoke: bool = False) -> dict[str, str]:
@@ -30,12 +33,17 @@ def measure(runs: int, smoke: bool = False) -> dict[str, str]:
     return figures
 
 
-def _events_json(seed: int) -> tuple[bytes, int]:
-    """The default engine's events for a seed, checked and encoded as the service does (in a pool worker)."""
-    settings = Settings(new_runs_per_minute=0, engine_code_hash=CODE_HASH)
-    service = RunService(MemoryRegistry(60_000, 1), PricingEngine(), settings)
-    events, events_json = service._run_engine(RunKey("pricing-v1", seed, CODE_HASH))
-    return events_json, len(events)
+def _encoded_events(seed: int) -> list[EncodedEvent]:
+    """The default engine's events for a seed, encoded as the service records them (in a pool worker)."""
+    return [(event["type"], canonical_json(event["data"])) for event in PricingEngine().run("pricing-v1", seed)]
+
+
+def _store_done_run(registry: MemoryRegistry, key: RunKey, events: list[EncodedEvent]) -> None:
+    """Start, record and finish a run as the service's runner does."""
+    started = registry.start(key, PricingEngine.name, PricingEngine.version, "bench")
+    registry.append(started.run_id, "bench", 1, events)
+    identity = RunIdentity.of(key, started.run_id, PricingEngine.name, PricingEngine.version)
+    registry.finish(started.run_id, "bench", RunRecord.create(identity, events))
 
 
 def memory_per_run(runs: int) -> dict[str, str]:
@@ -64,11 +72,11 @@ def _rss_growth_of_runs(runs: int, first_seed: int) -> int:
     """In a pool worker: RSS growth from caching ``runs`` runs made by the service itself."""
     registry = MemoryRegistry(ttl_ms=3_600_000, max_entries=runs)
     service = RunService(registry, PricingEngine(), Settings(new_runs_per_minute=0, engine_code_hash=CODE_HASH))
-    service.lookup("pricing-v1", -1, "bench")  # warm every code path before measuring
+    service.lookup("pricing-v1", -1, "bench", WAIT_S)  # warm every code path before measuring
     gc.collect()
     before = _rss_bytes()
     for seed in range(first_seed, first_seed + runs):
-        service.lookup("pricing-v1", seed, "bench")
+        service.lookup("pricing-v1", seed, "bench", WAIT_S)
     gc.collect()
     return _rss_bytes() - before
 
@@ -80,19 +88,13 @@ def _traced_bytes_of_runs(runs: int) -> int:
         list(pool.map(abs, range(8)))  # start the workers first: forked while tracing, they would trace too
         gc.collect()
         tracemalloc.start()
-        for seed, (events_json, count) in enumerate(pool.map(_events_json, range(runs), chunksize=256)):
-            key = RunKey("pricing-v1", seed, CODE_HASH)
-            registry.create_once(key, partial(_pricing_record, key, events_json, count))
+        for seed, events in enumerate(pool.map(_encoded_events, range(runs), chunksize=256)):
+            _store_done_run(registry, RunKey("pricing-v1", seed, CODE_HASH), events)
     gc.collect()
     traced = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     assert registry.stats(top_scenarios=0).total_entries == runs
     return traced
-
-
-def _pricing_record(key: RunKey, events_json: bytes, count: int, run_id: str) -> RunRecord:
-    return RunRecord.create(key=key, run_id=run_id, engine_name=PricingEngine.name,
-                            engine_version=PricingEngine.version, events_json=events_json, event_count=count)
 
 
 def lookup_time_by_entries(few: int, many: int, repeats: int) -> dict[str, str]:
@@ -104,12 +106,12 @@ def lookup_time_by_entries(few: int, many: int, repeats: int) -> dict[str, str]:
         service = RunService(registry, PricingEngine(), settings)
         for seed in range(entries):
             key = RunKey("bench-entries", seed, CODE_HASH)
-            registry.create_once(key, partial(_small_record, key))
+            _store_done_run(registry, key, [])
         batches = []
         for _ in range(repeats):
             started = time.perf_counter()
             for seed in range(0, 10_000):
-                service.lookup("bench-entries", seed % few, "bench")
+                service.lookup("bench-entries", seed % few, "bench", WAIT_S)
             batches.append((time.perf_counter() - started) / 10_000)
         timings[entries] = statistics.median(batches)
     return {
@@ -117,11 +119,6 @@ def lookup_time_by_entries(few: int, many: int, repeats: int) -> dict[str, str]:
         f"lookup hit in the service, {many:,} entries": f"{timings[many] * 1e6:.2f} µs"
         f" (throughput {timings[few] / timings[many]:.2f} of the {few}-entry figure)",
     }
-
-
-def _small_record(key: RunKey, run_id: str) -> RunRecord:
-    return RunRecord.create(key=key, run_id=run_id, engine_name="bench",
-                            engine_version="1", events_json=b"[]", event_count=0)
 
 
 def longest_sweep_pause(entries: int) -> dict[str, str]:
@@ -134,17 +131,16 @@ def longest_sweep_pause(entries: int) -> dict[str, str]:
     registry = MemoryRegistry(ttl_ms=ttl_ms, max_entries=entries)
     for seed in range(entries):
         key = RunKey("bench-sweep", seed, CODE_HASH)
-        registry.create_once(key, partial(_small_record, key))
+        _store_done_run(registry, key, [])
     later = now_ms() + ttl_ms  # an hour on: every entry has expired
     pauses = []
     while True:
         started = time.perf_counter()
-        with registry._lock:
-            removed = registry._sweep(later, SWEEP_SLICE)
+        removed = registry.sweep_expired(later, SWEEP_SLICE)
         pauses.append(time.perf_counter() - started)
         if removed < SWEEP_SLICE:
             break
-    assert len(registry._entries) == 0
+    assert registry.held_entries() == 0
     return {
         f"sweep of {entries:,} expired entries": f"{len(pauses):,} slices of {SWEEP_SLICE}; longest lock hold "
         f"{max(pauses) * 1000:.3f} ms, median {statistics.median(pauses) * 1000:.3f} ms, all "

@@ -45,9 +45,9 @@ def main() -> None:
         "faults: engine raising, hanging, malformed; SIGTERM mid-load; SIGKILL of a worker",
         "tests/test_reliability.py::test_sigterm_lets_in_flight_requests_finish "
         "tests/test_reliability.py::test_a_killed_worker_is_replaced_and_on_redis_nothing_is_lost "
-        "tests/test_service.py::test_a_hung_engine_fails_its_callers_at_the_timeout_and_the_key_recovers "
-        "tests/test_service.py::test_failing_engine_raises_engine_failed_and_caches_nothing "
-        "tests/test_service.py::test_malformed_events_are_rejected_before_anything_is_stored", {},
+        "tests/test_service.py::test_a_hung_engine_fails_its_run_at_the_timeout_and_the_key_recovers "
+        "tests/test_service.py::test_failing_engine_fails_the_waiting_lookup_and_caches_nothing "
+        "tests/test_service.py::test_malformed_events_fail_the_run_and_nothing_is_stored", {},
         lambda passed: f"{passed} fault injections survived"))
     print(render(outcomes, time.monotonic() - started))
     sys.exit(1 if any(outcome.errors for outcome in outcomes) else 0)

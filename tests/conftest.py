@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 
-import freezegun
+import freezegun.api
 import pytest
 from freezegun import freeze_time
-from freezegun.config import DEFAULT_IGNORE_LIST
 
 from app import create_app
 from app.config import Settings
 from tests.fakes import FakeEngine
 
 FROZEN_START = "2026-11-26 12:00:00"
-# freezegun gives real time to code called from the threading module, which is every thread's
-# bottom frame: the frozen clock must hold in the service's threads too (the limits library
-# expires its windows in a timer thread), or a test's frozen minute would pass in an instant.
-freezegun.configure(default_ignore_list=[name for name in DEFAULT_IGNORE_LIST if name != "threading"])
+# freezegun gives the real time to a call with the threading module within five frames of it,
+# that is to every thread's own code: the service's threads (a run's recorder finishing it, the
+# limits library's timer expiring windows) would then live days away from the test's frozen
+# clock. Without that inspection every call of the patched clock gets the frozen time; the
+# threading module keeps its own, real, clock for timeouts (it is still on the ignore list, so
+# freezegun leaves its module attributes alone).
+freezegun.api.call_stack_inspection_limit = 0
 
 
 def test_settings(**overrides: object) -> Settings:

@@ -119,3 +119,45 @@ class FileCountingEngine:
             executions.write(f"{os.getpid()} {scenario_id} {seed}\n")
         time.sleep(self.delay)
         return transcript(scenario_id, seed)
+
+
+class SteppedEngine:
+    """Yields ``transcript(scenario, seed)`` one event at a time, each when the test allows it.
+
+    ``step(n)`` lets n more events through; ``fail_at`` makes the run raise instead of yielding
+    that position. A streaming engine whose pace the test sets.
+    """
+
+    name = "stepped"
+    version = "1"
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.calls = 0
+        self.yielded = 0
+        self.fail_at = fail_at
+        self._allowed = threading.Semaphore(0)
+
+    def step(self, events: int = 1) -> None:
+        for _ in range(events):
+            self._allowed.release()
+
+    def run(self, scenario_id: str, seed: int):
+        self.calls += 1
+        for position, event in enumerate(transcript(scenario_id, seed), start=1):
+            if not self._allowed.acquire(timeout=30):
+                raise TimeoutError("the test never let the event through")
+            if position == self.fail_at:
+                raise RuntimeError("engine exploded mid-run")
+            self.yielded += 1
+            yield event
+
+
+class FailingMidRunEngine:
+    """Yields the first two events of ``transcript``, then fails: a run that breaks halfway."""
+
+    name = "failing-mid-run"
+    version = "1"
+
+    def run(self, scenario_id: str, seed: int):
+        yield from transcript(scenario_id, seed)[:2]
+        raise RuntimeError("engine exploded mid-run")

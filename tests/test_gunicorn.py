@@ -56,7 +56,7 @@ def test_errors_are_json(server, path, status, body):
 def test_one_worker_whatever_web_concurrency_says(server):
     log = server.log()
     assert log.count("Booting worker") == 1
-    assert "1 worker process with 4 threads" in log and "WEB_CONCURRENCY=4 ignored" in log
+    assert "1 worker process (gevent, 2000 connections)" in log and "WEB_CONCURRENCY=4 ignored" in log
 
 
 def log_lines(server):
@@ -171,7 +171,7 @@ def test_port_variable_binds_all_interfaces(tmp_path):
 @pytest.mark.parametrize(
     ("name", "value"),
     [("RUN_REGISTRY_TTL_MIN", "0"), ("RUN_REGISTRY_MAX_ENTRIES", "abc"), ("RUN_REGISTRY_ENGINE", "nope:Engine"),
-     ("GUNICORN_THREADS", "-1")],
+     ("GUNICORN_WORKER_CONNECTIONS", "-1"), ("RUN_REGISTRY_MAX_WAITING", "5000")],
 )
 def test_refused_setting_stops_start_up_with_one_line(name, value):
     env = {**os.environ, name: value}

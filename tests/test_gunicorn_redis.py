@@ -30,7 +30,7 @@ def counting_env(redis_url, executions, **extra):
 
 def test_four_workers_run_one_new_key_once_for_100_concurrent_lookups(redis_url, tmp_path):
     executions = tmp_path / "executions"
-    env = counting_env(redis_url, executions, WEB_CONCURRENCY="4", GUNICORN_THREADS="8",
+    env = counting_env(redis_url, executions, WEB_CONCURRENCY="4",
                        RUN_REGISTRY_TEST_ENGINE_DELAY_S="0.5")
     with Gunicorn(tmp_path / "gunicorn.log", env=env) as server:
         start = threading.Barrier(100)
@@ -58,7 +58,7 @@ def test_four_workers_run_one_new_key_once_for_100_concurrent_lookups(redis_url,
         assert metric(text, "run_registry_entries") == 1
     assert (stats["hits"], stats["misses"], stats["hit_ratio"], stats["engine_executions"]) == (99, 1, 0.99, 1)
     assert stats["backend"] == "redis" and stats["entries_by_scenario"] == {"hot": 1}
-    assert "4 worker processes with 8 threads each, sharing the registry at redis://127.0.0.1:" in log
+    assert "4 worker processes (gevent, 2000 connections each), sharing the registry at redis://127.0.0.1:" in log
 
 
 def test_entries_survive_a_restart_of_the_service(redis_url, tmp_path):

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from typing import Any
 
+from flask import Response
+from flask import after_this_request
 from flask import current_app
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from app.api.prefer import requested_wait
+from app.config import MAX_LOOKUP_WAIT_S
+from app.config import Settings
 from app.errors import BadInput
 from app.errors import CrossSiteRequest
 from app.errors import UnsupportedMediaType
+from app.models import RunRecord
 from app.service import RunService
 
 MAX_BODY_BYTES = 64 * 1024
@@ -22,6 +29,38 @@ def run_service() -> RunService:
     """The app's wired service (see ``create_app``)."""
     service: RunService = current_app.extensions["run_service"]
     return service
+
+
+def preferred_wait() -> float:
+    """Seconds to wait for a run that is not done: the lookup wait, or what ``Prefer`` asks
+    (echoed in ``Preference-Applied`` when it decided)."""
+    settings: Settings = current_app.extensions["settings"]
+    wait = requested_wait(settings.lookup_wait_s, MAX_LOOKUP_WAIT_S)
+
+    @after_this_request
+    def echo_preference(response: Response) -> Response:
+        response.vary.add("Prefer")
+        if wait.applied:
+            response.headers["Preference-Applied"] = ", ".join(wait.applied)
+        return response
+
+    return wait.seconds
+
+
+def conditional(record: RunRecord, representation: str, make: Callable[[], Response]) -> Response:
+    """A done run's representation with a strong ETag, or ``304`` when the client has it.
+
+    A done run's transcript never changes, so its digest and the representation's name make
+    a validator for the bytes at this URL; ``make`` runs only when they are needed.
+    """
+    etag = f"{record.events_sha256[:40]}-{representation}"
+    if request.if_none_match.contains(etag) or request.if_none_match.star_tag:
+        response = Response(status=304)
+        del response.headers["Content-Type"]
+    else:
+        response = make()
+    response.set_etag(etag)
+    return response
 
 
 def client_address() -> str:

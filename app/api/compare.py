@@ -8,9 +8,10 @@ from flask import Blueprint
 
 from app.api import client_address
 from app.api import json_body
+from app.api import preferred_wait
 from app.api import run_service
 from app.evidence.diff import MetricDelta
-from app.models import LiveRun
+from app.models import RunRecord
 from app.schemas import CompareBody
 from app.schemas import load_or_bad_input
 
@@ -26,6 +27,7 @@ def compare() -> dict[str, Any]:
         (body["left"]["scenario_id"], body["left"]["seed"]),
         (body["right"]["scenario_id"], body["right"]["seed"]),
         client_address(),
+        preferred_wait(),
     )
     diff = result.diff
     return {
@@ -41,13 +43,12 @@ def compare() -> dict[str, Any]:
     }
 
 
-def _side(live: LiveRun, source: str) -> dict[str, Any]:
-    record = live.record
+def _side(record: RunRecord, source: str) -> dict[str, Any]:
     return {
         "runId": record.run_id,
         "source": source,
-        "scenarioId": record.scenario_id,
-        "seed": record.seed,
+        "scenarioId": record.identity.scenario_id,
+        "seed": record.identity.seed,
         "count": record.event_count,
         "eventsSha256": record.events_sha256,
     }

@@ -11,6 +11,8 @@ from flask import request
 from werkzeug.datastructures import CombinedMultiDict
 from werkzeug.datastructures import MultiDict
 
+from app.api import conditional
+from app.api import preferred_wait
 from app.api import run_service
 from app.models import run_description
 from app.schemas import ReplayQuery
@@ -24,14 +26,22 @@ EVENT_STREAM = "text/event-stream"
 
 @bp.get("/runs/<run_id>")
 def show_run(run_id: str) -> Response:
-    """The run's metadata; reading it neither renews nor refreshes the run."""
-    live = run_service().run(run_id)
-    return _json({**run_description(live.record), "expiresAt": live.expires_at, "hits": live.hits})
+    """The run's metadata, in whatever state; reading it neither renews nor refreshes the run."""
+    state = run_service().run(run_id)
+    body: dict[str, Any] = {**run_description(state.identity), "status": state.status, "count": state.count}
+    if state.record is not None:
+        body["eventsSha256"] = state.record.events_sha256
+        body["expiresAt"] = state.expires_at
+    body["hits"] = state.hits
+    if state.error is not None:
+        body["error"] = {"type": state.error.type, "message": state.error.message}
+    return _json(body)
 
 
 @bp.get("/runs/<run_id>/events")
 def list_events(run_id: str) -> Response:
-    """The transcript: JSON from its stored bytes, or Server-Sent Events when the client asks.
+    """The transcript: JSON from its stored bytes once the run is done, or Server-Sent Events
+    (live while it runs) when the client asks.
 
     The replay parameters are checked either way (a malformed one is an error, never ignored),
     and used only by the event stream.
@@ -43,19 +53,25 @@ def list_events(run_id: str) -> Response:
         sources = [request.args] if header is None else [request.args, MultiDict({"Last-Event-ID": header})]
         query = load_or_bad_input(_replay_query, CombinedMultiDict(sources))
     if request.accept_mimetypes.best_match(["application/json", EVENT_STREAM]) == EVENT_STREAM:
-        stream = run_service().replay(run_id, query["last_event_id"], query["pace"])
+        stream = run_service().stream(run_id, query["last_event_id"], query["pace"])
         return Response(
             stream,
             mimetype=EVENT_STREAM,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},  # nginx: do not buffer
         )
-    body, gzipped = run_service().events_body(run_id, gzip_ok=request.accept_encodings.quality("gzip") > 0)
-    response = Response(body, mimetype="application/json")
-    response.vary.add("Accept-Encoding")
-    if gzipped:
-        response.content_encoding = "gzip"
-    return response
+    service = run_service()
+    record = service.done_run(run_id, preferred_wait())
+    gzip_ok = request.accept_encodings.quality("gzip") > 0
 
+    def make() -> Response:
+        response = Response(service.events_body(record, gzip_ok), mimetype="application/json")
+        if gzip_ok:
+            response.content_encoding = "gzip"
+        return response
+
+    response = conditional(record, "json-gzip" if gzip_ok else "json", make)
+    response.vary.add("Accept-Encoding")
+    return response
 
 
 def _json(body: dict[str, Any]) -> Response:

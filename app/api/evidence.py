@@ -12,7 +12,9 @@ from flask import Blueprint
 from flask import Response
 
 from app.api import client_address
+from app.api import conditional
 from app.api import optional_json_body
+from app.api import preferred_wait
 from app.api import run_service
 
 bp = Blueprint("evidence", __name__)
@@ -45,14 +47,23 @@ def replay_page(run_id: str) -> Response:
 
 @bp.get("/runs/<run_id>/snapshot")
 def download_snapshot(run_id: str) -> Response:
-    """The ZIP evidence pack, byte-identical for the same run."""
-    return _download(run_service().snapshot(run_id), "application/zip", f"{run_id}.zip")
+    """The ZIP evidence pack, byte-identical for the same run (once it is done)."""
+    service = run_service()
+    record = service.done_run(run_id, preferred_wait())
+    return conditional(
+        record, "zip", lambda: _download(service.snapshot(record), "application/zip", f"{record.run_id}.zip")
+    )
 
 
 @bp.get("/runs/<run_id>/export.csv")
 def export_csv(run_id: str) -> Response:
-    """The transcript as CSV, one row per event."""
-    return _download(run_service().export_csv(run_id), "text/csv; charset=utf-8", f"{run_id}.csv")
+    """The transcript as CSV, one row per event (once the run is done)."""
+    service = run_service()
+    record = service.done_run(run_id, preferred_wait())
+    return conditional(
+        record, "csv",
+        lambda: _download(service.export_csv(record), "text/csv; charset=utf-8", f"{record.run_id}.csv"),
+    )
 
 
 @bp.post("/runs/<run_id>/verify")

@@ -1,4 +1,4 @@
-"""GET /runs/lookup: get or create the run for a scenario and seed."""
+"""GET /runs/lookup: get or start the run for a scenario and seed."""
 
 from __future__ import annotations
 
@@ -7,19 +7,29 @@ from flask import Response
 from flask import request
 
 from app.api import client_address
+from app.api import preferred_wait
 from app.api import run_service
+from app.errors import pending_response
 from app.logs import annotate_request
 from app.schemas import lookup_query
 
 bp = Blueprint("lookup", __name__)
+# RFC 9211, with this service as the cache: a hit, or a miss that was forwarded to the engine.
+_CACHE_STATUS = {"cache": "run-registry; hit", "new": "run-registry; fwd=miss"}
 
 
 @bp.get("/runs/lookup")
 def lookup() -> Response:
-    """Get or create the run for a scenario and seed."""
+    """Get or start the run for a scenario and seed; 202 if it is not done within the wait."""
     scenario_id, seed = lookup_query(request.query_string)
-    run_id, source = run_service().lookup(scenario_id, seed, client_address())
-    annotate_request(source=source)
-    # The hot path, written directly rather than through a JSON encoder: a runId is letters,
-    # digits and ._- (the scenarioId's alphabet) and the source a known word, nothing to escape.
-    return Response(f'{{"runId":"{run_id}","source":"{source}"}}', mimetype="application/json")
+    answer = run_service().lookup(scenario_id, seed, client_address(), preferred_wait())
+    annotate_request(source=answer.source)
+    if answer.done:
+        # The hot path, written directly rather than through a JSON encoder: a runId is letters,
+        # digits and ._- (the scenarioId's alphabet) and the source a known word, nothing to escape.
+        response = Response(f'{{"runId":"{answer.run_id}","source":"{answer.source}"}}', mimetype="application/json")
+    else:
+        response = pending_response({"runId": answer.run_id, "source": answer.source, "status": "running"},
+                                    answer.run_id)
+    response.headers["Cache-Status"] = _CACHE_STATUS[answer.source]
+    return response

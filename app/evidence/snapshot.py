@@ -10,7 +10,7 @@ from datetime import UTC
 from datetime import datetime
 
 from app.models import RunRecord
-from app.models import run_description
+from app.models import record_description
 
 _ZIP_EPOCH = datetime(1980, 1, 1, tzinfo=UTC)
 
@@ -22,14 +22,14 @@ def snapshot_zip(record: RunRecord, events_json: bytes, events_csv: bytes) -> by
     (zlib-ng, for one), and the pack must be byte-identical on every host.
     """
     contents = {"events.json": events_json, "events.csv": events_csv}
-    manifest = {**run_description(record), "files": {name: _sha256(data) for name, data in contents.items()}}
+    manifest = {**record_description(record), "files": {name: _sha256(data) for name, data in contents.items()}}
     contents = {
         "manifest.json": json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8") + b"\n",
         **contents,
     }
     contents["SHA256SUMS"] = "".join(f"{_sha256(data)}  {name}\n" for name, data in contents.items()).encode()
 
-    created = max(datetime.fromtimestamp(record.created_at / 1000, UTC), _ZIP_EPOCH)
+    created = max(datetime.fromtimestamp(record.identity.created_at / 1000, UTC), _ZIP_EPOCH)
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as pack:
         for name, data in contents.items():

@@ -2,29 +2,54 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
+from collections.abc import Sequence
 
-from app.engine.base import Event
-from app.models import canonical_json
+from app.models import EncodedEvent
+from app.models import RunError
 
 RETRY_MS = 3000
+RETRY = b"retry: %d\n\n" % RETRY_MS
+# A comment line: it keeps proxies and clients from taking a quiet stream for a dead one.
+KEEPALIVE = b": keepalive\n\n"
+
+
+def sse_frame(position: int, event: EncodedEvent) -> bytes:
+    """``id:``/``event:``/``data:`` of the event at ``position`` (1-based).
+
+    Event types are checked at recording ([A-Za-z0-9._-]) and compact JSON has no raw
+    newline, so neither can break the message framing.
+    """
+    event_type, data = event
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (position, event_type.encode(), data)
+
+
+def sse_error(error: RunError) -> bytes:
+    """The message that ends the stream of a failed run: no id, so a client resumes from its last event."""
+    data = json.dumps({"type": error.type, "message": error.message}, ensure_ascii=False, separators=(",", ":"))
+    return b"event: error\ndata: %s\n\n" % data.encode("utf-8")
 
 
 def sse_messages(
-    events: list[Event], after: int = 0, pace_ms: int = 0, sleep: Callable[[float], None] = time.sleep
+    events: Sequence[EncodedEvent], after: int = 0, pace_ms: int = 0, sleep: Callable[[float], None] = time.sleep
 ) -> Iterator[bytes]:
-    """A ``retry:`` hint, then ``id:``/``event:``/``data:`` for each event after position ``after``.
+    """A ``retry:`` hint, then a message for each event after position ``after``.
 
     Positions count from 1, so a client resuming with the last id it saw gets no gap and
     no duplicate. ``pace_ms`` waits between events (not before the first).
     """
-    yield b"retry: %d\n\n" % RETRY_MS
+    yield RETRY
+    yield from sse_frames(events, after, pace_ms, sleep)
+
+
+def sse_frames(
+    events: Sequence[EncodedEvent], after: int, pace_ms: int = 0, sleep: Callable[[float], None] = time.sleep
+) -> Iterator[bytes]:
+    """The messages of the events after position ``after``, paced by ``pace_ms``."""
     for position in range(after + 1, len(events) + 1):
         if pace_ms and position > after + 1:
             sleep(pace_ms / 1000)
-        event = events[position - 1]
-        # Event types are checked at recording ([A-Za-z0-9._-]) and compact JSON has no raw
-        # newline, so neither can break the message framing.
-        yield b"id: %d\nevent: %s\ndata: %s\n\n" % (position, event["type"].encode(), canonical_json(event["data"]))
+        yield sse_frame(position, events[position - 1])

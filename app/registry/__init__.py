@@ -25,8 +25,6 @@ def make_registry(settings: Settings) -> Registry:
             max_entries=settings.max_entries,
             timeout_ms=settings.redis_timeout_ms,
             prefix=settings.redis_prefix,
-            # Wait for another worker's run as long as an engine may take, and a little more.
-            wait_ms=round(settings.engine_timeout_s * 1000) + 5_000,
         )
     return MemoryRegistry(ttl_ms=settings.ttl_ms, max_entries=settings.max_entries)
 

@@ -1,66 +1,118 @@
-"""The registry interface every storage backend implements, and its one error."""
+"""The registry interface every storage backend implements, and its errors."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
-from app.models import LiveRun
+from app.models import EncodedEvent
 from app.models import RegistryStats
+from app.models import RunError
 from app.models import RunKey
 from app.models import RunRecord
+from app.models import RunRef
+from app.models import RunState
+from app.registry.event_log import LiveLog
+
+# How long a failed run's metadata and events stay readable (its key is free at once).
+FAILED_RETENTION_MS = 5 * 60_000
 
 
 class RegistryUnavailable(Exception):
     """The backend cannot be reached; the API answers 503 UNAVAILABLE."""
 
 
-class Registry(Protocol):
-    """Stores run records by cache key and by runId, for a fixed TTL and capacity.
+class RegistryFull(Exception):
+    """Every entry is a run still running: none can be evicted for another."""
 
-    A record is live while ``now < expires_at``. Only a lookup (``touch`` or
-    ``create_once``) renews its expiry to the full TTL and makes it the most recently
-    used; ``get`` does neither. When the registry is full, creating an entry evicts the
-    least recently used one. Every method may raise ``RegistryUnavailable`` and nothing
-    else of its own.
+
+@dataclass(frozen=True)
+class Started:
+    """What ``start`` found or made: the key's run, and whether this call started it."""
+
+    run_id: str
+    status: str
+    started: bool
+
+
+class Registry(Protocol):
+    """Runs by cache key and by runId: each running, then done (for a TTL) or failed.
+
+    A run starts ``running``, with no expiry: a running run is never expired nor evicted.
+    Its events are appended as the engine yields them, only by the holder of its ``owner``
+    token. ``finish`` makes it ``done``: its transcript is stored and its TTL starts; only a
+    lookup (``touch`` or ``start`` of its key) renews it to the full TTL and makes it the
+    most recently used; ``get`` does neither. A done run is live while ``now < expires_at``.
+    ``fail`` makes it ``failed``: its key is free at once (the next lookup starts a new run),
+    its metadata and the events it had stay readable for ``FAILED_RETENTION_MS``. When the
+    registry is full, starting a run evicts the least recently used done run. Every method
+    may raise ``RegistryUnavailable`` and nothing else of its own.
     """
 
-    def touch(self, cache_key: str) -> str | None:
-        """A lookup hit: renew the key's entry and count the hit.
+    def touch(self, cache_key: str) -> RunRef | None:
+        """A lookup hit: the key's run, running or done; a done one is renewed. Counts the hit.
 
-        :returns: the runId of the key's live run, or ``None`` if it has none.
+        :returns: the run, or ``None`` if the key has none.
         """
         ...
 
-    def create_once(self, key: RunKey, build: Callable[[str], RunRecord]) -> tuple[str, bool]:
-        """Get the key's live run, or build and store it exactly once.
+    def start(self, key: RunKey, engine_name: str, engine_version: str, owner: str) -> Started:
+        """The key's run, or a new running run of it, created at once.
 
-        However many callers (threads, and with a shared backend processes and hosts)
-        ask for one key at once, ``build`` runs once, outside any lock that guards
-        other keys; the other callers wait for it and get its run as a hit. A run is
-        stored whole, with its events, or not at all. If ``build`` raises, nothing is
-        stored, the callers waiting in this process get the same exception, and the
-        next call builds again (a caller waiting in another process is such a call).
+        However many callers (threads, and with a shared backend processes and hosts) start
+        one key at once, one run is created; the others get it as a hit. The new run's runId
+        is ``key.run_id(createdAt)`` for the first millisecond from now that no live run of
+        any key, in any process, holds, so two live runs never share a runId (the cache key
+        alone would not say so: deploys with different engineCodeHash have different keys
+        for the same scenario and seed). ``owner`` is the token its events must come with.
 
-        ``build`` is given the runId to record the run under: ``key.run_id(createdAt)`` for
-        the first millisecond from now that no live run of any key, in any process,
-        holds or is being built under, so two live runs never share a runId (the
-        cache key alone would not say so: deploys with different engineCodeHash have
-        different keys for the same scenario and seed).
-
-        :returns: the runId, and ``True`` if this call built it.
+        :raises RegistryFull: every entry is a running run; nothing was created.
         """
         ...
 
-    def get(self, run_id: str) -> LiveRun | None:
-        """The live run with this runId, without renewing it.
+    def append(self, run_id: str, owner: str, first_position: int, events: Sequence[EncodedEvent]) -> bool:
+        """Record ``events`` at positions ``first_position``, ``first_position + 1``, ...
 
-        :returns: the run, or ``None`` if it never existed, expired or was evicted.
+        :returns: ``False`` if the run is not ``owner``'s to write (it failed meanwhile, or
+            another owner holds it) or a position is not the next one: nothing was recorded.
+        """
+        ...
+
+    def finish(self, run_id: str, owner: str, record: RunRecord) -> bool:
+        """Make the run done with its transcript; its TTL starts now.
+
+        :returns: ``False`` if the run is not ``owner``'s running run: nothing changed.
+        """
+        ...
+
+    def fail(self, run_id: str, owner: str, error: RunError) -> bool:
+        """Make the run failed with ``error``, and free its key.
+
+        :returns: ``False`` if the run is not ``owner``'s running run: nothing changed.
+        """
+        ...
+
+    def get(self, run_id: str) -> RunState | None:
+        """The run with this runId (running, done and live, or failed and retained), without renewing it.
+
+        :returns: the run, or ``None`` if it never existed, expired, was evicted or is no longer retained.
+        """
+        ...
+
+    def open_log(self, run_id: str) -> LiveLog | None:
+        """The events of a run that is running (or failed and retained), as they arrive.
+
+        The log ends when the run ends. A reader keeps reading its log after the run is done,
+        even once the registry no longer keeps the log itself.
+
+        :returns: the log, or ``None`` if the run is done or unknown (a done run's events are
+            in its record).
         """
         ...
 
     def discard(self, run_id: str) -> None:
-        """Remove a run the service found damaged (its transcript does not match its digest),
+        """Remove a done run the service found damaged (its transcript does not match its digest),
         so that its key's next lookup starts a new run. Nothing happens if it is not there."""
         ...
 
@@ -69,7 +121,7 @@ class Registry(Protocol):
         ...
 
     def stats(self, top_scenarios: int) -> RegistryStats:
-        """Live entries; since start: evictions, expirations, hits, misses, engine runs.
+        """Entries (running and done); since start: evictions, expirations, hits, misses, engine runs.
 
         ``entries_by_scenario`` holds the ``top_scenarios`` scenarios with the most entries
         (most first, ties by name), however many there are: what it costs is bounded by
@@ -84,3 +136,6 @@ class Registry(Protocol):
         """
         ...
 
+    def close(self) -> None:
+        """Stop background work (followers, lease keeping) and release connections."""
+        ...

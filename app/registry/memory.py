@@ -1,4 +1,4 @@
-"""The embedded registry: a dict behind a lock, with lazy expiry, a sliced sweep and an LRU cap."""
+"""The embedded registry: dicts behind a lock, with lazy expiry, a sliced sweep and an LRU cap."""
 
 from __future__ import annotations
 
@@ -6,48 +6,80 @@ import heapq
 import threading
 from collections import Counter
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Sequence
 
 from app.clock import now_ms
-from app.models import LiveRun
+from app.models import EncodedEvent
 from app.models import RegistryStats
+from app.models import RunError
+from app.models import RunIdentity
 from app.models import RunKey
 from app.models import RunRecord
-from app.registry.run_ids import RunIdReservations
-from app.registry.single_flight import SingleFlight
+from app.models import RunRef
+from app.models import RunState
+from app.registry.base import FAILED_RETENTION_MS
+from app.registry.base import RegistryFull
+from app.registry.base import Started
+from app.registry.event_log import LiveLog
+from app.registry.run_ids import RunIdClock
 
 # Expired entries removed per registry call. Each call adds at most one entry, so the
 # sweep outpaces growth, while no call holds the lock for long.
 SWEEP_SLICE = 64
+# Failed runs kept readable (metadata and the events they had) at most, whatever their age.
+MAX_FAILED_RETAINED = 256
 
 
-class _Entry:
+class _Done:
     __slots__ = ("expires_at", "hits", "record")
 
-    def __init__(self, record: RunRecord, expires_at: int) -> None:
+    def __init__(self, record: RunRecord, expires_at: int, hits: int) -> None:
         self.record = record
         self.expires_at = expires_at
+        self.hits = hits
+
+
+class _Running:
+    __slots__ = ("hits", "identity", "log", "owner")
+
+    def __init__(self, identity: RunIdentity, owner: str) -> None:
+        self.identity = identity
+        self.owner = owner
+        self.log = LiveLog()
         self.hits = 0
 
 
-class MemoryRegistry:
-    """In-process registry for one worker process with many threads.
+class _Failed:
+    __slots__ = ("error", "failed_at", "hits", "identity", "log")
 
-    Every entry has the same TTL and only a lookup renews it, at the same moment it
-    becomes the most recently used; so the dict's LRU order is also its expiry order.
-    Expired entries therefore sit at the front, where the sweep and the eviction of
-    the least recently used entry both find them in O(1).
+    def __init__(self, running: _Running, error: RunError, failed_at: int) -> None:
+        self.identity = running.identity
+        self.log = running.log
+        self.hits = running.hits
+        self.error = error
+        self.failed_at = failed_at
+
+
+class MemoryRegistry:
+    """In-process registry for one worker process with many threads (or greenlets).
+
+    Done runs: every one has the same TTL, started when it finished, and only a lookup renews
+    it, at the same moment it becomes the most recently used; so the dict's LRU order is also
+    its expiry order. Expired entries therefore sit at the front, where the sweep and the
+    eviction of the least recently used entry both find them in O(1). Running runs sit in a
+    dict of their own: they neither expire nor are evicted, and their logs live here.
     """
 
     def __init__(self, ttl_ms: int, max_entries: int) -> None:
         self.ttl_ms = ttl_ms
         self._max_entries = max_entries
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._keys_by_run_id: dict[str, str] = {}
+        self._done: OrderedDict[str, _Done] = OrderedDict()  # by cache key, LRU (= expiry) order
+        self._running: dict[str, _Running] = {}  # by cache key
+        self._failed: OrderedDict[str, _Failed] = OrderedDict()  # by runId, oldest first
+        self._keys_by_run_id: dict[str, str] = {}  # running and done runs
         self._entries_by_scenario: Counter[str] = Counter()
-        self._flights: SingleFlight[tuple[str, bool]] = SingleFlight()
-        self._run_ids = RunIdReservations()
+        self._run_ids = RunIdClock()
         self._evictions = 0
         self._expirations = 0
         self._hits = 0
@@ -56,46 +88,101 @@ class MemoryRegistry:
         self._engine_failures = 0
         self._engine_ms_total = 0.0
 
-    def touch(self, cache_key: str) -> str | None:
+    def touch(self, cache_key: str) -> RunRef | None:
         now = now_ms()
         with self._lock:
             self._sweep(now, SWEEP_SLICE)
-            entry = self._renew(cache_key, now)
-            return entry.record.run_id if entry is not None else None
+            return self._hit(cache_key, now)
 
-    def create_once(self, key: RunKey, build: Callable[[str], RunRecord]) -> tuple[str, bool]:
+    def start(self, key: RunKey, engine_name: str, engine_version: str, owner: str) -> Started:
+        now = now_ms()
         cache_key = key.digest
+        with self._lock:
+            self._sweep(now, SWEEP_SLICE)
+            found = self._hit(cache_key, now)
+            if found is not None:
+                return Started(found.run_id, found.status, started=False)
+            while len(self._done) + len(self._running) >= self._max_entries:
+                if not self._done:
+                    raise RegistryFull(f"all {self._max_entries} entries are runs still running")
+                self._remove_done(next(iter(self._done)))
+                self._evictions += 1
+            run_id = self._run_ids.next(key, now, taken=self._keys_by_run_id.__contains__)
+            self._running[cache_key] = _Running(RunIdentity.of(key, run_id, engine_name, engine_version), owner)
+            self._keys_by_run_id[run_id] = cache_key
+            self._entries_by_scenario[key.scenario_id] += 1
+            self._misses += 1
+            return Started(run_id, "running", started=True)
 
-        def build_unless_live() -> tuple[str, bool]:
-            # Checked again inside the flight: a flight that landed just before this one
-            # began has already stored the run.
-            run_id = self.touch(cache_key)
-            if run_id is not None:
-                return run_id, False
-            with self._lock:
-                run_id = self._run_ids.reserve(key, now_ms(), taken=self._keys_by_run_id.__contains__)
-            try:
-                record = build(run_id)  # the engine runs here, outside the lock: other keys are never held up
-                with self._lock:
-                    self._insert(record, now_ms())
-                    self._misses += 1
-            finally:
-                with self._lock:
-                    self._run_ids.release(run_id)
-            return record.run_id, True
+    def append(self, run_id: str, owner: str, first_position: int, events: Sequence[EncodedEvent]) -> bool:
+        with self._lock:
+            running = self._owned(run_id, owner)
+            if running is None or first_position != running.log.count + 1:
+                return False
+            running.log.extend(events)
+            return True
 
-        (run_id, created), leader = self._flights.run(cache_key, build_unless_live)
-        if not leader:
-            self.touch(cache_key)  # a caller that waited for another's build has a hit on that run
-        return run_id, created and leader
+    def finish(self, run_id: str, owner: str, record: RunRecord) -> bool:
+        now = now_ms()
+        with self._lock:
+            running = self._owned(run_id, owner)
+            if running is None:
+                return False
+            cache_key = running.identity.cache_key
+            del self._running[cache_key]
+            # Time passed while the engine ran: make room from expired entries first.
+            self._sweep(now, SWEEP_SLICE)
+            self._done[cache_key] = _Done(record, now + self.ttl_ms, running.hits)
+        running.log.end("done")  # readers finish from the log they hold; the registry keeps the record
+        return True
 
-    def get(self, run_id: str) -> LiveRun | None:
+    def fail(self, run_id: str, owner: str, error: RunError) -> bool:
+        now = now_ms()
+        with self._lock:
+            running = self._owned(run_id, owner)
+            if running is None:
+                return False
+            del self._running[running.identity.cache_key]
+            self._forget(running.identity)
+            self._failed[run_id] = _Failed(running, error, now)
+            self._prune_failed(now)
+        running.log.end(error)
+        return True
+
+    def get(self, run_id: str) -> RunState | None:
         now = now_ms()
         with self._lock:
             self._sweep(now, SWEEP_SLICE)
             cache_key = self._keys_by_run_id.get(run_id)
-            entry = self._live_entry(cache_key, now) if cache_key is not None else None
-            return LiveRun(entry.record, entry.expires_at, entry.hits) if entry is not None else None
+            if cache_key is not None:
+                running = self._running.get(cache_key)
+                if running is not None:
+                    return RunState(running.identity, "running", running.log.count, running.hits)
+                done = self._live_done(cache_key, now)
+                if done is not None:
+                    record = done.record
+                    return RunState(record.identity, "done", record.event_count, done.hits, record, done.expires_at)
+                return None
+            self._prune_failed(now)
+            failed = self._failed.get(run_id)
+            if failed is None:
+                return None
+            return RunState(failed.identity, "failed", failed.log.count, failed.hits, error=failed.error)
+
+    def open_log(self, run_id: str) -> LiveLog | None:
+        with self._lock:
+            cache_key = self._keys_by_run_id.get(run_id)
+            running = self._running.get(cache_key) if cache_key is not None else None
+            if running is not None:
+                return running.log
+            failed = self._failed.get(run_id)
+            return failed.log if failed is not None else None
+
+    def discard(self, run_id: str) -> None:
+        with self._lock:
+            cache_key = self._keys_by_run_id.get(run_id)
+            if cache_key is not None and cache_key in self._done:
+                self._remove_done(cache_key)
 
     def stats(self, top_scenarios: int) -> RegistryStats:
         # Sweep everything expired first, a slice per lock hold, so the count is true.
@@ -106,23 +193,18 @@ class MemoryRegistry:
                         top_scenarios, self._entries_by_scenario.items(), key=lambda item: (-item[1], item[0])
                     )
                     return RegistryStats(
-                        total_entries=len(self._entries),
+                        total_entries=len(self._done) + len(self._running),
                         entries_by_scenario=dict(top),
                         scenario_count=len(self._entries_by_scenario),
                         evictions=self._evictions,
                         expirations=self._expirations,
                         hits=self._hits,
                         misses=self._misses,
+                        running=len(self._running),
                         engine_runs=self._engine_runs,
                         engine_failures=self._engine_failures,
                         engine_ms_total=self._engine_ms_total,
                     )
-
-    def discard(self, run_id: str) -> None:
-        with self._lock:
-            cache_key = self._keys_by_run_id.get(run_id)
-            if cache_key is not None:
-                self._remove(cache_key)
 
     def record_engine_run(self, duration_ms: float, failed: bool) -> None:
         with self._lock:
@@ -130,53 +212,77 @@ class MemoryRegistry:
             self._engine_failures += failed
             self._engine_ms_total += duration_ms
 
+    def held_entries(self) -> int:
+        """Done and running runs held in memory, expired ones the sweep has not reached included."""
+        with self._lock:
+            return len(self._done) + len(self._running)
+
+    def sweep_expired(self, now: int, limit: int) -> int:
+        """Remove up to ``limit`` expired entries as of ``now`` (one lock hold); how many."""
+        with self._lock:
+            return self._sweep(now, limit)
+
     def ping(self) -> None:
         """Always answers: it is this process."""
 
+    def close(self) -> None:
+        """Nothing runs in the background."""
+
     # The helpers below run with the lock held.
 
-    def _renew(self, cache_key: str, now: int) -> _Entry | None:
-        entry = self._live_entry(cache_key, now)
-        if entry is not None:
-            entry.expires_at = now + self.ttl_ms
-            entry.hits += 1
+    def _hit(self, cache_key: str, now: int) -> RunRef | None:
+        running = self._running.get(cache_key)
+        if running is not None:
+            running.hits += 1
             self._hits += 1
-            self._entries.move_to_end(cache_key)
-        return entry
+            return RunRef(running.identity.run_id, "running")
+        done = self._live_done(cache_key, now)
+        if done is None:
+            return None
+        done.expires_at = now + self.ttl_ms
+        done.hits += 1
+        self._hits += 1
+        self._done.move_to_end(cache_key)
+        return RunRef(done.record.run_id, "done")
 
-    def _live_entry(self, cache_key: str, now: int) -> _Entry | None:
-        entry = self._entries.get(cache_key)
-        if entry is not None and now >= entry.expires_at:
-            self._remove(cache_key)
+    def _owned(self, run_id: str, owner: str) -> _Running | None:
+        cache_key = self._keys_by_run_id.get(run_id)
+        running = self._running.get(cache_key) if cache_key is not None else None
+        return running if running is not None and running.owner == owner else None
+
+    def _live_done(self, cache_key: str, now: int) -> _Done | None:
+        done = self._done.get(cache_key)
+        if done is not None and now >= done.expires_at:
+            self._remove_done(cache_key)
             self._expirations += 1
             return None
-        return entry
+        return done
 
-    def _insert(self, record: RunRecord, now: int) -> None:
-        # Time passed while the engine ran: make room from expired entries before evicting live ones.
-        self._sweep(now, SWEEP_SLICE)
-        while len(self._entries) >= self._max_entries:
-            self._remove(next(iter(self._entries)))
-            self._evictions += 1
-        self._entries[record.cache_key] = _Entry(record, now + self.ttl_ms)
-        self._keys_by_run_id[record.run_id] = record.cache_key
-        self._entries_by_scenario[record.scenario_id] += 1
+    def _remove_done(self, cache_key: str) -> None:
+        self._forget(self._done.pop(cache_key).record.identity)
 
-    def _remove(self, cache_key: str) -> None:
-        record = self._entries.pop(cache_key).record
-        del self._keys_by_run_id[record.run_id]
-        self._entries_by_scenario[record.scenario_id] -= 1
-        if not self._entries_by_scenario[record.scenario_id]:
-            del self._entries_by_scenario[record.scenario_id]
+    def _forget(self, identity: RunIdentity) -> None:
+        del self._keys_by_run_id[identity.run_id]
+        scenario = identity.scenario_id
+        self._entries_by_scenario[scenario] -= 1
+        if not self._entries_by_scenario[scenario]:
+            del self._entries_by_scenario[scenario]
+
+    def _prune_failed(self, now: int) -> None:
+        while self._failed and (
+            len(self._failed) > MAX_FAILED_RETAINED
+            or now - next(iter(self._failed.values())).failed_at >= FAILED_RETENTION_MS
+        ):
+            self._failed.popitem(last=False)
 
     def _sweep(self, now: int, limit: int) -> int:
-        """Remove up to ``limit`` expired entries from the front; return how many."""
+        """Remove up to ``limit`` expired done entries from the front; return how many."""
         removed = 0
-        while removed < limit and self._entries:
-            cache_key, entry = next(iter(self._entries.items()))
-            if now < entry.expires_at:
+        while removed < limit and self._done:
+            cache_key, done = next(iter(self._done.items()))
+            if now < done.expires_at:
                 break
-            self._remove(cache_key)
+            self._remove_done(cache_key)
             self._expirations += 1
             removed += 1
         return removed

@@ -1,42 +1,27 @@
 """The shared registry on Redis: one registry for every worker process and host.
 
-Keys, under a prefix (``run-registry:`` by default):
+The keys it keeps are listed in ``lua/prelude.lua``. Every change is one Lua script (in
+``lua/``, loaded once), so it happens whole or not at all. Scripts touch keys they compute from
+the prefix, so this backend needs a single Redis (or a primary with replicas), not Redis Cluster.
 
-- ``key:<cacheKey>``: the runId of the key's live run.
-- ``run:<runId>``: a hash with the whole record (events included), its hits and expiresAt.
-- ``claim:<cacheKey>``: held by the one caller in the fleet that is running the engine
-  for that key; a random token, with an expiry so a dead holder never blocks the key.
-- ``runid:<runId>``: a runId reserved for a run being built (the claim's token), so that no
-  other caller, of any key or deploy, records a run under it meanwhile.
-- ``lru``: a sorted set of ``<scenarioId> <cacheKey>`` scored by expiresAt. The TTL is
-  the same for every entry and only a lookup renews it, so this is also LRU order:
-  the lowest score is both the next to expire and the least recently used.
-- ``scenario-entries``: a sorted set of scenarios scored by minus their entries, so the
-  scenarios with most entries come first (ties by name) and stats read only the first few;
-  ``counters``: evictions, expirations, hits, misses, engine runs.
+A running run belongs to the process executing it: its ``owner`` token is in the run's hash,
+and only that token appends events (to a Redis stream, ids equal to positions) or ends it.
+The owner extends a lease on the run while it runs; should the process die, the lease lapses
+and any process fails the run (``reap``), so no run stays running forever. Readers anywhere tail
+the stream: one follower per run and process fills a local log for every reader there.
 
 A key under the prefix that is not what this module wrote there (another type, missing
 fields) is treated as absent, never as a run, and logged once.
-
-Redis expires ``key:`` and ``run:`` itself, at one instant set by ``PEXPIREAT`` in one
-script. The sorted set and the counts are bookkeeping for the cap and for stats; a
-slice of it is swept on each write, and all of it on ``stats()``.
-
-Every change is one Lua script, so it happens whole or not at all. Scripts touch keys
-they compute from the prefix, so this backend needs a single Redis (or a primary with
-replicas), not Redis Cluster.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
-import time
-from collections.abc import Callable
 from collections.abc import Iterator
+from collections.abc import Sequence
 from contextlib import contextmanager
-from contextlib import suppress
+from importlib import resources
 from typing import Any
 
 import redis
@@ -44,182 +29,37 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from app.clock import now_ms
+from app.concurrency import spawn
 from app.logs import DefectLog
-from app.models import LiveRun
+from app.models import EncodedEvent
 from app.models import RegistryStats
+from app.models import RunError
+from app.models import RunIdentity
 from app.models import RunKey
 from app.models import RunRecord
+from app.models import RunRef
+from app.models import RunState
+from app.registry.base import FAILED_RETENTION_MS
+from app.registry.base import RegistryFull
 from app.registry.base import RegistryUnavailable
-from app.registry.single_flight import SingleFlight
+from app.registry.base import Started
+from app.registry.event_log import LiveLog
 
 log = logging.getLogger(__name__)
-SWEEP_SLICE = 64
+LEASE_MS = 10_000  # a dead executor's run is failed this long after its last renewal, plus a reap interval
+REAP_EVERY_S = 2.0
+STREAM_GRACE_MS = 60_000  # a done run's stream stays this long for readers still on it; then its record serves
+FOLLOW_BLOCK_MS = 5_000
+EXECUTOR_LOST = "The process executing this run stopped before it ended (killed, or its host lost)"
+# The run hash's fields, in the order get() reads them.
+_FIELDS = ("runId", "cacheKey", "engineCodeHash", "engineName", "engineVersion", "status", "count", "hits",
+           "eventsDigest", "bodyGzip", "expiresAt", "errorType", "errorMessage")
 
-# Shared by the scripts: Redis' clock, renewal on a hit, and the bookkeeping of the index.
-_LUA_PRELUDE = """
-local prefix = ARGV[1]
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function forget(member, counter)
-  redis.call('ZREM', prefix .. 'lru', member)
-  local scenario = string.match(member, '^(%S+) ')
-  if tonumber(redis.call('ZINCRBY', prefix .. 'scenario-entries', 1, scenario)) >= 0 then
-    redis.call('ZREM', prefix .. 'scenario-entries', scenario)
-  end
-  redis.call('HINCRBY', prefix .. 'counters', counter, 1)
-end
--- A string key's value; false when absent or when something else sits there.
-local function string_at(key)
-  local value = redis.pcall('GET', key)
-  if type(value) == 'table' then return false end
-  return value
-end
-local function sweep(now, limit)
-  local expired = redis.call('ZRANGEBYSCORE', prefix .. 'lru', '-inf', now, 'LIMIT', 0, limit)
-  for _, member in ipairs(expired) do forget(member, 'expirations') end
-  return #expired
-end
--- The runId (and scenario) of the key's entry if its run record is there and whole; false if
--- not: absent, evicted by Redis' own memory policy, or something this module did not write.
-local function entry_run(cache_key)
-  local entry = prefix .. 'key:' .. cache_key
-  local run_id = string_at(entry)
-  if not run_id then return false end
-  local fields = redis.pcall('HMGET', prefix .. 'run:' .. run_id, 'scenarioId', 'cacheKey', 'count',
-                             'eventsDigest', 'bodyGzip')
-  if fields.err then return false end
-  if not fields[1] then  -- the run hash is gone: so is the entry
-    redis.call('DEL', entry)
-    return false
-  end
-  if fields[2] ~= cache_key or not tonumber(fields[3]) or not fields[4] or not fields[5] then return false end
-  return run_id, fields[1]
-end
--- The key's live runId, renewed (both keys expire at one instant) and counted as a hit.
-local function touch(cache_key, ttl)
-  local run_id, scenario = entry_run(cache_key)
-  if not run_id then return false end
-  local entry, run = prefix .. 'key:' .. cache_key, prefix .. 'run:' .. run_id
-  local expires = now_ms() + ttl
-  redis.call('PEXPIREAT', entry, expires)
-  redis.call('PEXPIREAT', run, expires)
-  redis.call('HINCRBY', run, 'hits', 1)
-  redis.call('HSET', run, 'expiresAt', expires)
-  redis.call('ZADD', prefix .. 'lru', 'XX', expires, scenario .. ' ' .. cache_key)
-  redis.call('HINCRBY', prefix .. 'counters', 'hits', 1)
-  return run_id
-end
-"""
 
-# ARGV: prefix, cacheKey, ttl_ms. Returns the runId after renewing, or nil.
-_TOUCH = _LUA_PRELUDE + """
-return touch(ARGV[2], tonumber(ARGV[3]))
-"""
-
-# ARGV: prefix, cacheKey, ttl_ms, token, claim_ms, runId prefix, now_ms.
-# Returns {'live', runId} (renewed), {'claimed', runId} (a runId reserved for the run) or {'wait'}.
-# The runId takes the first millisecond from now_ms that no run, of any key or deploy, holds or
-# has reserved: the cache key alone would not tell two deploys' runs of one scenario apart.
-_TOUCH_OR_CLAIM = _LUA_PRELUDE + """
-local run_id = touch(ARGV[2], tonumber(ARGV[3]))
-if run_id then return {'live', run_id} end
-if not redis.call('SET', prefix .. 'claim:' .. ARGV[2], ARGV[4], 'NX', 'PX', ARGV[5]) then return {'wait'} end
-local created_at = tonumber(ARGV[7])
-local function taken(candidate)
-  return redis.call('EXISTS', prefix .. 'run:' .. candidate, prefix .. 'runid:' .. candidate) > 0
-end
-while taken(ARGV[6] .. string.format('%d', created_at)) do created_at = created_at + 1 end
-run_id = ARGV[6] .. string.format('%d', created_at)
-redis.call('SET', prefix .. 'runid:' .. run_id, ARGV[4], 'PX', ARGV[5])
-return {'claimed', run_id}
-"""
-
-# ARGV: prefix, cacheKey, token, ttl_ms, max_entries, runId, scenarioId, then the record's fields.
-# Stores the run whole (unless another caller's run got there first), evicting as needed.
-_COMMIT = _LUA_PRELUDE + """
-local cache_key, token, ttl, max_entries = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-local run_id, scenario = ARGV[6], ARGV[7]
-local entry, claim = prefix .. 'key:' .. cache_key, prefix .. 'claim:' .. cache_key
-if redis.call('GET', claim) == token then redis.call('DEL', claim) end
-if redis.call('GET', prefix .. 'runid:' .. run_id) == token then redis.call('DEL', prefix .. 'runid:' .. run_id) end
-local existing = entry_run(cache_key)
-if existing then
-  redis.call('HINCRBY', prefix .. 'counters', 'hits', 1)
-  return {0, existing}  -- another caller's run got there first (our claim had lapsed): theirs stands
-end
-local now = now_ms()
-sweep(now, 64)
-local lru = prefix .. 'lru'
-while redis.call('ZCARD', lru) >= max_entries do
-  local oldest = redis.call('ZRANGE', lru, 0, 0)[1]
-  local oldest_entry = prefix .. 'key:' .. string.match(oldest, ' (%S+)$')
-  local oldest_run = string_at(oldest_entry)
-  if oldest_run then redis.call('DEL', oldest_entry, prefix .. 'run:' .. oldest_run) end
-  forget(oldest, 'evictions')
-end
-local expires = now + ttl
-local run = prefix .. 'run:' .. run_id
-redis.call('SET', entry, run_id, 'PXAT', expires)
-redis.call('HSET', run, unpack(ARGV, 8))
-redis.call('HSET', run, 'hits', 0, 'expiresAt', expires)
-redis.call('PEXPIREAT', run, expires)
-redis.call('ZADD', lru, expires, scenario .. ' ' .. cache_key)
-redis.call('ZINCRBY', prefix .. 'scenario-entries', -1, scenario)
-redis.call('HINCRBY', prefix .. 'counters', 'misses', 1)
-return {1, run_id}
-"""
-
-# ARGV: prefix, cacheKey, runId, token[, claim_ms]. Extends (with claim_ms) or releases a claim we
-# hold, and the runId reserved with it.
-_EXTEND_OR_RELEASE = """
-local held = 0
-for _, key in ipairs({ARGV[1] .. 'claim:' .. ARGV[2], ARGV[1] .. 'runid:' .. ARGV[3]}) do
-  if redis.call('GET', key) == ARGV[4] then
-    held = 1
-    if ARGV[5] then redis.call('PEXPIRE', key, ARGV[5]) else redis.call('DEL', key) end
-  end
-end
-return held
-"""
-
-# ARGV: prefix, runId. Removes a run found damaged (and its entry, if it names the run), so the
-# key's next lookup starts a new run.
-_DISCARD = _LUA_PRELUDE + """
-local run = prefix .. 'run:' .. ARGV[2]
-local fields = redis.pcall('HMGET', run, 'scenarioId', 'cacheKey')
-if fields.err or not fields[1] or not fields[2] then return 0 end
-local entry = prefix .. 'key:' .. fields[2]
-if string_at(entry) == ARGV[2] then redis.call('DEL', entry) end
-redis.call('DEL', run)
-if redis.call('ZSCORE', prefix .. 'lru', fields[1] .. ' ' .. fields[2]) then
-  forget(fields[1] .. ' ' .. fields[2], 'discarded')
-end
-return 1
-"""
-
-# ARGV: prefix, duration_ms, failed (0 or 1).
-_ENGINE_RUN = """
-local counters = ARGV[1] .. 'counters'
-redis.call('HINCRBY', counters, 'engine_runs', 1)
-redis.call('HINCRBY', counters, 'engine_failures', ARGV[3])
-redis.call('HINCRBYFLOAT', counters, 'engine_ms_total', ARGV[2])
-"""
-
-# ARGV: prefix, top_scenarios. Sweeps what expired (at most 10,000 entries a call; the writes
-# sweep too), then reads the counts and the scenarios with the most entries.
-_STATS = _LUA_PRELUDE + """
-for _ = 1, 10 do if sweep(now_ms(), 1000) < 1000 then break end end
-local scenarios = prefix .. 'scenario-entries'
-local top = {}
-if tonumber(ARGV[2]) > 0 then top = redis.call('ZRANGE', scenarios, 0, tonumber(ARGV[2]) - 1, 'WITHSCORES') end
-return {redis.call('ZCARD', prefix .. 'lru'), top, redis.call('ZCARD', scenarios),
-        redis.call('HGETALL', prefix .. 'counters')}
-"""
-
-_RECORD_FIELDS = ("runId", "cacheKey", "engineCodeHash", "engineName", "engineVersion", "count", "eventsDigest",
-                  "bodyGzip", "hits", "expiresAt")
+def _script(name: str) -> str:
+    prelude = resources.files("app.registry").joinpath("lua", "prelude.lua").read_text()
+    own = resources.files("app.registry").joinpath("lua", f"{name}.lua").read_text()
+    return prelude + own
 
 
 class RedisRegistry:
@@ -232,43 +72,72 @@ class RedisRegistry:
         max_entries: int,
         timeout_ms: int = 500,
         prefix: str = "run-registry:",
-        claim_ms: int = 10_000,
-        wait_ms: int = 60_000,
+        lease_ms: int = LEASE_MS,
     ) -> None:
         self.ttl_ms = ttl_ms
         self._max_entries = max_entries
         self._prefix = prefix
-        self._claim_ms = claim_ms
-        self._wait_ms = wait_ms
+        self._lease_ms = lease_ms
         self._client = redis.Redis.from_url(url, **redis_client_options(timeout_ms))
+        # Followers block on XREAD for seconds: a client of their own, whose reads may take that long.
+        self._follow_client = redis.Redis.from_url(
+            url, **{**redis_client_options(timeout_ms), "socket_timeout": FOLLOW_BLOCK_MS / 1000 + timeout_ms / 1000}
+        )
+        self._scripts = {name: self._client.register_script(_script(name)) for name in (
+            "touch", "start", "append", "finish", "fail", "reap", "renew", "discard", "stats", "engine_run")}
         self._defects = DefectLog(log)
-        self._touch = self._client.register_script(_TOUCH)
-        self._touch_or_claim = self._client.register_script(_TOUCH_OR_CLAIM)
-        self._commit = self._client.register_script(_COMMIT)
-        self._extend_or_release = self._client.register_script(_EXTEND_OR_RELEASE)
-        self._stats = self._client.register_script(_STATS)
-        self._engine_run = self._client.register_script(_ENGINE_RUN)
-        self._discard = self._client.register_script(_DISCARD)
-        # Threads of this process share one claim per key, and one result or exception.
-        self._flights: SingleFlight[tuple[str, bool]] = SingleFlight()
+        self._lock = threading.Lock()
+        self._owned: dict[str, str] = {}  # runId -> owner, of the runs this process executes
+        self._followed: dict[str, LiveLog] = {}
+        self._closed = threading.Event()
+        self._background_started = False
 
-    def touch(self, cache_key: str) -> str | None:
-        with _unavailable_on_redis_errors():
-            run_id = self._touch(args=[self._prefix, cache_key, self.ttl_ms])
-        return run_id.decode() if run_id else None
+    def touch(self, cache_key: str) -> RunRef | None:
+        self._start_background()
+        answer = self._call("touch", cache_key, self.ttl_ms)
+        return RunRef(answer[0].decode(), answer[1].decode()) if answer else None
 
-    def create_once(self, key: RunKey, build: Callable[[str], RunRecord]) -> tuple[str, bool]:
-        cache_key = key.digest
-        (run_id, created), leader = self._flights.run(cache_key, lambda: self._create_in_fleet(key, build))
-        if not leader:
-            self.touch(cache_key)  # a caller that waited for another's build has a hit on that run
-        return run_id, created and leader
+    def start(self, key: RunKey, engine_name: str, engine_version: str, owner: str) -> Started:
+        self._start_background()
+        answer = self._call(
+            "start", key.digest, self.ttl_ms, key.run_id_prefix, now_ms(), owner, self._lease_ms, self._max_entries,
+            key.scenario_id, key.engine_code_hash, engine_name, engine_version,
+        )
+        outcome = answer[0].decode()
+        if outcome == "full":
+            raise RegistryFull(f"all {self._max_entries} entries are runs still running")
+        run_id = answer[1].decode()
+        if outcome == "found":
+            return Started(run_id, answer[2].decode(), started=False)
+        with self._lock:
+            self._owned[run_id] = owner
+        return Started(run_id, "running", started=True)
 
-    def get(self, run_id: str) -> LiveRun | None:
+    def append(self, run_id: str, owner: str, first_position: int, events: Sequence[EncodedEvent]) -> bool:
+        flat: list[Any] = [part for event in events for part in event]
+        return bool(self._call("append", run_id, owner, first_position, *flat))
+
+    def finish(self, run_id: str, owner: str, record: RunRecord) -> bool:
+        try:
+            return bool(self._call(
+                "finish", run_id, owner, self.ttl_ms, record.events_digest, record.body_gzip, record.event_count,
+                STREAM_GRACE_MS,
+            ))
+        finally:
+            self._disown(run_id)
+
+    def fail(self, run_id: str, owner: str, error: RunError) -> bool:
+        try:
+            return bool(self._call("fail", run_id, owner, error.type, error.message, FAILED_RETENTION_MS))
+        finally:
+            self._disown(run_id)
+
+    def get(self, run_id: str) -> RunState | None:
+        self._start_background()
         key = f"{self._prefix}run:{run_id}"
         try:
             with _unavailable_on_redis_errors():
-                values: list[Any] = self._client.hmget(key, _RECORD_FIELDS)
+                values: list[Any] = self._client.hmget(key, _FIELDS)
         except RegistryUnavailable as err:
             if isinstance(err.__cause__, redis.ResponseError) and str(err.__cause__).startswith("WRONGTYPE"):
                 self._defects.report(key, "redis key %s is not a run record (another type); treated as absent", key)
@@ -277,117 +146,179 @@ class RedisRegistry:
         if all(value is None for value in values):
             return None
         try:
-            fields = dict(zip(_RECORD_FIELDS, values, strict=True))
-            record = RunRecord(
-                run_id=fields["runId"].decode(),
-                cache_key=fields["cacheKey"].decode(),
-                engine_code_hash=fields["engineCodeHash"].decode(),
-                engine_name=fields["engineName"].decode(),
-                engine_version=fields["engineVersion"].decode(),
-                event_count=int(fields["count"]),
-                events_digest=bytes(fields["eventsDigest"]),
-                body_gzip=bytes(fields["bodyGzip"]),
-            )
-            live = LiveRun(record, int(fields["expiresAt"]), int(fields["hits"]))
-        except (AttributeError, TypeError, ValueError, UnicodeDecodeError):  # a field missing or not readable
+            state = _state(dict(zip(_FIELDS, values, strict=True)))
+        except (AttributeError, TypeError, ValueError, UnicodeDecodeError, KeyError):  # missing or unreadable
             self._defects.report(key, "redis key %s is not a whole run record; treated as absent", key)
             return None
-        if record.run_id != run_id:
+        if state.identity.run_id != run_id:
             self._defects.report(key, "redis key %s holds the record of another run; treated as absent", key)
             return None
-        return live
+        return state
+
+    def open_log(self, run_id: str) -> LiveLog | None:
+        state = self.get(run_id)
+        if state is None or state.status == "done":
+            return None
+        with self._lock:
+            followed = self._followed.get(run_id)
+            if followed is not None:
+                return followed
+            followed = self._followed[run_id] = LiveLog()
+        spawn(self._follow, run_id, followed, name=f"follow-{run_id[-13:]}")
+        return followed
+
+    def discard(self, run_id: str) -> None:
+        self._call("discard", run_id)
+
+    def record_engine_run(self, duration_ms: float, failed: bool) -> None:
+        self._call("engine_run", f"{duration_ms:.3f}", int(failed))
 
     def stats(self, top_scenarios: int) -> RegistryStats:
-        with _unavailable_on_redis_errors():
-            total, top, scenario_count, counters = self._stats(args=[self._prefix, top_scenarios])
+        done, running, top, scenario_count, counters = self._call("stats", top_scenarios)
         counts = {name.decode(): float(value) for name, value in _pairs(counters)}
         return RegistryStats(
-            total_entries=int(total),
+            total_entries=int(done) + int(running),
             entries_by_scenario={name.decode(): -int(float(score)) for name, score in _pairs(top)},
             scenario_count=int(scenario_count),
             evictions=int(counts.get("evictions", 0)),
             expirations=int(counts.get("expirations", 0)),
             hits=int(counts.get("hits", 0)),
             misses=int(counts.get("misses", 0)),
+            running=int(running),
             engine_runs=int(counts.get("engine_runs", 0)),
             engine_failures=int(counts.get("engine_failures", 0)),
             engine_ms_total=counts.get("engine_ms_total", 0.0),
         )
 
-    def discard(self, run_id: str) -> None:
-        with _unavailable_on_redis_errors():
-            self._discard(args=[self._prefix, run_id])
-
-    def record_engine_run(self, duration_ms: float, failed: bool) -> None:
-        with _unavailable_on_redis_errors():
-            self._engine_run(args=[self._prefix, f"{duration_ms:.3f}", int(failed)])
+    def reap(self) -> int:
+        """Fail running runs whose executor's lease lapsed; how many. Every process does this
+        every few seconds, so a dead executor's run ends within a bound."""
+        return int(self._call("reap", 10, EXECUTOR_LOST, FAILED_RETENTION_MS))
 
     def ping(self) -> None:
         with _unavailable_on_redis_errors():
             self._client.ping()
 
     def close(self) -> None:
+        self._closed.set()
         self._client.close()
+        self._follow_client.close()
 
-    def _create_in_fleet(self, key: RunKey, build: Callable[[str], RunRecord]) -> tuple[str, bool]:
-        """Claim the key for this process, or wait for the process that holds it."""
-        cache_key = key.digest
-        token = secrets.token_hex(16)
-        deadline = time.monotonic() + self._wait_ms / 1000
-        pause = 0.002
-        while True:
-            with _unavailable_on_redis_errors():
-                answer = self._touch_or_claim(args=[
-                    self._prefix, cache_key, self.ttl_ms, token, self._claim_ms, key.run_id_prefix, now_ms(),
-                ])
-            if answer[0] == b"live":
-                return answer[1].decode(), False
-            if answer[0] == b"claimed":
-                return self._build_and_commit(cache_key, answer[1].decode(), token, build)
-            if time.monotonic() >= deadline:
-                raise RegistryUnavailable(f"gave up after {self._wait_ms} ms waiting for another worker's run")
-            time.sleep(pause)  # another process is running the engine for this key
-            pause = min(pause * 2, 0.05)
+    # Background work: lease keeping and reaping, and one follower per run being read.
 
-    def _build_and_commit(
-        self, cache_key: str, run_id: str, token: str, build: Callable[[str], RunRecord]
-    ) -> tuple[str, bool]:
-        with self._claim_kept_alive(cache_key, run_id, token):
-            record = build(run_id)
-        with _unavailable_on_redis_errors():
-            stored, stored_run_id = self._commit(args=[
-                self._prefix, cache_key, token, self.ttl_ms, self._max_entries, record.run_id, record.scenario_id,
-                *_record_fields(record),
-            ])
-        return stored_run_id.decode(), bool(stored)
+    def _start_background(self) -> None:
+        if self._background_started:
+            return
+        with self._lock:
+            if self._background_started:
+                return
+            self._background_started = True
+        spawn(self._keep_leases, name="leases")
+        spawn(self._reap_periodically, name="reaper")
 
-    @contextmanager
-    def _claim_kept_alive(self, cache_key: str, run_id: str, token: str) -> Iterator[None]:
-        """Extend the claim while the engine runs; release it if the run fails.
+    def _keep_leases(self) -> None:
+        while not self._closed.wait(self._lease_ms / 3000):  # a third of a lease: two beats may fail
+            with self._lock:
+                owned = list(self._owned.items())
+            if not owned:
+                continue
+            try:
+                lost = self._call("renew", self._lease_ms, *(part for pair in owned for part in pair))
+            except RegistryUnavailable:
+                continue  # the next beat tries again; if Redis stays away the leases lapse, as they should
+            for run_id in lost:
+                log.error("run %s is no longer this process's: its lease lapsed", run_id.decode())
+                self._disown(run_id.decode())
 
-        If this process dies, nothing extends the claim and it expires, so another
-        process takes the key over after at most ``claim_ms``.
-        """
-        done = threading.Event()
+    def _reap_periodically(self) -> None:
+        while not self._closed.wait(REAP_EVERY_S):
+            try:
+                if self.reap():
+                    log.warning("failed runs whose executor stopped (their lease lapsed)")
+            except RegistryUnavailable:
+                continue
 
-        def heartbeat() -> None:
-            while not done.wait(self._claim_ms / 3000):
-                # A failed beat is retried by the next; if Redis stays away the claim lapses, as it should.
-                with suppress(redis.RedisError):
-                    self._extend_or_release(args=[self._prefix, cache_key, run_id, token, self._claim_ms])
-
-        beater = threading.Thread(target=heartbeat, name=f"claim-{cache_key[:8]}", daemon=True)
-        beater.start()
+    def _follow(self, run_id: str, followed: LiveLog) -> None:
+        """Fill ``followed`` from the run's stream until its end entry."""
+        stream = f"{self._prefix}stream:{run_id}"
+        last = "0-0"
         try:
-            yield
-        except BaseException:
-            done.set()
-            with suppress(redis.RedisError):  # unreleased, the claim expires by itself
-                self._extend_or_release(args=[self._prefix, cache_key, run_id, token])
-            raise
+            while not self._closed.is_set():
+                try:
+                    answer: Any = self._follow_client.xread({stream: last}, count=1000, block=FOLLOW_BLOCK_MS)
+                except (redis.RedisError, OSError, ValueError):  # ValueError: the client was closed under it
+                    if self._closed.wait(0.5):
+                        return
+                    continue
+                if not answer:
+                    if not self._follow_quiet_run(run_id, followed):
+                        return
+                    continue
+                events: list[EncodedEvent] = []
+                for entry_id, fields in answer[0][1]:
+                    last = entry_id.decode()
+                    if b"end" in fields:
+                        followed.extend(events)
+                        followed.end(_ending(fields))
+                        return
+                    events.append((fields[b"t"].decode(), fields[b"d"]))
+                followed.extend(events)
         finally:
-            done.set()
-            beater.join()
+            with self._lock:
+                if self._followed.get(run_id) is followed:
+                    del self._followed[run_id]
+
+    def _follow_quiet_run(self, run_id: str, followed: LiveLog) -> bool:
+        """A quiet stream: is its run still running? Reaps it if its executor is gone.
+
+        :returns: whether to keep following.
+        """
+        try:
+            self.reap()
+            state = self.get(run_id)
+        except RegistryUnavailable:
+            return True
+        if state is not None and state.status == "running":
+            return True
+        # Ended without our seeing its end entry (the stream expired): say how it ended.
+        followed.end(state.error if state is not None and state.error is not None else "done")
+        return False
+
+    def _disown(self, run_id: str) -> None:
+        with self._lock:
+            self._owned.pop(run_id, None)
+
+    def _call(self, script: str, *args: Any) -> Any:
+        with _unavailable_on_redis_errors():
+            return self._scripts[script](args=[self._prefix, *args])
+
+
+def _state(fields: dict[str, Any]) -> RunState:
+    """A run hash's fields as a RunState. :raises: anything, when a field is missing or unreadable."""
+    identity = RunIdentity(
+        run_id=fields["runId"].decode(),
+        cache_key=fields["cacheKey"].decode(),
+        engine_code_hash=fields["engineCodeHash"].decode(),
+        engine_name=fields["engineName"].decode(),
+        engine_version=fields["engineVersion"].decode(),
+    )
+    status = fields["status"].decode()
+    count, hits = int(fields["count"]), int(fields["hits"])
+    if status == "done":
+        record = RunRecord(identity, count, bytes(fields["eventsDigest"]), bytes(fields["bodyGzip"]))
+        return RunState(identity, "done", count, hits, record=record, expires_at=int(fields["expiresAt"]))
+    if status == "failed":
+        error = RunError(fields["errorType"].decode(), fields["errorMessage"].decode())
+        return RunState(identity, "failed", count, hits, error=error)
+    if status == "running":
+        return RunState(identity, "running", count, hits)
+    raise ValueError(f"unknown status {status!r}")
+
+
+def _ending(fields: dict[bytes, bytes]) -> str | RunError:
+    if fields[b"end"] == b"done":
+        return "done"
+    return RunError(fields.get(b"et", b"ENGINE_ERROR").decode(), fields.get(b"em", b"").decode())
 
 
 def redis_client_options(timeout_ms: int) -> dict[str, Any]:
@@ -409,15 +340,6 @@ def _unavailable_on_redis_errors() -> Iterator[None]:
         yield
     except redis.RedisError as err:
         raise RegistryUnavailable(f"redis: {err.__class__.__name__}") from err
-
-
-def _record_fields(record: RunRecord) -> list[Any]:
-    return [
-        "runId", record.run_id, "cacheKey", record.cache_key, "scenarioId", record.scenario_id,
-        "engineCodeHash", record.engine_code_hash, "engineName", record.engine_name,
-        "engineVersion", record.engine_version, "count", record.event_count,
-        "eventsDigest", record.events_digest, "bodyGzip", record.body_gzip,
-    ]
 
 
 def _pairs(flat: list[bytes]) -> list[tuple[bytes, bytes]]:

@@ -1,4 +1,4 @@
-"""runIds: ``run_<scenarioId>_<seed>_<createdAt>``, never two live runs with one."""
+"""runIds: ``run_<scenarioId>_<seed>_<createdAt>``, never two runs with one."""
 
 from __future__ import annotations
 
@@ -7,28 +7,21 @@ from collections.abc import Callable
 from app.models import RunKey
 
 
-class RunIdReservations:
-    """The runIds of runs being built in this process, so that two builds never take one.
+class RunIdClock:
+    """Creation times for one process's registry: from now, never one already given, never one
+    whose runId is ``taken``.
 
-    Creation times also never repeat in the process (the clock may stand still, or a run
-    expire and its key run again within its millisecond), so a runId that once named a run
-    never names another one here. Not thread-safe: the registry calls it under its own lock.
+    The clock may stand still, or a run fail or expire and its key run again within its
+    millisecond: so a runId that once named a run never names another one here. Not
+    thread-safe: the registry calls it under its own lock.
     """
 
     def __init__(self) -> None:
-        self._reserved: set[str] = set()
-        self._last_created_at = 0
+        self._last = 0
 
-    def reserve(self, key: RunKey, now_ms: int, taken: Callable[[str], bool]) -> str:
-        """The key's runId for the first millisecond from ``now_ms`` (and after the last one
-        given) whose runId is neither ``taken`` (by a stored run) nor reserved; reserved until
-        ``release``."""
-        created_at = max(now_ms, self._last_created_at + 1)
-        while (run_id := key.run_id(created_at)) in self._reserved or taken(run_id):
+    def next(self, key: RunKey, now_ms: int, taken: Callable[[str], bool]) -> str:
+        created_at = max(now_ms, self._last + 1)
+        while taken(run_id := key.run_id(created_at)):
             created_at += 1
-        self._last_created_at = created_at
-        self._reserved.add(run_id)
+        self._last = created_at
         return run_id
-
-    def release(self, run_id: str) -> None:
-        self._reserved.discard(run_id)

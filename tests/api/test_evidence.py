@@ -13,6 +13,7 @@ import zipfile
 import pytest
 
 from app import create_app
+from app.registry.memory import MemoryRegistry
 from tests.conftest import test_settings
 from tests.fakes import FORMULA_TEXTS
 from tests.fakes import ChangingEngine
@@ -131,12 +132,11 @@ def test_verify_reports_a_non_deterministic_engine_honestly(settings):
     assert client.get(f"/runs/{run_id}").get_json()["eventsSha256"] == body["recordedSha256"]  # record untouched
 
 
-def test_verify_of_a_run_recorded_by_other_engine_code_is_a_conflict(monkeypatch):
+def test_verify_of_a_run_recorded_by_other_engine_code_is_a_conflict():
     """Two deploys sharing one registry: the old deploy's runs cannot be verified by the new code."""
-    old = create_app(test_settings(engine_code_hash="old-code"), engine=FakeEngine())
-    shared = old.extensions["run_service"]._registry
-    monkeypatch.setattr("app.make_registry", lambda settings: shared)
-    new = create_app(test_settings(engine_code_hash="new-code"), engine=FakeEngine())
+    shared = MemoryRegistry(ttl_ms=60_000, max_entries=100)
+    old = create_app(test_settings(engine_code_hash="old-code"), engine=FakeEngine(), registry=shared)
+    new = create_app(test_settings(engine_code_hash="new-code"), engine=FakeEngine(), registry=shared)
     run_id = new_run(old.test_client())
     response = new.test_client().post(f"/runs/{run_id}/verify")
     assert response.status_code == 409

@@ -46,7 +46,7 @@ def test_registry_stats_count_lookups_entries_and_engine_runs(settings):
     assert stats == {
         "backend": "memory", "total_entries": 2, "ttl_minutes": 60.0, "entries_by_scenario": {"a": 1, "b": 1},
         "scenario_count": 2, "entries_in_unlisted_scenarios": 0,
-        "hits": 2, "misses": 2, "hit_ratio": 0.5, "evictions": 0, "expirations": 0,
+        "hits": 2, "misses": 3, "hit_ratio": 0.4, "evictions": 0, "expirations": 0,
         "engine_executions": 3, "engine_failures": 1,
     }
     assert engine_mean >= 0
@@ -90,7 +90,7 @@ def test_every_route_is_in_the_openapi_document(app, client):
     }
     assert documented == routes
     lookup = document["paths"]["/runs/lookup"]["get"]
-    assert [p["name"] for p in lookup["parameters"]] == ["scenarioId", "seed"]
+    assert [p["name"] for p in lookup["parameters"]] == ["scenarioId", "seed", "Prefer"]
     assert set(document["components"]["schemas"]) >= {"Error", "LookupResponse", "RunMetadata", "CompareBody"}
 
 
@@ -131,9 +131,9 @@ def test_registry_stats_stay_small_however_many_scenarios():
     app = create_app(test_settings(max_entries=20_000), engine=FakeEngine())
     service = app.extensions["run_service"]
     for index in range(10_000):
-        service.lookup(f"s{index:05d}".ljust(128, "x"), 1, "test-client")
+        service.lookup(f"s{index:05d}".ljust(128, "x"), 1, "test-client", 10)
     for seed in range(3):
-        service.lookup("hot", seed, "test-client")
+        service.lookup("hot", seed, "test-client", 10)
     response = app.test_client().get("/registry/stats")
     body = response.get_json()
     assert len(response.get_data()) < 5_000  # was 1.3 MB

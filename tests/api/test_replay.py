@@ -127,14 +127,15 @@ def test_paced_replay_delivers_the_same_messages(fake_client):
     assert paced == fast
 
 
-def test_paced_replays_are_bounded_and_give_their_slot_back(fake_engine):
-    client = create_app(test_settings(paced_replays=1), engine=fake_engine).test_client()
+def test_streams_past_the_waiting_capacity_are_503_and_give_their_slot_back(fake_engine):
+    client = create_app(test_settings(max_waiting=1), engine=fake_engine).test_client()
     run_id = new_run(client)
     first = client.get(f"/runs/{run_id}/events?pace=1", headers=SSE, buffered=False)
-    busy = client.get(f"/runs/{run_id}/events?pace=1", headers=SSE)
+    busy = client.get(f"/runs/{run_id}/events", headers=SSE)
     assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
     assert busy.get_json()["type"] == "UNAVAILABLE"
-    assert client.get(f"/runs/{run_id}/events", headers=SSE).status_code == 200  # unpaced is never limited
+    assert client.get(f"/runs/{run_id}/events").status_code == 200  # the JSON transcript does not wait
+    assert client.get("/runs/lookup?scenarioId=a&seed=1").get_json()["source"] == "cache"  # nor do hits
     first.close()  # the client went away: its slot is free again
     assert client.get(f"/runs/{run_id}/events?pace=1", headers=SSE).status_code == 200
 

@@ -13,26 +13,31 @@ from app.evidence.csv_export import neutralised
 from app.evidence.diff import diff_transcripts
 from app.evidence.diff import first_difference
 from app.evidence.sse import sse_messages
+from app.models import canonical_json
 
 
 def events(*texts):
     return [{"type": "token", "data": {"text": text, "tokenIndex": n}} for n, text in enumerate(texts, 1)]
 
 
+def encoded(*texts):
+    return [(event["type"], canonical_json(event["data"])) for event in events(*texts)]
+
+
 def test_pacing_waits_between_events_not_before_the_first():
     waits = []
-    messages = list(sse_messages(events("a", "b", "c"), after=0, pace_ms=50, sleep=waits.append))
+    messages = list(sse_messages(encoded("a", "b", "c"), after=0, pace_ms=50, sleep=waits.append))
     assert len(messages) == 4 and waits == [0.05, 0.05]
 
 
 def test_resumed_pacing_starts_at_once():
     waits = []
-    list(sse_messages(events("a", "b", "c"), after=2, pace_ms=50, sleep=waits.append))
+    list(sse_messages(encoded("a", "b", "c"), after=2, pace_ms=50, sleep=waits.append))
     assert waits == []
 
 
 def test_no_pace_never_sleeps():
-    list(sse_messages(events("a", "b"), sleep=lambda seconds: pytest.fail("slept")))
+    list(sse_messages(encoded("a", "b"), sleep=lambda seconds: pytest.fail("slept")))
 
 
 @pytest.mark.parametrize(

@@ -15,53 +15,36 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from app.clock import now_ms
+from app.models import RunError
+from app.models import RunIdentity
 from app.models import RunKey
 from app.models import RunRecord
+from app.registry.base import RegistryFull
+
+EVENTS = [("start", b'{"seed":1}'), ("token", '{"text":"é\\n"}'.encode()), ("done", b"{}")]
 
 
-def key(name: str = "k1", scenario_id: str = "s") -> RunKey:
+def key(name: str = "k1", scenario_id: str = "s", code_hash: str = "h") -> RunKey:
     """A run key; ``name`` makes its seed, so different names are different keys."""
-    return RunKey(scenario_id, zlib.crc32(name.encode()), "h")
+    return RunKey(scenario_id, zlib.crc32(name.encode()), code_hash)
 
 
-def record(run_key: RunKey, run_id: str) -> RunRecord:
-    """A small record; the registry stores it whole and never looks inside its events."""
-    return RunRecord.create(
-        key=run_key,
-        run_id=run_id,
-        engine_name="fake",
-        engine_version="1",
-        events_json='[{"data":{"text":"é\\n"},"type":"done"}]'.encode(),
-        event_count=1,
-    )
+def identity(run_key: RunKey, run_id: str) -> RunIdentity:
+    return RunIdentity.of(run_key, run_id, "fake", "1")
 
 
-class Builder:
-    """A build callable for ``run_key`` that counts its calls and can be held open or made to fail."""
-
-    def __init__(self, run_key: RunKey, gate: threading.Event | None = None, error: Exception | None = None):
-        self.run_key, self.gate, self.error = run_key, gate, error
-        self.calls = 0
-        self.run_ids: list[str] = []
-        self.entered = threading.Event()
-
-    def __call__(self, run_id: str) -> RunRecord:
-        self.calls += 1
-        self.run_ids.append(run_id)
-        self.entered.set()
-        if self.gate is not None:
-            assert self.gate.wait(timeout=30), "test gate never opened"
-        if self.error is not None:
-            raise self.error
-        return record(self.run_key, run_id)
+def start(registry, run_key: RunKey | None = None, owner: str = "owner-1"):
+    return registry.start(run_key or key(), "fake", "1", owner)
 
 
-def create(registry, name: str = "k1", scenario_id: str = "s") -> str:
-    """Create the run of ``key(name, scenario_id)``; its runId."""
+def create(registry, name: str = "k1", scenario_id: str = "s", events=EVENTS) -> str:
+    """Start, record and finish the run of ``key(name, scenario_id)``; its runId."""
     run_key = key(name, scenario_id)
-    run_id, created = registry.create_once(run_key, Builder(run_key))
-    assert created
-    return run_id
+    started = start(registry, run_key)
+    assert started.started
+    assert registry.append(started.run_id, "owner-1", 1, events)
+    assert registry.finish(started.run_id, "owner-1", RunRecord.create(identity(run_key, started.run_id), events))
+    return started.run_id
 
 
 class RegistryContract:
@@ -72,32 +55,90 @@ class RegistryContract:
     def test_unknown_key_and_run_id_are_absent(self, registry):
         assert registry.touch(key("nope").digest) is None
         assert registry.get(key("nope").run_id(1_795_694_400_000)) is None
+        assert registry.open_log(key("nope").run_id(1_795_694_400_000)) is None
 
-    def test_create_once_builds_stores_and_answers_by_run_id(self, registry, ttl_ms):
-        build = Builder(key())
+    def test_a_run_starts_running_without_expiry_and_its_run_id_is_its_key_and_now(self, registry):
         before = now_ms()
-        run_id, created = registry.create_once(key(), build)
-        assert created and build.calls == 1 and build.run_ids == [run_id]
-        assert run_id.startswith(key().run_id_prefix) and int(run_id.rsplit("_", 1)[1]) >= before
-        found = registry.get(run_id)
-        assert found.record == record(key(), run_id) and found.hits == 0
-        assert abs(found.expires_at - ttl_ms - now_ms()) < 5_000  # created now, in epoch milliseconds
+        started = start(registry)
+        assert started.started and started.status == "running"
+        assert started.run_id.startswith(key().run_id_prefix) and int(started.run_id.rsplit("_", 1)[1]) >= before
+        state = registry.get(started.run_id)
+        assert (state.status, state.count, state.hits, state.record, state.expires_at) == ("running", 0, 0, None, None)
+        assert state.identity == identity(key(), started.run_id)
 
-    def test_create_once_of_a_live_key_is_a_hit_without_building(self, registry):
+    def test_starting_a_key_that_has_a_run_is_a_hit(self, registry):
+        first = start(registry)
+        again = start(registry, owner="owner-2")
+        assert (again.run_id, again.status, again.started) == (first.run_id, "running", False)
+        assert registry.touch(key().digest).run_id == first.run_id
+        assert registry.get(first.run_id).hits == 2
+
+    def test_events_are_appended_in_order_by_the_owner_only(self, registry):
+        run_id = start(registry).run_id
+        assert registry.append(run_id, "owner-1", 1, EVENTS[:2])
+        assert not registry.append(run_id, "intruder", 3, EVENTS[2:])  # not its run
+        assert not registry.append(run_id, "owner-1", 2, EVENTS[2:])  # position 2 is taken: no duplicate
+        assert not registry.append(run_id, "owner-1", 4, EVENTS[2:])  # no gap either
+        assert registry.get(run_id).count == 2
+        assert registry.append(run_id, "owner-1", 3, EVENTS[2:])
+        assert registry.open_log(run_id).read(0, timeout=1).events == EVENTS
+
+    def test_finishing_makes_the_run_done_and_starts_its_ttl(self, registry, ttl_ms):
         run_id = create(registry)
-        build = Builder(key())
-        assert registry.create_once(key(), build) == (run_id, False)
-        assert build.calls == 0 and registry.get(run_id).hits == 1
+        state = registry.get(run_id)
+        assert (state.status, state.count, state.hits) == ("done", 3, 0)
+        assert state.record == RunRecord.create(identity(key(), run_id), EVENTS)
+        assert abs(state.expires_at - ttl_ms - now_ms()) < 5_000
+        assert registry.touch(key().digest).status == "done"
+        assert registry.open_log(run_id) is None  # its events are in its record
+
+    def test_only_the_owner_ends_a_run(self, registry):
+        run_id = start(registry).run_id
+        record = RunRecord.create(identity(key(), run_id), [])
+        assert not registry.finish(run_id, "intruder", record)
+        assert not registry.fail(run_id, "intruder", RunError("ENGINE_ERROR", "no"))
+        assert registry.get(run_id).status == "running"
+        assert registry.finish(run_id, "owner-1", record)
+        assert not registry.fail(run_id, "owner-1", RunError("ENGINE_ERROR", "too late"))
+        assert registry.get(run_id).status == "done"
+
+    def test_a_failed_run_frees_its_key_and_keeps_its_error_and_events(self, registry):
+        run_id = start(registry).run_id
+        registry.append(run_id, "owner-1", 1, EVENTS[:1])
+        assert registry.fail(run_id, "owner-1", RunError("ENGINE_ERROR", "engine exploded"))
+        state = registry.get(run_id)
+        assert (state.status, state.count, state.error) == ("failed", 1, RunError("ENGINE_ERROR", "engine exploded"))
+        chunk = registry.open_log(run_id).read(0, timeout=1)
+        assert (chunk.events, chunk.ending) == (EVENTS[:1], RunError("ENGINE_ERROR", "engine exploded"))
+        assert registry.touch(key().digest) is None
+        again = start(registry, owner="owner-2")
+        assert again.started and again.run_id != run_id
+        assert not registry.append(run_id, "owner-1", 2, EVENTS[1:])  # a failed run takes no more events
+
+    def test_readers_of_a_running_run_get_each_event_as_it_comes_and_its_ending(self, registry):
+        run_id = start(registry).run_id
+        reader = registry.open_log(run_id)
+        assert reader.read(0, timeout=0.05).events == []
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(reader.read, 0, 10)
+            registry.append(run_id, "owner-1", 1, EVENTS[:1])
+            assert waiting.result(timeout=10).events == EVENTS[:1]
+            ending = pool.submit(reader.wait_end, 10)
+            registry.append(run_id, "owner-1", 2, EVENTS[1:])
+            registry.finish(run_id, "owner-1", RunRecord.create(identity(key(), run_id), EVENTS))
+            assert ending.result(timeout=10) == "done"
+        chunk = reader.read(1, timeout=1)  # the reader finishes from the log it holds
+        assert (chunk.events, chunk.ending) == (EVENTS[1:], "done")
 
     def test_touch_renews_the_ttl_and_counts_a_hit(self, registry, ttl_ms, advance):
         run_id = create(registry)
         first = registry.get(run_id).expires_at
         advance(ttl_ms * 6 // 10)
-        assert registry.touch(key().digest) == run_id
+        assert registry.touch(key().digest).run_id == run_id
         renewed = registry.get(run_id)
         assert renewed.hits == 1 and renewed.expires_at >= first + ttl_ms * 6 // 10
         advance(ttl_ms * 6 // 10)  # past the first expiry: alive only because the touch renewed it
-        assert registry.touch(key().digest) == run_id
+        assert registry.touch(key().digest).run_id == run_id
 
     def test_get_neither_renews_nor_counts(self, registry, ttl_ms, advance):
         run_id = create(registry)
@@ -108,6 +149,12 @@ class RegistryContract:
         advance(ttl_ms * 6 // 10)
         assert registry.get(run_id) is None
 
+    def test_a_running_run_never_expires(self, registry, ttl_ms, advance):
+        run_id = start(registry).run_id
+        advance(ttl_ms * 12 // 10)
+        assert registry.get(run_id).status == "running"
+        assert registry.touch(key().digest).run_id == run_id
+
     def test_entry_expires_after_its_ttl(self, registry, ttl_ms, advance):
         run_id = create(registry)
         advance(ttl_ms)
@@ -116,15 +163,7 @@ class RegistryContract:
         later = create(registry)
         assert later != run_id and registry.get(run_id) is None
 
-    def test_failed_build_stores_nothing_and_the_next_call_builds(self, registry):
-        with pytest.raises(RuntimeError, match="boom"):
-            registry.create_once(key(), Builder(key(), error=RuntimeError("boom")))
-        assert registry.touch(key().digest) is None
-        build = Builder(key())
-        run_id, created = registry.create_once(key(), build)
-        assert created and build.calls == 1 and registry.get(run_id) is not None
-
-    def test_least_recently_used_entry_is_evicted_at_the_cap(self, make_registry, advance):
+    def test_least_recently_used_done_entry_is_evicted_at_the_cap(self, make_registry, advance):
         registry = make_registry(max_entries=3)
         run_ids = {}
         for name in ("a", "b", "c"):
@@ -137,6 +176,17 @@ class RegistryContract:
         stats = registry.stats(top_scenarios=20)
         assert (stats.total_entries, stats.evictions, stats.expirations) == (3, 1, 0)
 
+    def test_running_runs_are_never_evicted_and_a_registry_full_of_them_refuses_more(self, make_registry):
+        registry = make_registry(max_entries=2)
+        done = create(registry, "done")
+        running = start(registry, key("running")).run_id
+        third = start(registry, key("third")).run_id  # evicts the done run, not the running one
+        assert registry.get(done) is None and registry.get(running).status == "running"
+        with pytest.raises(RegistryFull):
+            start(registry, key("fourth"))
+        assert registry.get(third).status == "running"
+        assert registry.stats(top_scenarios=0).running == 2
+
     def test_expired_entries_go_without_being_touched(self, registry, ttl_ms, advance):
         for name in ("a", "b", "c"):
             create(registry, name)
@@ -148,9 +198,10 @@ class RegistryContract:
     def test_stats_count_entries_by_scenario(self, registry):
         for name, scenario in (("a", "x"), ("b", "x"), ("c", "y.z-1")):
             create(registry, name, scenario)
+        start(registry, key("d", "y.z-1"))
         stats = registry.stats(top_scenarios=20)
-        assert (stats.total_entries, stats.entries_by_scenario, stats.scenario_count) == (3, {"x": 2, "y.z-1": 1}, 2)
-        assert (stats.evictions, stats.expirations) == (0, 0)
+        assert (stats.total_entries, stats.entries_by_scenario, stats.scenario_count) == (4, {"x": 2, "y.z-1": 2}, 2)
+        assert (stats.evictions, stats.expirations, stats.running, stats.misses) == (0, 0, 1, 4)
 
     def test_stats_name_only_the_scenarios_with_most_entries(self, registry):
         for name, scenario in (("a", "b-two"), ("b", "b-two"), ("c", "c-one"), ("d", "a-one"), ("e", "d-three"),
@@ -163,60 +214,31 @@ class RegistryContract:
         counts_only = registry.stats(top_scenarios=0)
         assert (counts_only.entries_by_scenario, counts_only.total_entries, counts_only.scenario_count) == ({}, 7, 4)
 
-    def test_run_ids_are_unique_across_keys_and_code_hashes_created_in_one_millisecond(self, registry, frozen_ms):
+    def test_run_ids_are_unique_across_keys_and_code_hashes_started_in_one_millisecond(self, registry, frozen_ms):
         """Deploys with another engineCodeHash have another cache key for the same scenario and
         seed: the runId (scenario, seed, millisecond) must still name one run."""
-        keys = [RunKey("s", 1, f"deploy-{index}") for index in range(5)]
+        keys = [key("k1", code_hash=f"deploy-{index}") for index in range(5)]
         with frozen_ms():
-            run_ids = [registry.create_once(run_key, Builder(run_key))[0] for run_key in keys]
+            run_ids = [start(registry, run_key).run_id for run_key in keys]
         assert len(set(run_ids)) == 5
-        recorded = [registry.get(run_id).record.engine_code_hash for run_id in run_ids]
+        recorded = [registry.get(run_id).identity.engine_code_hash for run_id in run_ids]
         assert recorded == [run_key.engine_code_hash for run_key in keys]
 
-    def test_concurrent_creators_of_one_key_build_once(self, registry):
-        gate = threading.Event()
-        build = Builder(key(), gate=gate)
-        start = threading.Barrier(64)
+    def test_concurrent_starts_of_one_key_start_one_run(self, registry):
+        barrier = threading.Barrier(32)
 
-        def create_one():
-            start.wait()
-            return registry.create_once(key(), build)
+        def start_one(index):
+            barrier.wait()
+            return start(registry, owner=f"owner-{index}")
 
-        with ThreadPoolExecutor(max_workers=64) as pool:
-            futures = [pool.submit(create_one) for _ in range(64)]
-            assert build.entered.wait(timeout=30)
-            gate.set()
-            results = [future.result(timeout=30) for future in futures]
-        assert build.calls == 1
-        assert sum(created for _, created in results) == 1
-        assert {result_id for result_id, _ in results} == set(build.run_ids)
-        assert registry.get(build.run_ids[0]).hits == 63
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            results = list(pool.map(start_one, range(32)))
+        assert sum(result.started for result in results) == 1
+        assert len({result.run_id for result in results}) == 1
+        assert registry.get(results[0].run_id).hits == 31
 
-    def test_a_slow_build_does_not_hold_up_other_keys_and_is_invisible_until_stored(self, registry):
-        gate = threading.Event()
-        slow = Builder(key("slow"), gate=gate)
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(registry.create_once, key("slow"), slow)
-            assert slow.entered.wait(timeout=30)
-            # While "slow" is still building, other keys are created and read freely...
-            fast = create(registry, "fast")
-            assert registry.touch(key("fast").digest) == fast and registry.get(fast) is not None
-            # ...and nothing of "slow" can be seen before it is stored whole.
-            assert registry.touch(key("slow").digest) is None and registry.get(slow.run_ids[0]) is None
-            assert not pending.done()
-            gate.set()
-            assert pending.result(timeout=30) == (slow.run_ids[0], True)
-        assert registry.get(slow.run_ids[0]).record == record(key("slow"), slow.run_ids[0])
-
-    def test_callers_waiting_on_a_failed_build_get_its_error(self, registry):
-        gate = threading.Event()
-        build = Builder(key(), gate=gate, error=RuntimeError("boom"))
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            leader = pool.submit(registry.create_once, key(), build)
-            assert build.entered.wait(timeout=30)
-            waiters = [pool.submit(registry.create_once, key(), build) for _ in range(7)]
-            gate.set()
-            for future in [leader, *waiters]:
-                with pytest.raises(RuntimeError, match="boom"):
-                    future.result(timeout=30)
-        assert registry.touch(key().digest) is None
+    def test_a_damaged_done_run_can_be_discarded_so_its_key_runs_anew(self, registry):
+        run_id = create(registry)
+        registry.discard(run_id)
+        assert registry.get(run_id) is None and registry.touch(key().digest) is None
+        assert start(registry).started

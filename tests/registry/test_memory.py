@@ -48,9 +48,9 @@ def test_each_call_sweeps_a_bounded_slice_of_expired_entries(frozen):
         create(registry, f"k{index}")
     frozen.tick(timedelta(milliseconds=TTL_MS))
     registry.touch(key("unrelated").digest)
-    assert len(registry._entries) == 2 * SWEEP_SLICE  # one slice gone, untouched
+    assert registry.held_entries() == 2 * SWEEP_SLICE  # one slice gone, untouched
     registry.get(key("unrelated").run_id(1))
-    assert len(registry._entries) == SWEEP_SLICE
+    assert registry.held_entries() == SWEEP_SLICE
     assert registry.stats(top_scenarios=0).total_entries == 0
 
 

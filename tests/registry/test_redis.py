@@ -11,13 +11,17 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from freezegun import freeze_time
 
+from app.models import RunError
 from app.models import RunKey
+from app.models import RunRecord
 from app.registry.base import RegistryUnavailable
 from app.registry.redis_registry import RedisRegistry
-from tests.registry.contract import Builder
+from tests.registry.contract import EVENTS
 from tests.registry.contract import RegistryContract
 from tests.registry.contract import create
+from tests.registry.contract import identity
 from tests.registry.contract import key
+from tests.registry.contract import start
 from tests.servers import RedisServer
 from tests.servers import free_port
 
@@ -66,28 +70,35 @@ def test_key_and_run_record_expire_at_the_same_instant(make_registry, redis_serv
     assert client.pexpiretime(run) == registry.get(run_id).expires_at
 
 
-def test_two_processes_racing_on_one_key_build_once(make_registry):
+def test_a_running_run_and_its_entry_have_no_expiry(make_registry, redis_server):
+    registry = make_registry()
+    run_id = start(registry).run_id
+    client = redis_server.client()
+    assert client.pttl(f"run-registry:key:{key().digest}") == client.pttl(f"run-registry:run:{run_id}") == -1
+
+
+def test_events_go_to_a_stream_with_ids_equal_to_positions_and_an_end_entry(make_registry, redis_server):
+    registry = make_registry()
+    run_id = create(registry)
+    entries = redis_server.client().xrange(f"run-registry:stream:{run_id}")
+    assert [entry_id for entry_id, _ in entries] == [b"0-1", b"0-2", b"0-3", b"0-4"]
+    assert [(fields[b"t"].decode(), fields[b"d"]) for _, fields in entries[:3]] == EVENTS
+    assert entries[3][1] == {b"end": b"done"}
+
+
+def test_two_processes_starting_one_key_start_one_run(make_registry):
     """Two registries on one Redis are two processes: no shared lock, only Redis."""
     processes = [make_registry(), make_registry()]
-    gate = threading.Event()
-    builds = [Builder(key(), gate=gate), Builder(key(), gate=gate)]
-    start = threading.Barrier(32)
+    barrier = threading.Barrier(32)
 
-    def create_one(index):
-        start.wait()
-        return processes[index % 2].create_once(key(), builds[index % 2])
+    def start_one(index):
+        barrier.wait()
+        return start(processes[index % 2], owner=f"owner-{index}")
 
     with ThreadPoolExecutor(max_workers=32) as pool:
-        futures = [pool.submit(create_one, index) for index in range(32)]
-        deadline = time.monotonic() + 30
-        while not any(build.entered.is_set() for build in builds) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.2)  # let every other caller reach its wait on the claim
-        gate.set()
-        results = [future.result(timeout=30) for future in futures]
-    assert builds[0].calls + builds[1].calls == 1
-    assert len({result_id for result_id, _ in results}) == 1
-    assert sum(created for _, created in results) == 1
+        results = list(pool.map(start_one, range(32)))
+    assert sum(result.started for result in results) == 1
+    assert len({result.run_id for result in results}) == 1
 
 
 def test_two_deploys_asking_for_one_scenario_at_one_moment_get_two_run_ids(make_registry, redis_server):
@@ -95,60 +106,61 @@ def test_two_deploys_asking_for_one_scenario_at_one_moment_get_two_run_ids(make_
     and millisecond: each run must keep a runId of its own, and its own record."""
     deploy_a, deploy_b = make_registry(), make_registry()
     key_a, key_b = RunKey("pricing-v1", 42, "deploy-a"), RunKey("pricing-v1", 42, "deploy-b")
-    def create_one(registry, run_key, start):
-        start.wait()
-        return registry.create_once(run_key, Builder(run_key))[0]
+
+    def start_one(registry, run_key, barrier):
+        barrier.wait()
+        return start(registry, run_key).run_id
 
     for attempt in range(20):
         redis_server.client().flushall()
-        start = threading.Barrier(2)
-
+        barrier = threading.Barrier(2)
         with ThreadPoolExecutor(max_workers=2) as pool, freeze_time(f"2026-11-26 12:00:{attempt:02d}"):
-            run_a = pool.submit(create_one, deploy_a, key_a, start)
-            run_b = pool.submit(create_one, deploy_b, key_b, start)
+            run_a = pool.submit(start_one, deploy_a, key_a, barrier)
+            run_b = pool.submit(start_one, deploy_b, key_b, barrier)
             run_a, run_b = run_a.result(timeout=30), run_b.result(timeout=30)
         assert run_a != run_b
-        assert deploy_a.get(run_a).record.engine_code_hash == "deploy-a"
-        assert deploy_b.get(run_b).record.engine_code_hash == "deploy-b"
+        assert deploy_a.get(run_a).identity.engine_code_hash == "deploy-a"
+        assert deploy_b.get(run_b).identity.engine_code_hash == "deploy-b"
 
 
-def test_a_claim_whose_holder_died_is_taken_over_after_it_expires(make_registry, redis_server):
-    registry = make_registry()
-    client = redis_server.client()
-    claim = f"run-registry:claim:{key().digest}"
-    client.set(claim, "dead-holder", px=300)  # a worker that died mid-run
-
-    def build(run_id):
-        assert client.get(claim) != b"dead-holder", "built while the dead claim still held"
-        return Builder(key())(run_id)
-
-    assert registry.create_once(key(), build)[1] is True
-
-
-def test_a_long_run_keeps_its_claim_alive(make_registry):
-    """The holder extends its claim while the engine runs, so nobody else runs it meanwhile."""
-    holder, other = make_registry(claim_ms=300), make_registry(claim_ms=300)
-    gate = threading.Event()
-    slow = Builder(key(), gate=gate)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        first = pool.submit(holder.create_once, key(), slow)
-        assert slow.entered.wait(timeout=30)
-        second = pool.submit(other.create_once, key(), Builder(key()))
-        time.sleep(1.0)  # more than three claim lifetimes
-        assert not second.done()
-        gate.set()
-        run_id = slow.run_ids[0]
-        assert first.result(timeout=30) == (run_id, True)
-        assert second.result(timeout=30) == (run_id, False)
+def test_a_run_is_watched_live_from_another_process(make_registry):
+    executor, watcher = make_registry(), make_registry()
+    run_id = start(executor).run_id
+    log = watcher.open_log(run_id)
+    assert log.read(0, timeout=0.2).events == []
+    executor.append(run_id, "owner-1", 1, EVENTS[:1])
+    assert log.read(0, timeout=10).events == EVENTS[:1]
+    executor.append(run_id, "owner-1", 2, EVENTS[1:])
+    executor.finish(run_id, "owner-1", RunRecord.create(identity(key(), run_id), EVENTS))
+    assert log.wait_end(10) == "done"
+    assert log.read(0, timeout=1).events == EVENTS
+    assert watcher.open_log(run_id) is None  # done: its record serves it from now on
 
 
-def test_a_failed_build_releases_its_claim_and_run_id_at_once(make_registry, redis_server):
-    registry = make_registry()
-    build = Builder(key(), error=RuntimeError("boom"))
-    with pytest.raises(RuntimeError):
-        registry.create_once(key(), build)
-    client = redis_server.client()
-    assert client.exists(f"run-registry:claim:{key().digest}", f"run-registry:runid:{build.run_ids[0]}") == 0
+def test_a_run_whose_executor_died_fails_once_its_lease_lapses(make_registry):
+    executor = make_registry(lease_ms=300)
+    run_id = start(executor).run_id
+    executor.append(run_id, "owner-1", 1, EVENTS[:1])
+    watcher = make_registry()
+    log = watcher.open_log(run_id)
+    executor.close()  # the process is gone: nobody renews its lease
+    ending = log.wait_end(15)
+    assert isinstance(ending, RunError) and "stopped before it ended" in ending.message
+    assert watcher.get(run_id).status == "failed"
+    assert watcher.touch(key().digest) is None  # the next lookup starts a new run
+    assert not executor_append(watcher, run_id)
+
+
+def executor_append(registry, run_id):
+    return registry.append(run_id, "owner-1", 2, EVENTS[1:2])
+
+
+def test_a_live_executor_keeps_its_lease(make_registry, redis_server):
+    executor = make_registry(lease_ms=300)
+    run_id = start(executor).run_id
+    time.sleep(1.2)  # four lease lifetimes: renewed every third of one
+    assert make_registry().reap() == 0
+    assert executor.get(run_id).status == "running"
 
 
 def test_entries_are_shared_by_every_instance_and_outlive_them(make_registry):
@@ -156,16 +168,17 @@ def test_entries_are_shared_by_every_instance_and_outlive_them(make_registry):
     run_id = create(first)
     first.close()
     later = make_registry()  # a restarted service
-    assert later.touch(key().digest) == run_id
+    assert later.touch(key().digest).run_id == run_id
     assert later.get(run_id).hits == 1
 
 
 def test_unreachable_redis_is_registry_unavailable_promptly():
     registry = RedisRegistry(f"redis://127.0.0.1:{free_port()}/0", ttl_ms=TTL_MS, max_entries=10, timeout_ms=200)
     for call in (lambda: registry.touch(key().digest), lambda: registry.get(key().run_id(1)),
-                 lambda: registry.stats(top_scenarios=20), lambda: registry.create_once(key(), Builder(key()))):
+                 lambda: registry.stats(top_scenarios=20), lambda: start(registry)):
         with pytest.raises(RegistryUnavailable):
             call()
+    registry.close()
 
 
 def test_a_hung_redis_times_out_and_recovers(tmp_path):
@@ -178,7 +191,8 @@ def test_a_hung_redis_times_out_and_recovers(tmp_path):
             registry.touch(key().digest)
         waited = time.monotonic() - started
         server.stop(signal.SIGCONT)
-        assert registry.touch(key().digest) == run_id
+        assert registry.touch(key().digest).run_id == run_id
+        registry.close()
     assert waited < 2  # two tries of a 200 ms timeout, not the default 5 s each
 
 
@@ -192,7 +206,8 @@ def test_a_restarted_redis_is_used_again_without_restarting_the_service(tmp_path
         registry.touch(key().digest)
     with RedisServer(tmp_path, port=port):
         assert registry.touch(key().digest) is None  # it kept nothing on disk: a new, empty registry
-        assert registry.create_once(key(), Builder(key()))[1] is True
+        assert start(registry).started
+    registry.close()
 
 
 def test_an_entry_whose_run_redis_evicted_is_absent(make_registry, redis_server):
@@ -201,7 +216,7 @@ def test_an_entry_whose_run_redis_evicted_is_absent(make_registry, redis_server)
     run_id = create(registry)
     redis_server.client().delete(f"run-registry:run:{run_id}")
     assert registry.touch(key().digest) is None
-    assert registry.create_once(key(), Builder(key()))[1] is True
+    assert start(registry).started
 
 
 @pytest.mark.parametrize(
@@ -211,8 +226,9 @@ def test_an_entry_whose_run_redis_evicted_is_absent(make_registry, redis_server)
         lambda client, run: client.hdel(run, "bodyGzip", "eventsDigest"),
         lambda client, run: client.hset(run, "count", "many"),
         lambda client, run: (client.delete(run), client.rpush(run, "a", "list")),
+        lambda client, run: client.hset(run, "status", "dancing"),
     ],
-    ids=["string", "missing-fields", "unreadable-count", "list"],
+    ids=["string", "missing-fields", "unreadable-count", "list", "unknown-status"],
 )
 def test_a_foreign_or_malformed_record_is_absent_and_logged_once(make_registry, redis_server, damage, caplog):
     registry = make_registry()
@@ -228,7 +244,7 @@ def test_a_foreign_value_at_an_entry_key_is_a_miss(make_registry, redis_server):
     registry = make_registry()
     redis_server.client().hset(f"run-registry:key:{key().digest}", "not", "ours")
     assert registry.touch(key().digest) is None
-    assert registry.create_once(key(), Builder(key()))[1] is True  # stored over it
+    assert start(registry).started  # stored over it
 
 
 def test_prefixes_keep_registries_apart(redis_url):
@@ -236,3 +252,5 @@ def test_prefixes_keep_registries_apart(redis_url):
     staging, production = make(prefix="staging:"), make(prefix="production:")
     create(staging)
     assert production.touch(key().digest) is None and production.stats(top_scenarios=20).total_entries == 0
+    staging.close()
+    production.close()

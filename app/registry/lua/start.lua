@@ -1,0 +1,33 @@
+-- ARGV: prefix, cacheKey, ttl_ms, runId prefix, now_ms (the service's clock), owner, lease_ms,
+-- max_entries, scenarioId, engineCodeHash, engineName, engineVersion.
+-- Returns {'found', runId, status} (a hit), {'started', runId} or {'full'}.
+local cache_key, ttl, max_entries = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[8])
+local found = touch(cache_key, ttl)
+if found then return {'found', found[1], found[2]} end
+local now = now_ms()
+sweep(now, 64)
+-- Room: the least recently used done runs are evicted; a running run never is.
+local lru, running = prefix .. 'lru', prefix .. 'running'
+while redis.call('ZCARD', lru) + redis.call('ZCARD', running) >= max_entries do
+  local oldest = redis.call('ZRANGE', lru, 0, 0)[1]
+  if not oldest then return {'full'} end
+  local oldest_entry = prefix .. 'key:' .. string.match(oldest, ' (%S+)$')
+  local oldest_run = string_at(oldest_entry)
+  if oldest_run then redis.call('DEL', oldest_entry, prefix .. 'run:' .. oldest_run) end
+  forget(oldest, 'evictions')
+end
+-- The runId takes the first millisecond from the service's now that no run, of any key or
+-- deploy, holds: the cache key alone would not tell two deploys' runs of one scenario apart.
+local created_at = tonumber(ARGV[5])
+while redis.call('EXISTS', prefix .. 'run:' .. ARGV[4] .. string.format('%d', created_at)) == 1 do
+  created_at = created_at + 1
+end
+local run_id = ARGV[4] .. string.format('%d', created_at)
+redis.call('HSET', prefix .. 'run:' .. run_id, 'runId', run_id, 'cacheKey', cache_key, 'scenarioId', ARGV[9],
+           'engineCodeHash', ARGV[10], 'engineName', ARGV[11], 'engineVersion', ARGV[12], 'status', 'running',
+           'owner', ARGV[6], 'count', 0, 'hits', 0)
+redis.call('SET', prefix .. 'key:' .. cache_key, run_id)
+redis.call('ZADD', running, now + tonumber(ARGV[7]), run_id)
+redis.call('ZINCRBY', prefix .. 'scenario-entries', -1, ARGV[9])
+redis.call('HINCRBY', prefix .. 'counters', 'misses', 1)
+return {'started', run_id}

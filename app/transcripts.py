@@ -1,0 +1,79 @@
+"""Reading done runs' transcripts back: decompressed within bounds, checked, and kept for a while."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import zlib
+from collections import OrderedDict
+
+from app.engine.base import Event
+from app.models import EncodedEvent
+from app.models import RunRecord
+from app.models import canonical_json
+from app.runner import MAX_TRANSCRIPT_BYTES
+
+
+class CorruptTranscript(Exception):
+    """A stored transcript is not what its record says: it does not decompress within bounds,
+    or its events are not the bytes its digest names."""
+
+
+class TranscriptCache:
+    """The plain /events bodies of the most recently read runs, so a hot run is not
+    decompressed on every request; bounded, so memory stays that of the compressed store.
+
+    A body is checked against its record's digest when it is decompressed, so a record that
+    a shared backend holds damaged (or that someone wrote there) is never served.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._bodies: OrderedDict[tuple[str, bytes], bytes] = OrderedDict()
+
+    def body(self, record: RunRecord) -> bytes:
+        """The plain /events body of ``record``.
+
+        :raises CorruptTranscript: the stored transcript is not what the record says.
+        """
+        key = (record.run_id, record.events_digest)
+        with self._lock:
+            body = self._bodies.get(key)
+            if body is not None:
+                self._bodies.move_to_end(key)
+                return body
+        body = _checked_body(record)
+        with self._lock:
+            self._bodies[key] = body
+            if len(self._bodies) > self._capacity:
+                self._bodies.popitem(last=False)
+        return body
+
+    def events_json(self, record: RunRecord) -> bytes:
+        """The events' canonical JSON: the bytes eventsSha256 digests."""
+        return record.events_json(self.body(record))
+
+    def events(self, record: RunRecord) -> list[Event]:
+        events: list[Event] = json.loads(self.events_json(record))
+        return events
+
+    def encoded_events(self, record: RunRecord) -> list[EncodedEvent]:
+        """The events as they were recorded: type, and their data's canonical JSON."""
+        return [(event["type"], canonical_json(event["data"])) for event in self.events(record)]
+
+
+def _checked_body(record: RunRecord) -> bytes:
+    """Decompress, never past the largest body a transcript may have, and check the digest."""
+    limit = MAX_TRANSCRIPT_BYTES + 4096  # the events, and the runId and count around them
+    inflater = zlib.decompressobj(wbits=31)  # gzip framing
+    try:
+        body = inflater.decompress(record.body_gzip, limit)
+    except zlib.error as err:
+        raise CorruptTranscript(f"its transcript does not decompress ({err})") from err
+    if not inflater.eof or inflater.unconsumed_tail:
+        raise CorruptTranscript(f"its transcript is incomplete or decompresses past {limit} bytes")
+    if hashlib.sha256(record.events_json(body)).digest() != record.events_digest:
+        raise CorruptTranscript("its events do not match its eventsSha256")
+    return body
