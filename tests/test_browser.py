@@ -89,3 +89,20 @@ def test_replay_page_shows_markup_from_a_run_as_text(tmp_path):
     assert "<img src=x onerror=" in page.text["transcript"]  # shown as text...
     assert "<img src=\"x\"" not in dom and page.title == f"Replay {run_id}"  # ...never parsed, never run
     assert "<b>metric</b>" in page.text["report"]
+
+
+def test_replay_page_shows_a_running_run_live(tmp_path):
+    require_binary("chromium")
+    env = {"RUN_REGISTRY_ENGINE_EVENT_DELAY_MS": "20"}  # about 3 s for the default engine's 147 events
+    with Gunicorn(tmp_path / "gunicorn.log", env=env) as server:
+        started = http("GET", f"{server.url}/runs/lookup?scenarioId=pricing-v1&seed=7",
+                       headers={"Prefer": "respond-async"})
+        assert started.status == 202
+        run_id = started.json()["runId"]
+        dom = chromium_dom(f"{server.url}/runs/{run_id}/replay", tmp_path / "profile")
+        events = http("GET", f"{server.url}/runs/{run_id}/events").json()["events"]
+    page = Page(dom)
+    assert page.body.get("data-live") == "true"  # it loaded while the run was running...
+    assert page.body.get("data-replay") == "complete", page.text.get("status")  # ...and saw it to the end
+    assert page.text["status"] == f"Run complete, watched live: {len(events)} of {len(events)} events."
+    assert page.text["transcript"] == "".join(e["data"]["text"] for e in events if e["type"] == "token")

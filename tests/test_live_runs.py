@@ -1,0 +1,215 @@
+"""Long runs, live (API.md section 10), on a real gunicorn: in memory, and on Redis across processes."""
+
+from __future__ import annotations
+
+import http.client as http_client
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.servers import Gunicorn
+from tests.servers import http
+
+pytestmark = pytest.mark.server
+
+SSE = {"Accept": "text/event-stream"}
+KEEPALIVE = b": keepalive\n\n"
+
+
+class Fleet:
+    """Where runs start (``starter``) and where they are watched (``watcher``): one gunicorn in
+    memory; on Redis, two gunicorns sharing one Redis, so watching crosses processes."""
+
+    def __init__(self, starter: Gunicorn, watcher: Gunicorn) -> None:
+        self.starter, self.watcher = starter, watcher
+
+
+@pytest.fixture(params=["memory", "redis"])
+def fleet_of(request, tmp_path):
+    servers: list[Gunicorn] = []
+
+    def make(**env) -> Fleet:
+        settings = {"RUN_REGISTRY_KEEPALIVE_S": "0.3", **{name: str(value) for name, value in env.items()}}
+        if request.param == "memory":
+            server = Gunicorn(tmp_path / f"memory-{len(servers)}.log", env=settings).start()
+            servers.append(server)
+            return Fleet(server, server)
+        redis_url = request.getfixturevalue("redis_url")
+        shared = {**settings, "RUN_REGISTRY_URL": redis_url, "WEB_CONCURRENCY": "1"}
+        first = Gunicorn(tmp_path / f"redis-a-{len(servers)}.log", env=shared).start()
+        servers.append(first)
+        second = Gunicorn(tmp_path / f"redis-b-{len(servers)}.log", env=shared).start()
+        servers.append(second)
+        return Fleet(first, second)
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def start_async(server: Gunicorn, scenario: str = "pricing-v1", seed: int = 42):
+    reply = http("GET", f"{server.url}/runs/lookup?scenarioId={scenario}&seed={seed}",
+                 headers={"Prefer": "respond-async"})
+    assert reply.status == 202, reply.body
+    return reply
+
+
+def read_stream(server: Gunicorn, run_id: str, headers=None, timeout: float = 60) -> bytes:
+    connection = http_client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    connection.request("GET", f"/runs/{run_id}/events", headers={**SSE, **(headers or {})})
+    reply = connection.getresponse()
+    assert reply.status == 200 and reply.getheader("Content-Type").startswith("text/event-stream")
+    body = reply.read()
+    connection.close()
+    return body
+
+
+def test_a_lookup_answers_202_while_running_then_200_with_cache_status(fleet_of):
+    fleet = fleet_of(RUN_REGISTRY_ENGINE_EVENT_DELAY_MS=10)  # about 1.5 s for 147 events
+    started = start_async(fleet.starter)
+    run_id = started.json()["runId"]
+    assert started.json() == {"runId": run_id, "source": "new", "status": "running"}
+    assert started.headers["Location"] == f"/runs/{run_id}" and started.headers["Retry-After"] == "2"
+    assert started.headers["Cache-Status"] == "run-registry; fwd=miss"
+    assert started.headers["Preference-Applied"] == "respond-async"
+    short = http("GET", f"{fleet.watcher.url}/runs/lookup?scenarioId=pricing-v1&seed=42",
+                 headers={"Prefer": "wait=0"})
+    assert (short.status, short.json()["source"], short.headers["Preference-Applied"]) == (202, "cache", "wait=0")
+    assert short.headers["Cache-Status"] == "run-registry; hit"
+    metadata = http("GET", f"{fleet.watcher.url}/runs/{run_id}").json()
+    assert metadata["status"] == "running" and "eventsSha256" not in metadata and "expiresAt" not in metadata
+    done = http("GET", f"{fleet.watcher.url}/runs/lookup?scenarioId=pricing-v1&seed=42",
+                headers={"Prefer": "wait=20"})
+    assert (done.status, done.json()) == (200, {"runId": run_id, "source": "cache"})
+    assert done.headers["Preference-Applied"] == "wait=20" and done.headers["Cache-Status"] == "run-registry; hit"
+    assert http("GET", f"{fleet.watcher.url}/runs/{run_id}").json()["status"] == "done"
+
+
+def test_the_live_stream_is_byte_for_byte_the_replay_without_its_comments(fleet_of):
+    fleet = fleet_of(RUN_REGISTRY_ENGINE_EVENT_DELAY_MS=10)
+    run_id = start_async(fleet.starter).json()["runId"]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        from_start = pool.submit(read_stream, fleet.watcher, run_id)
+        time.sleep(0.5)  # a second client joins mid-run, resuming after event 3
+        resumed = pool.submit(read_stream, fleet.watcher, run_id, {"Last-Event-ID": "3"})
+        live, live_resumed = from_start.result(timeout=60), resumed.result(timeout=60)
+    assert http("GET", f"{fleet.watcher.url}/runs/{run_id}").json()["status"] == "done"
+    replay = read_stream(fleet.watcher, run_id)
+    assert live.replace(KEEPALIVE, b"") == replay
+    assert live_resumed.replace(KEEPALIVE, b"") == read_stream(fleet.watcher, run_id, {"Last-Event-ID": "3"})
+    assert replay.count(b"\nevent: ") == 147 and replay.endswith(b"id: 147\nevent: done\ndata: " +
+                                                                  replay.rsplit(b"data: ", 1)[1])
+
+
+def test_a_quiet_live_stream_sends_keepalive_comments_and_never_an_id_for_them(fleet_of):
+    fleet = fleet_of(RUN_REGISTRY_ENGINE="tests.fakes:FakeEngine", RUN_REGISTRY_ENGINE_EVENT_DELAY_MS=700)
+    run_id = start_async(fleet.starter, "quiet", 1).json()["runId"]
+    live = read_stream(fleet.watcher, run_id)
+    assert live.count(KEEPALIVE) >= 3  # 0.3 s keepalives in 0.7 s gaps
+    assert live.replace(KEEPALIVE, b"") == read_stream(fleet.watcher, run_id)
+
+
+def test_a_run_that_fails_mid_run_ends_its_stream_with_an_error_and_frees_its_key(fleet_of):
+    fleet = fleet_of(RUN_REGISTRY_ENGINE="tests.fakes:FailingMidRunEngine", RUN_REGISTRY_ENGINE_EVENT_DELAY_MS=300)
+    run_id = start_async(fleet.starter, "breaks", 1).json()["runId"]
+    live = read_stream(fleet.watcher, run_id).replace(KEEPALIVE, b"")
+    message = "The engine failed to run scenario breaks seed 1"
+    assert live.count(b"id: ") == 2
+    assert live.endswith(b'event: error\ndata: {"type":"ENGINE_ERROR","message":"%s"}\n\n' % message.encode())
+    metadata = http("GET", f"{fleet.watcher.url}/runs/{run_id}").json()
+    assert (metadata["status"], metadata["count"], metadata["error"]) == (
+        "failed", 2, {"type": "ENGINE_ERROR", "message": message})
+    events = http("GET", f"{fleet.watcher.url}/runs/{run_id}/events")
+    assert (events.status, events.json()) == (500, {"type": "ENGINE_ERROR", "message": message})
+    again = http("GET", f"{fleet.watcher.url}/runs/lookup?scenarioId=breaks&seed=1", headers={"Prefer": "wait=0"})
+    assert again.json()["source"] == "new" and again.json()["runId"] != run_id
+
+
+def test_only_complete_transcripts_are_served_and_a_running_run_cannot_be_verified(fleet_of):
+    fleet = fleet_of(RUN_REGISTRY_ENGINE_EVENT_DELAY_MS=20)  # about 3 s
+    run_id = start_async(fleet.starter).json()["runId"]
+    no_wait = {"Prefer": "wait=0"}
+    for path in ("/events", "/export.csv", "/snapshot"):
+        reply = http("GET", f"{fleet.watcher.url}/runs/{run_id}{path}", headers=no_wait)
+        assert reply.status == 202, path
+        assert reply.json()["runId"] == run_id and reply.json()["status"] == "running" and reply.json()["count"] >= 0
+        assert reply.headers["Location"] == f"/runs/{run_id}" and reply.headers["Retry-After"] == "2"
+    body = json.dumps({"left": {"scenarioId": "pricing-v1", "seed": 42}, "right": {"scenarioId": "pricing-v1",
+                                                                                    "seed": 42}}).encode()
+    compared = http("POST", f"{fleet.watcher.url}/compare", body, {"Content-Type": "application/json", **no_wait})
+    assert compared.status == 202 and compared.json()["runId"] == run_id
+    verify = http("POST", f"{fleet.watcher.url}/runs/{run_id}/verify")
+    assert (verify.status, verify.json()["type"]) == (409, "RUN_RUNNING")
+    waited = http("GET", f"{fleet.watcher.url}/runs/{run_id}/events", headers={"Prefer": "wait=20"}, timeout=30)
+    assert waited.status == 200 and waited.json()["count"] == 147
+
+
+def test_a_done_runs_representations_carry_strong_etags_and_answer_304(fleet_of):
+    fleet = fleet_of()
+    run_id = http("GET", f"{fleet.starter.url}/runs/lookup?scenarioId=pricing-v1&seed=42").json()["runId"]
+    tags = set()
+    for path, headers in (("/events", {}), ("/events", {"Accept-Encoding": "gzip"}), ("/export.csv", {}),
+                          ("/snapshot", {})):
+        first = http("GET", f"{fleet.watcher.url}/runs/{run_id}{path}", headers=headers)
+        tag = first.headers["ETag"]
+        assert first.status == 200 and tag.startswith('"') and not tag.startswith("W/"), path
+        again = http("GET", f"{fleet.watcher.url}/runs/{run_id}{path}", headers={**headers, "If-None-Match": tag})
+        assert (again.status, again.body, again.headers["ETag"]) == (304, b"", tag), path
+        stale = http("GET", f"{fleet.watcher.url}/runs/{run_id}{path}", headers={**headers, "If-None-Match": '"x"'})
+        assert stale.status == 200 and stale.body == first.body
+        tags.add(tag)
+    assert len(tags) == 4  # the gzip body has its own
+
+
+def test_past_the_waiting_capacity_streams_get_503_while_healthz_and_hits_answer(tmp_path):
+    env = {"RUN_REGISTRY_ENGINE": "tests.fakes:FakeEngine", "RUN_REGISTRY_ENGINE_EVENT_DELAY_MS": "2000",
+           "RUN_REGISTRY_MAX_WAITING": "3"}
+    with Gunicorn(tmp_path / "capacity.log", env=env) as server:
+        cached = http("GET", f"{server.url}/runs/lookup?scenarioId=cached&seed=1", timeout=30)
+        assert cached.status == 200
+        run_id = start_async(server, "slow", 1).json()["runId"]
+        streams = []
+        for _ in range(3):
+            connection = http_client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            connection.request("GET", f"/runs/{run_id}/events", headers=SSE)
+            assert connection.getresponse().status == 200
+            streams.append(connection)
+        refused = http("GET", f"{server.url}/runs/{run_id}/events", headers=SSE)
+        assert refused.status == 503 and refused.headers["Retry-After"] == "1"
+        assert refused.json()["type"] == "UNAVAILABLE"
+        assert http("GET", f"{server.url}/healthz").status == 200
+        assert http("GET", f"{server.url}/runs/lookup?scenarioId=cached&seed=1").json()["source"] == "cache"
+        pending = http("GET", f"{server.url}/runs/lookup?scenarioId=slow&seed=1")  # no room to wait: 202 at once
+        assert pending.status == 202
+        for connection in streams:
+            connection.close()
+
+
+def test_slow_and_idle_connections_do_not_stop_the_service(tmp_path):
+    with Gunicorn(tmp_path / "slow.log") as server:
+        stop = threading.Event()
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(50)]
+
+        def slow_client():
+            with socket.create_connection(("127.0.0.1", server.port)) as slow:
+                for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\n":
+                    if stop.wait(1.0):
+                        return
+                    slow.sendall(bytes([byte]))
+
+        slow = [threading.Thread(target=slow_client, daemon=True) for _ in range(50)]
+        for thread in slow:
+            thread.start()
+        try:
+            time.sleep(1.5)  # every slow client is mid-header, every idle one connected
+            answers = [http("GET", f"{server.url}/healthz", timeout=5).status for _ in range(20)]
+            hit = http("GET", f"{server.url}/runs/lookup?scenarioId=a&seed=1", timeout=5)
+        finally:
+            stop.set()
+            for connection in idle:
+                connection.close()
+        assert answers == [200] * 20 and hit.status == 200
