@@ -26,6 +26,7 @@ for _stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.
 import gunicorn.util  # noqa: E402 - after the metrics directory is set
 from gunicorn.glogging import Logger  # noqa: E402 - after the metrics directory is set
 
+from app.concurrency import gevent_active  # noqa: E402 - after the metrics directory is set
 from app.config import ConfigError  # noqa: E402 - after the metrics directory is set
 from app.config import load_settings  # noqa: E402 - after the metrics directory is set
 from app.config import positive_int  # noqa: E402 - after the metrics directory is set
@@ -153,3 +154,17 @@ def child_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
 def on_exit(server):  # noqa: ARG001 - gunicorn's hook signature
     if _own_metrics_dir:
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+def post_request(worker, req, environ, resp):  # noqa: ARG001 - gunicorn's hook signature
+    """Let the other connections' greenlets run before this one reads its next request.
+
+    A greenlet yields only when a read would block; a keep-alive client that sends its next
+    request while the last answer is being finished is read at once, again and again, and the
+    other connections wait: `make bench` measured lookup hits at p99 470 ms with 16 connections,
+    6.6 ms with this yield, for 3 % fewer requests a second.
+    """
+    if gevent_active():
+        from gevent import sleep
+
+        sleep(0)

@@ -18,8 +18,8 @@ from app.logs import AccessLog
 from app.logs import register_request_logging
 from app.metrics import Metrics
 from app.openapi import build_openapi
-from app.registry import make_limit_storage
 from app.registry import Registry
+from app.registry import make_limit_storage
 from app.registry import make_registry
 from app.service import RunService
 
@@ -69,19 +69,15 @@ class RegistryFlask(Flask):
 
 
 def register_blueprints(app: Flask) -> None:
-    """Attach every endpoint and the checks every request passes first; imported here so
-    nothing else imports the blueprints."""
+    """Attach every endpoint; imported here so nothing else imports the blueprints. The routes
+    that take a body (compare, verify) check it first (their blueprints' before_request)."""
     from app.api import MAX_BODY_BYTES
-    from app.api import bound_request_body
     from app.api import compare
     from app.api import events
     from app.api import evidence
     from app.api import lookup
     from app.api import ops
-    from app.api import refuse_cross_site_posts
 
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.before_request(bound_request_body)
-    app.before_request(refuse_cross_site_posts)
     for blueprint in (lookup.bp, events.bp, evidence.bp, compare.bp, ops.bp):
         app.register_blueprint(blueprint)

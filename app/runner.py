@@ -104,8 +104,12 @@ class Reproduction:
 class Runner:
     """Executes runs and reproductions of runs, a bounded number at once."""
 
-    def __init__(self, registry: Registry, engine: Engine, settings: Settings, observer: EngineObserver) -> None:
+    def __init__(
+        self, registry: Registry, engine: Engine, settings: Settings, observer: EngineObserver,
+        sleep: Callable[[float], None] = native_sleep,
+    ) -> None:
         self._registry = registry
+        self._sleep = sleep
         self._engine = engine
         self._observer = observer
         self._timeout_s = settings.engine_timeout_s
@@ -187,7 +191,7 @@ class Runner:
         iterator = iter(events)  # type: ignore[call-overload]
         while True:
             if self._delay_s:
-                native_sleep(self._delay_s)
+                self._sleep(self._delay_s)
             try:
                 yield next(iterator)
             except StopIteration:

@@ -27,6 +27,7 @@ from dataclasses import field
 from pathlib import Path
 
 from bench import inprocess
+from bench import live
 from tests.servers import ROOT
 from tests.servers import Gunicorn
 from tests.servers import RedisServer
@@ -81,8 +82,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="run-registry-bench-") as scratch:
         table = load_test(Path(scratch), args)
         settings = compare_settings(Path(scratch), args)
+        live_figures = measure_live(Path(scratch), args)
     figures = inprocess.measure(args.runs, smoke=args.smoke)
-    report = render(table, settings, figures, args)
+    report = render(table, settings, live_figures, figures, args)
     print(report)
     if args.markdown:
         args.markdown.write_text(report)
@@ -124,14 +126,30 @@ def load_test(scratch: Path, args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-# gunicorn settings that keep one process (the in-memory registry's condition), for lookup hits.
+# gunicorn worker classes for one process (the in-memory registry's condition), for lookup hits.
+# GUNICORN_CMD_ARGS overrides gunicorn.conf.py; the service runs on threads where gevent is absent.
 SETTINGS = {
-    "gthread, 1 thread": {"GUNICORN_THREADS": "1"},
-    "gthread, 2 threads": {"GUNICORN_THREADS": "2"},
-    "gthread, 4 threads (the default)": {"GUNICORN_THREADS": "4"},
-    "gthread, 8 threads": {"GUNICORN_THREADS": "8"},
+    "gevent, 2000 connections (the default)": {},
+    "gthread, 4 threads": {"GUNICORN_CMD_ARGS": "--worker-class gthread --threads 4"},
+    "gthread, 64 threads": {"GUNICORN_CMD_ARGS": "--worker-class gthread --threads 64"},
     "sync (one request at a time)": {"GUNICORN_CMD_ARGS": "--worker-class sync"},
 }
+
+
+def measure_live(scratch: Path, args: argparse.Namespace) -> dict[str, str]:
+    """The live-run figures: many streams of one run, slow and idle connections, event latency."""
+    hits = Row("lookup hit", "/runs/lookup?scenarioId=pricing-v1&seed=42")
+    wrk_args = argparse.Namespace(connections=args.connections, seconds=min(args.seconds, 2))
+
+    def wrk_hits(server: Gunicorn) -> float:
+        return wrk(server, hits, wrk_args)["rps"]
+
+    clients, slow, idle = (20, 5, 5) if args.smoke else (500, 200, 200)
+    figures = live.many_clients_on_one_live_run(scratch, clients, wrk_hits, delay_ms=10 if args.smoke else 40)
+    figures.update(live.slow_and_idle_connections(scratch, slow, idle, probes=20 if args.smoke else 300,
+                                                  settle_s=0.5 if args.smoke else 3))
+    figures.update(live.event_latency(scratch, runs=1 if args.smoke else 3))
+    return figures
 
 
 def compare_settings(scratch: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -196,7 +214,8 @@ def _latency_ms(output: str, percentile: str) -> float:
 
 
 def render(
-    rows: list[Row], settings: dict[str, dict[str, float]], figures: dict[str, object], args: argparse.Namespace
+    rows: list[Row], settings: dict[str, dict[str, float]], live_figures: dict[str, str], figures: dict[str, object],
+    args: argparse.Namespace,
 ) -> str:
     medians = {row.name: {side: _median(results) for side, results in row.results.items() if results}
                for row in rows}
@@ -219,12 +238,14 @@ def render(
             f"| {service['cpu_us']:.0f} | {floor_name} | {floor['cpu_us']:.0f} | {service['rps'] / floor['rps']:.2f} |"
         )
     lines += [
-        "", "One-process gunicorn settings, lookup hit (the in-memory registry allows one process):", "",
-        "| worker class and threads | requests/s | p50 ms | p99 ms | server CPU µs/request |",
+        "", "One-process gunicorn worker classes, lookup hit (the in-memory registry allows one process):", "",
+        "| worker class | requests/s | p50 ms | p99 ms | server CPU µs/request |",
         "|---|---:|---:|---:|---:|",
     ]
     lines += [f"| {name} | {result['rps']:.0f} | {result['p50']:.2f} | {result['p99']:.2f} | {result['cpu_us']:.0f} |"
               for name, result in settings.items()]
+    lines += ["", "Live runs (one gevent worker unless said):", ""]
+    lines += [f"- {name}: {value}" for name, value in live_figures.items()]
     lines += ["", "In-process (one Python process, no HTTP):", ""]
     lines += [f"- {name}: {value}" for name, value in figures.items()]
     return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from typing import Any
@@ -161,3 +162,35 @@ class FailingMidRunEngine:
     def run(self, scenario_id: str, seed: int):
         yield from transcript(scenario_id, seed)[:2]
         raise RuntimeError("engine exploded mid-run")
+
+
+class ScenarioPacedEngine:
+    """A streaming engine whose scenarioId says how it behaves, so one server serves every case.
+
+    ``paced-<ms>-<tokens>``: a start, ``<tokens>`` tokens, a report and a done, ``<ms>`` apart;
+    a scenarioId starting ``breaks`` fails after its first two events; anything else is
+    ``transcript(scenario, seed)`` at once. Pacing changes when events come, never what they are.
+    """
+
+    name = "scenario-paced"
+    version = "1"
+
+    def run(self, scenario_id: str, seed: int):
+        paced = re.fullmatch(r"paced-(\d+)-(\d+)", scenario_id)
+        if paced is None:
+            events = transcript(scenario_id, seed)
+            if scenario_id.startswith("breaks"):
+                yield from events[:2]
+                raise RuntimeError("engine exploded mid-run")
+            yield from events
+            return
+        delay, tokens = int(paced.group(1)) / 1000, int(paced.group(2))
+        session = f"session_{seed:x}"
+        events = [{"type": "start", "data": {"sessionId": session, "scenarioId": scenario_id, "seed": seed}}]
+        events += [{"type": "token", "data": {"text": f" t{index}", "tokenIndex": index}}
+                   for index in range(1, tokens + 1)]
+        events += [{"type": "report", "data": {"tokens": tokens}},
+                   {"type": "done", "data": {"sessionId": session, "totalTokens": tokens}}]
+        for event in events:
+            time.sleep(delay)
+            yield event

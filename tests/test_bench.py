@@ -24,5 +24,7 @@ def test_the_benchmark_runs_and_prints_its_table(tmp_path):
                 "snapshot ZIP", "lookup hit, Redis, 4 workers"):
         assert f"| {row} |" in text, row
     for figure in ("memory per cached run, tracemalloc", "memory per cached run, RSS growth",
-                   "entries:", "sweep of"):
+                   "entries:", "sweep of", "live streams of one run", "byte-identical to the replay",
+                   "server memory per live stream", "lookup hits while they stream", "slow and",
+                   "event creation to a live client, memory", "event creation to a live client, redis"):
         assert figure in text, figure

@@ -28,30 +28,23 @@ class Fleet:
         self.starter, self.watcher = starter, watcher
 
 
-@pytest.fixture(params=["memory", "redis"])
-def fleet_of(request, tmp_path):
-    servers: list[Gunicorn] = []
-
-    def make(**env) -> Fleet:
-        settings = {"RUN_REGISTRY_KEEPALIVE_S": "0.3", **{name: str(value) for name, value in env.items()}}
-        if request.param == "memory":
-            server = Gunicorn(tmp_path / f"memory-{len(servers)}.log", env=settings).start()
-            servers.append(server)
-            return Fleet(server, server)
-        redis_url = request.getfixturevalue("redis_url")
-        shared = {**settings, "RUN_REGISTRY_URL": redis_url, "WEB_CONCURRENCY": "1"}
-        first = Gunicorn(tmp_path / f"redis-a-{len(servers)}.log", env=shared).start()
-        servers.append(first)
-        second = Gunicorn(tmp_path / f"redis-b-{len(servers)}.log", env=shared).start()
-        servers.append(second)
-        return Fleet(first, second)
-
-    yield make
-    for server in servers:
-        server.stop()
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def fleet(request, tmp_path_factory):
+    """One engine for every case (tests.fakes.ScenarioPacedEngine: the scenarioId sets its pace)."""
+    directory = tmp_path_factory.mktemp(f"live-{request.param}")
+    env = {"RUN_REGISTRY_ENGINE": "tests.fakes:ScenarioPacedEngine", "RUN_REGISTRY_KEEPALIVE_S": "0.3"}
+    if request.param == "memory":
+        with Gunicorn(directory / "memory.log", env=env) as server:
+            yield Fleet(server, server)
+        return
+    redis_server = request.getfixturevalue("redis_server")
+    shared = {**env, "RUN_REGISTRY_URL": redis_server.url, "RUN_REGISTRY_REDIS_PREFIX": f"live-{id(directory)}:",
+              "WEB_CONCURRENCY": "1"}
+    with Gunicorn(directory / "a.log", env=shared) as first, Gunicorn(directory / "b.log", env=shared) as second:
+        yield Fleet(first, second)
 
 
-def start_async(server: Gunicorn, scenario: str = "pricing-v1", seed: int = 42):
+def start_async(server: Gunicorn, scenario: str, seed: int = 1):
     reply = http("GET", f"{server.url}/runs/lookup?scenarioId={scenario}&seed={seed}",
                  headers={"Prefer": "respond-async"})
     assert reply.status == 202, reply.body
@@ -68,56 +61,54 @@ def read_stream(server: Gunicorn, run_id: str, headers=None, timeout: float = 60
     return body
 
 
-def test_a_lookup_answers_202_while_running_then_200_with_cache_status(fleet_of):
-    fleet = fleet_of(RUN_REGISTRY_ENGINE_EVENT_DELAY_MS=10)  # about 1.5 s for 147 events
-    started = start_async(fleet.starter)
+def test_a_lookup_answers_202_while_running_then_200_with_cache_status(fleet):
+    scenario = "paced-50-20"  # about 1.2 s
+    started = start_async(fleet.starter, scenario)
     run_id = started.json()["runId"]
     assert started.json() == {"runId": run_id, "source": "new", "status": "running"}
     assert started.headers["Location"] == f"/runs/{run_id}" and started.headers["Retry-After"] == "2"
     assert started.headers["Cache-Status"] == "run-registry; fwd=miss"
-    assert started.headers["Preference-Applied"] == "respond-async"
-    short = http("GET", f"{fleet.watcher.url}/runs/lookup?scenarioId=pricing-v1&seed=42",
-                 headers={"Prefer": "wait=0"})
+    assert started.headers["Preference-Applied"] == "respond-async" and "Prefer" in started.headers["Vary"]
+    lookup = f"{fleet.watcher.url}/runs/lookup?scenarioId={scenario}&seed=1"
+    short = http("GET", lookup, headers={"Prefer": "wait=0"})
     assert (short.status, short.json()["source"], short.headers["Preference-Applied"]) == (202, "cache", "wait=0")
     assert short.headers["Cache-Status"] == "run-registry; hit"
     metadata = http("GET", f"{fleet.watcher.url}/runs/{run_id}").json()
     assert metadata["status"] == "running" and "eventsSha256" not in metadata and "expiresAt" not in metadata
-    done = http("GET", f"{fleet.watcher.url}/runs/lookup?scenarioId=pricing-v1&seed=42",
-                headers={"Prefer": "wait=20"})
+    done = http("GET", lookup, headers={"Prefer": "wait=20"})
     assert (done.status, done.json()) == (200, {"runId": run_id, "source": "cache"})
     assert done.headers["Preference-Applied"] == "wait=20" and done.headers["Cache-Status"] == "run-registry; hit"
-    assert http("GET", f"{fleet.watcher.url}/runs/{run_id}").json()["status"] == "done"
+    metadata = http("GET", f"{fleet.watcher.url}/runs/{run_id}").json()
+    assert (metadata["status"], metadata["count"], len(metadata["eventsSha256"])) == ("done", 23, 64)
 
 
-def test_the_live_stream_is_byte_for_byte_the_replay_without_its_comments(fleet_of):
-    fleet = fleet_of(RUN_REGISTRY_ENGINE_EVENT_DELAY_MS=10)
-    run_id = start_async(fleet.starter).json()["runId"]
+def test_the_live_stream_is_byte_for_byte_the_replay_without_its_comments(fleet):
+    run_id = start_async(fleet.starter, "paced-40-30").json()["runId"]  # about 1.4 s
     with ThreadPoolExecutor(max_workers=2) as pool:
         from_start = pool.submit(read_stream, fleet.watcher, run_id)
-        time.sleep(0.5)  # a second client joins mid-run, resuming after event 3
+        time.sleep(0.4)  # a second client joins mid-run, resuming after event 3
         resumed = pool.submit(read_stream, fleet.watcher, run_id, {"Last-Event-ID": "3"})
         live, live_resumed = from_start.result(timeout=60), resumed.result(timeout=60)
     assert http("GET", f"{fleet.watcher.url}/runs/{run_id}").json()["status"] == "done"
     replay = read_stream(fleet.watcher, run_id)
     assert live.replace(KEEPALIVE, b"") == replay
     assert live_resumed.replace(KEEPALIVE, b"") == read_stream(fleet.watcher, run_id, {"Last-Event-ID": "3"})
-    assert replay.count(b"\nevent: ") == 147 and replay.endswith(b"id: 147\nevent: done\ndata: " +
-                                                                  replay.rsplit(b"data: ", 1)[1])
+    assert replay.count(b"\nevent: ") == 33 and b"id: 33\nevent: done\n" in replay
 
 
-def test_a_quiet_live_stream_sends_keepalive_comments_and_never_an_id_for_them(fleet_of):
-    fleet = fleet_of(RUN_REGISTRY_ENGINE="tests.fakes:FakeEngine", RUN_REGISTRY_ENGINE_EVENT_DELAY_MS=700)
-    run_id = start_async(fleet.starter, "quiet", 1).json()["runId"]
+def test_a_quiet_live_stream_sends_keepalive_comments_and_never_an_id_for_them(fleet):
+    run_id = start_async(fleet.starter, "paced-700-1").json()["runId"]  # 4 events 0.7 s apart
     live = read_stream(fleet.watcher, run_id)
     assert live.count(KEEPALIVE) >= 3  # 0.3 s keepalives in 0.7 s gaps
     assert live.replace(KEEPALIVE, b"") == read_stream(fleet.watcher, run_id)
 
 
-def test_a_run_that_fails_mid_run_ends_its_stream_with_an_error_and_frees_its_key(fleet_of):
-    fleet = fleet_of(RUN_REGISTRY_ENGINE="tests.fakes:FailingMidRunEngine", RUN_REGISTRY_ENGINE_EVENT_DELAY_MS=300)
-    run_id = start_async(fleet.starter, "breaks", 1).json()["runId"]
+def test_a_run_that_fails_mid_run_ends_its_stream_with_an_error_and_frees_its_key(fleet):
+    scenario = "breaks-live"
+    run_id = http("GET", f"{fleet.starter.url}/runs/lookup?scenarioId={scenario}&seed=1",
+                  headers={"Prefer": "respond-async"}).json()["runId"]
     live = read_stream(fleet.watcher, run_id).replace(KEEPALIVE, b"")
-    message = "The engine failed to run scenario breaks seed 1"
+    message = f"The engine failed to run scenario {scenario} seed 1"
     assert live.count(b"id: ") == 2
     assert live.endswith(b'event: error\ndata: {"type":"ENGINE_ERROR","message":"%s"}\n\n' % message.encode())
     metadata = http("GET", f"{fleet.watcher.url}/runs/{run_id}").json()
@@ -125,32 +116,31 @@ def test_a_run_that_fails_mid_run_ends_its_stream_with_an_error_and_frees_its_ke
         "failed", 2, {"type": "ENGINE_ERROR", "message": message})
     events = http("GET", f"{fleet.watcher.url}/runs/{run_id}/events")
     assert (events.status, events.json()) == (500, {"type": "ENGINE_ERROR", "message": message})
-    again = http("GET", f"{fleet.watcher.url}/runs/lookup?scenarioId=breaks&seed=1", headers={"Prefer": "wait=0"})
+    again = http("GET", f"{fleet.watcher.url}/runs/lookup?scenarioId={scenario}&seed=1", headers={"Prefer": "wait=0"})
     assert again.json()["source"] == "new" and again.json()["runId"] != run_id
 
 
-def test_only_complete_transcripts_are_served_and_a_running_run_cannot_be_verified(fleet_of):
-    fleet = fleet_of(RUN_REGISTRY_ENGINE_EVENT_DELAY_MS=20)  # about 3 s
-    run_id = start_async(fleet.starter).json()["runId"]
+def test_only_complete_transcripts_are_served_and_a_running_run_cannot_be_verified(fleet):
+    scenario = "paced-100-20"  # about 2.3 s
+    run_id = start_async(fleet.starter, scenario).json()["runId"]
     no_wait = {"Prefer": "wait=0"}
     for path in ("/events", "/export.csv", "/snapshot"):
         reply = http("GET", f"{fleet.watcher.url}/runs/{run_id}{path}", headers=no_wait)
         assert reply.status == 202, path
         assert reply.json()["runId"] == run_id and reply.json()["status"] == "running" and reply.json()["count"] >= 0
         assert reply.headers["Location"] == f"/runs/{run_id}" and reply.headers["Retry-After"] == "2"
-    body = json.dumps({"left": {"scenarioId": "pricing-v1", "seed": 42}, "right": {"scenarioId": "pricing-v1",
-                                                                                    "seed": 42}}).encode()
+    body = json.dumps({"left": {"scenarioId": scenario, "seed": 1}, "right": {"scenarioId": scenario,
+                                                                              "seed": 1}}).encode()
     compared = http("POST", f"{fleet.watcher.url}/compare", body, {"Content-Type": "application/json", **no_wait})
     assert compared.status == 202 and compared.json()["runId"] == run_id
     verify = http("POST", f"{fleet.watcher.url}/runs/{run_id}/verify")
     assert (verify.status, verify.json()["type"]) == (409, "RUN_RUNNING")
     waited = http("GET", f"{fleet.watcher.url}/runs/{run_id}/events", headers={"Prefer": "wait=20"}, timeout=30)
-    assert waited.status == 200 and waited.json()["count"] == 147
+    assert waited.status == 200 and waited.json()["count"] == 23
 
 
-def test_a_done_runs_representations_carry_strong_etags_and_answer_304(fleet_of):
-    fleet = fleet_of()
-    run_id = http("GET", f"{fleet.starter.url}/runs/lookup?scenarioId=pricing-v1&seed=42").json()["runId"]
+def test_a_done_runs_representations_carry_strong_etags_and_answer_304(fleet):
+    run_id = http("GET", f"{fleet.starter.url}/runs/lookup?scenarioId=etag&seed=1").json()["runId"]
     tags = set()
     for path, headers in (("/events", {}), ("/events", {"Accept-Encoding": "gzip"}), ("/export.csv", {}),
                           ("/snapshot", {})):
@@ -166,12 +156,11 @@ def test_a_done_runs_representations_carry_strong_etags_and_answer_304(fleet_of)
 
 
 def test_past_the_waiting_capacity_streams_get_503_while_healthz_and_hits_answer(tmp_path):
-    env = {"RUN_REGISTRY_ENGINE": "tests.fakes:FakeEngine", "RUN_REGISTRY_ENGINE_EVENT_DELAY_MS": "2000",
-           "RUN_REGISTRY_MAX_WAITING": "3"}
+    env = {"RUN_REGISTRY_ENGINE": "tests.fakes:ScenarioPacedEngine", "RUN_REGISTRY_MAX_WAITING": "3"}
     with Gunicorn(tmp_path / "capacity.log", env=env) as server:
         cached = http("GET", f"{server.url}/runs/lookup?scenarioId=cached&seed=1", timeout=30)
         assert cached.status == 200
-        run_id = start_async(server, "slow", 1).json()["runId"]
+        run_id = start_async(server, "paced-2000-1").json()["runId"]
         streams = []
         for _ in range(3):
             connection = http_client.HTTPConnection("127.0.0.1", server.port, timeout=30)
@@ -183,7 +172,7 @@ def test_past_the_waiting_capacity_streams_get_503_while_healthz_and_hits_answer
         assert refused.json()["type"] == "UNAVAILABLE"
         assert http("GET", f"{server.url}/healthz").status == 200
         assert http("GET", f"{server.url}/runs/lookup?scenarioId=cached&seed=1").json()["source"] == "cache"
-        pending = http("GET", f"{server.url}/runs/lookup?scenarioId=slow&seed=1")  # no room to wait: 202 at once
+        pending = http("GET", f"{server.url}/runs/lookup?scenarioId=paced-2000-1&seed=1")  # no room to wait: 202
         assert pending.status == 202
         for connection in streams:
             connection.close()

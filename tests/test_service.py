@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from unittest.mock import MagicMock
 
 import pytest
 
@@ -13,7 +14,9 @@ from app.errors import EngineFailed
 from app.errors import RunNotFound
 from app.errors import RunPending
 from app.errors import RunRunning
+from app.models import RunKey
 from app.registry.memory import MemoryRegistry
+from app.runner import Runner
 from app.service import RunService
 from tests.conftest import test_settings
 from tests.fakes import FakeEngine
@@ -222,3 +225,14 @@ def test_a_hung_engine_fails_its_run_at_the_timeout_and_the_key_recovers():
     assert service.lookup("other", 1, CLIENT, WAIT).source == "new"  # other keys were never held up
     gate.set()  # the abandoned run may end now; the key is free and runs again
     assert service.lookup("hung", 1, CLIENT, WAIT).source == "new"
+
+
+def test_the_event_delay_paces_the_engine_without_changing_its_events():
+    settings = test_settings(engine_event_delay_ms=25)
+    registry = MemoryRegistry(settings.ttl_ms, settings.max_entries)
+    pauses = []
+    runner = Runner(registry, FakeEngine(), settings, observer=MagicMock(), sleep=pauses.append)
+    assert runner.slots.take()
+    reproduction = runner.reproduce(RunKey("a", 1, "h"))
+    assert [event_type for event_type, _ in reproduction.events] == ["start", "token", "token", "report", "done"]
+    assert pauses[:5] == [0.025] * 5  # one before each event (and one before learning there is none)

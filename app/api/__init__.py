@@ -8,11 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Response
-from flask import after_this_request
 from flask import current_app
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from app.api.prefer import Wait
 from app.api.prefer import requested_wait
 from app.config import MAX_LOOKUP_WAIT_S
 from app.config import Settings
@@ -31,20 +31,24 @@ def run_service() -> RunService:
     return service
 
 
-def preferred_wait() -> float:
-    """Seconds to wait for a run that is not done: the lookup wait, or what ``Prefer`` asks
-    (echoed in ``Preference-Applied`` when it decided)."""
+def preferred_wait() -> Wait:
+    """How long to wait for a run that is not done: the lookup wait, or what ``Prefer`` asks.
+
+    Answers say so with ``answered_with(wait, response)``.
+    """
     settings: Settings = current_app.extensions["settings"]
-    wait = requested_wait(settings.lookup_wait_s, MAX_LOOKUP_WAIT_S)
+    if "HTTP_PREFER" not in request.environ:  # the common case, without parsing anything
+        return Wait(settings.lookup_wait_s, ())
+    return requested_wait(settings.lookup_wait_s, MAX_LOOKUP_WAIT_S)
 
-    @after_this_request
-    def echo_preference(response: Response) -> Response:
-        response.vary.add("Prefer")
-        if wait.applied:
-            response.headers["Preference-Applied"] = ", ".join(wait.applied)
-        return response
 
-    return wait.seconds
+def answered_with(wait: Wait, response: Response) -> Response:
+    """The headers of an answer that may have waited: ``Vary: Prefer``, and ``Preference-Applied``
+    with the preferences that decided the wait."""
+    response.headers.add("Vary", "Prefer")
+    if wait.applied:
+        response.headers["Preference-Applied"] = ", ".join(wait.applied)
+    return response
 
 
 def conditional(record: RunRecord, representation: str, make: Callable[[], Response]) -> Response:

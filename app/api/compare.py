@@ -5,10 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint
+from flask import Response
+from flask import jsonify
 
+from app.api import answered_with
+from app.api import bound_request_body
 from app.api import client_address
 from app.api import json_body
 from app.api import preferred_wait
+from app.api import refuse_cross_site_posts
 from app.api import run_service
 from app.evidence.diff import MetricDelta
 from app.models import RunRecord
@@ -16,21 +21,24 @@ from app.schemas import CompareBody
 from app.schemas import load_or_bad_input
 
 bp = Blueprint("compare", __name__)
+bp.before_request(bound_request_body)
+bp.before_request(refuse_cross_site_posts)
 _compare_body = CompareBody()
 
 
 @bp.post("/compare")
-def compare() -> dict[str, Any]:
+def compare() -> Response:
     """Look both runs up (get or create) and diff their transcripts and reports."""
     body = load_or_bad_input(_compare_body, json_body())
+    wait = preferred_wait()
     result = run_service().compare(
         (body["left"]["scenario_id"], body["left"]["seed"]),
         (body["right"]["scenario_id"], body["right"]["seed"]),
         client_address(),
-        preferred_wait(),
+        wait.seconds,
     )
     diff = result.diff
-    return {
+    return answered_with(wait, jsonify({
         "left": _side(result.left, result.left_source),
         "right": _side(result.right, result.right_source),
         "diff": {
@@ -40,7 +48,7 @@ def compare() -> dict[str, Any]:
                        "delta": diff.right_tokens - diff.left_tokens},
             "report": {name: _metric(metric) for name, metric in diff.metrics.items()},
         },
-    }
+    }))
 
 
 def _side(record: RunRecord, source: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from flask import request
 from werkzeug.datastructures import CombinedMultiDict
 from werkzeug.datastructures import MultiDict
 
+from app.api import answered_with
 from app.api import conditional
 from app.api import preferred_wait
 from app.api import run_service
@@ -60,7 +61,8 @@ def list_events(run_id: str) -> Response:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},  # nginx: do not buffer
         )
     service = run_service()
-    record = service.done_run(run_id, preferred_wait())
+    wait = preferred_wait()
+    record = service.done_run(run_id, wait.seconds)
     gzip_ok = request.accept_encodings.quality("gzip") > 0
 
     def make() -> Response:
@@ -70,8 +72,8 @@ def list_events(run_id: str) -> Response:
         return response
 
     response = conditional(record, "json-gzip" if gzip_ok else "json", make)
-    response.vary.add("Accept-Encoding")
-    return response
+    response.headers.add("Vary", "Accept-Encoding")
+    return answered_with(wait, response)
 
 
 def _json(body: dict[str, Any]) -> Response:

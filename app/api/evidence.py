@@ -11,13 +11,18 @@ from typing import Any
 from flask import Blueprint
 from flask import Response
 
+from app.api import answered_with
+from app.api import bound_request_body
 from app.api import client_address
 from app.api import conditional
 from app.api import optional_json_body
 from app.api import preferred_wait
+from app.api import refuse_cross_site_posts
 from app.api import run_service
 
 bp = Blueprint("evidence", __name__)
+bp.before_request(bound_request_body)
+bp.before_request(refuse_cross_site_posts)
 
 
 def _replay_page() -> tuple[bytes, str]:
@@ -49,21 +54,23 @@ def replay_page(run_id: str) -> Response:
 def download_snapshot(run_id: str) -> Response:
     """The ZIP evidence pack, byte-identical for the same run (once it is done)."""
     service = run_service()
-    record = service.done_run(run_id, preferred_wait())
-    return conditional(
+    wait = preferred_wait()
+    record = service.done_run(run_id, wait.seconds)
+    return answered_with(wait, conditional(
         record, "zip", lambda: _download(service.snapshot(record), "application/zip", f"{record.run_id}.zip")
-    )
+    ))
 
 
 @bp.get("/runs/<run_id>/export.csv")
 def export_csv(run_id: str) -> Response:
     """The transcript as CSV, one row per event (once the run is done)."""
     service = run_service()
-    record = service.done_run(run_id, preferred_wait())
-    return conditional(
+    wait = preferred_wait()
+    record = service.done_run(run_id, wait.seconds)
+    return answered_with(wait, conditional(
         record, "csv",
         lambda: _download(service.export_csv(record), "text/csv; charset=utf-8", f"{record.run_id}.csv"),
-    )
+    ))
 
 
 @bp.post("/runs/<run_id>/verify")

@@ -6,6 +6,7 @@ from flask import Blueprint
 from flask import Response
 from flask import request
 
+from app.api import answered_with
 from app.api import client_address
 from app.api import preferred_wait
 from app.api import run_service
@@ -22,7 +23,8 @@ _CACHE_STATUS = {"cache": "run-registry; hit", "new": "run-registry; fwd=miss"}
 def lookup() -> Response:
     """Get or start the run for a scenario and seed; 202 if it is not done within the wait."""
     scenario_id, seed = lookup_query(request.query_string)
-    answer = run_service().lookup(scenario_id, seed, client_address(), preferred_wait())
+    wait = preferred_wait()
+    answer = run_service().lookup(scenario_id, seed, client_address(), wait.seconds)
     annotate_request(source=answer.source)
     if answer.done:
         # The hot path, written directly rather than through a JSON encoder: a runId is letters,
@@ -32,4 +34,4 @@ def lookup() -> Response:
         response = pending_response({"runId": answer.run_id, "source": answer.source, "status": "running"},
                                     answer.run_id)
     response.headers["Cache-Status"] = _CACHE_STATUS[answer.source]
-    return response
+    return answered_with(wait, response)
