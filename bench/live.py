@@ -7,6 +7,7 @@ beside the server they load; requests are HTTP/1.0, so a stream ends with its co
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from pathlib import Path
 
@@ -35,6 +36,11 @@ async def _get(port: int, path: str, headers: dict[str, str], on_line=None) -> b
     return response.split(b"\r\n\r\n", 1)[1]
 
 
+def _note_arrival(arrivals: dict[int, float], line: bytes, when: float) -> None:
+    if line.startswith(b"id: "):
+        arrivals[int(line[4:])] = when
+
+
 def _percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
@@ -59,7 +65,7 @@ def many_clients_on_one_live_run(scratch: Path, clients: int, wrk_hits, delay_ms
             connected = asyncio.Event()
             opened = 0
 
-            def first_line(line: bytes, when: float) -> None:
+            def first_line(line: bytes, _when: float) -> None:
                 nonlocal opened
                 if line.startswith(b"retry:"):
                     opened += 1
@@ -178,12 +184,8 @@ def _latencies(starter: Gunicorn, watcher: Gunicorn, times_file: Path, runs: int
         run_id = http("GET", f"{starter.url}/runs/lookup?scenarioId={scenario}&seed={seed}",
                       headers={"Prefer": "respond-async"}).json()["runId"]
         arrivals: dict[int, float] = {}
-
-        def on_line(line: bytes, when: float) -> None:
-            if line.startswith(b"id: "):
-                arrivals[int(line[4:])] = when
-
-        asyncio.run(_get(watcher.port, f"/runs/{run_id}/events", {"Accept": "text/event-stream"}, on_line))
+        asyncio.run(_get(watcher.port, f"/runs/{run_id}/events", {"Accept": "text/event-stream"},
+                         functools.partial(_note_arrival, arrivals)))
         created = {}
         for line in times_file.read_text().splitlines():
             name, line_seed, position, when = line.split()
