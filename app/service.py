@@ -38,7 +38,6 @@ from app.limits import NewRunLimit
 from app.logs import DefectLog
 from app.models import RegistryStats
 from app.models import RunError
-from app.models import RunIdentity
 from app.models import RunKey
 from app.models import RunRecord
 from app.models import RunState
@@ -152,10 +151,10 @@ class RunService:
         except BaseException:
             self._runner.slots.give_back()
             raise
-        if not started.started:  # another caller started it between our miss and our start
+        if not started.started or started.identity is None:  # another caller started it between our miss and now
             self._runner.slots.give_back()
             return started.run_id, started.status, False
-        self._runner.execute(RunIdentity.of(key, started.run_id, self._engine.name, self._engine.version), owner)
+        self._runner.execute(started.identity, owner)
         return started.run_id, started.status, True
 
     def _admit(self, client: str) -> None:

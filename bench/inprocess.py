@@ -13,7 +13,6 @@ from app.clock import now_ms
 from app.config import Settings
 from app.engine.pricing import PricingEngine
 from app.models import EncodedEvent
-from app.models import RunIdentity
 from app.models import RunKey
 from app.models import RunRecord
 from app.models import canonical_json
@@ -41,9 +40,9 @@ def _encoded_events(seed: int) -> list[EncodedEvent]:
 def _store_done_run(registry: MemoryRegistry, key: RunKey, events: list[EncodedEvent]) -> None:
     """Start, record and finish a run as the service's runner does."""
     started = registry.start(key, PricingEngine.name, PricingEngine.version, "bench")
+    assert started.identity is not None
     registry.append(started.run_id, "bench", 1, events)
-    identity = RunIdentity.of(key, started.run_id, PricingEngine.name, PricingEngine.version)
-    registry.finish(started.run_id, "bench", RunRecord.create(identity, events))
+    registry.finish(started.run_id, "bench", RunRecord.create(started.identity, events))
 
 
 def memory_per_run(runs: int) -> dict[str, str]:

@@ -9,6 +9,7 @@ from typing import Protocol
 from app.models import EncodedEvent
 from app.models import RegistryStats
 from app.models import RunError
+from app.models import RunIdentity
 from app.models import RunKey
 from app.models import RunRecord
 from app.models import RunRef
@@ -29,11 +30,13 @@ class RegistryFull(Exception):
 
 @dataclass(frozen=True)
 class Started:
-    """What ``start`` found or made: the key's run, and whether this call started it."""
+    """What ``start`` found or made: the key's run, and whether this call started it (then
+    ``identity`` is the new run's, for its record to share)."""
 
     run_id: str
     status: str
     started: bool
+    identity: RunIdentity | None = None
 
 
 class Registry(Protocol):

@@ -108,11 +108,13 @@ class MemoryRegistry:
                 self._remove_done(next(iter(self._done)))
                 self._evictions += 1
             run_id = self._run_ids.next(key, now, taken=self._keys_by_run_id.__contains__)
-            self._running[cache_key] = _Running(RunIdentity.of(key, run_id, engine_name, engine_version), owner)
+            # One cache-key string for the dicts and the identity, which the run's record shares.
+            identity = RunIdentity(run_id, cache_key, key.engine_code_hash, engine_name, engine_version)
+            self._running[cache_key] = _Running(identity, owner)
             self._keys_by_run_id[run_id] = cache_key
             self._entries_by_scenario[key.scenario_id] += 1
             self._misses += 1
-            return Started(run_id, "running", started=True)
+            return Started(run_id, "running", started=True, identity=identity)
 
     def append(self, run_id: str, owner: str, first_position: int, events: Sequence[EncodedEvent]) -> bool:
         with self._lock:

@@ -111,7 +111,8 @@ class RedisRegistry:
             return Started(run_id, answer[2].decode(), started=False)
         with self._lock:
             self._owned[run_id] = owner
-        return Started(run_id, "running", started=True)
+        return Started(run_id, "running", started=True,
+                       identity=RunIdentity.of(key, run_id, engine_name, engine_version))
 
     def append(self, run_id: str, owner: str, first_position: int, events: Sequence[EncodedEvent]) -> bool:
         flat: list[Any] = [part for event in events for part in event]
