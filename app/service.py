@@ -46,10 +46,10 @@ from app.models import encode_events
 from app.registry.base import Registry
 from app.registry.base import RegistryFull
 from app.registry.base import RegistryUnavailable
-from app.registry.single_flight import SingleFlight
 from app.runner import EngineFault
 from app.runner import Runner
 from app.runner import Slots
+from app.single_flight import SingleFlight
 from app.text import printable
 from app.transcripts import CorruptTranscript
 from app.transcripts import TranscriptCache

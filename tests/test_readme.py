@@ -37,7 +37,8 @@ def test_readme_examples_work(tmp_path):
         '"reproducible":true', '"identical":false', "left: seed must be a valid integer",
         "Last-Event-ID 999 is not a position in this run (1 to 147)",
         '{"status":"ok"}', '"status":"ready"', '"hit_ratio":', 'run_registry_lookups_total{source="new"}',
-        "'/runs/lookup'",
+        "'/runs/lookup'", '"status":"running"', "HTTP/1.1 202", "Cache-Status: run-registry; fwd=miss",
+        "Preference-Applied: respond-async", "done 147", "304",
     ):
         assert expected in output, expected
     assert "NOT_FOUND" not in output and "METHOD_NOT_ALLOWED" not in output

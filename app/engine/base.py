@@ -23,5 +23,10 @@ class Engine(Protocol):
     version: str
 
     def run(self, scenario_id: str, seed: int) -> Iterable[Event]:
-        """Execute the scenario and return its events, in order."""
+        """Execute the scenario and yield its events, in order, each as it is made (a list of
+        them, returned at the end, works too: its events are then all recorded at once).
+
+        It runs on a thread of its own, so it may compute or block as long as it needs; the
+        service records each event as it comes and shows it to live clients.
+        """
         ...

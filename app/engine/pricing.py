@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from app.engine.base import Event
@@ -60,14 +61,16 @@ class PricingEngine:
     name = "pricing-simulator"
     version = "1.1.0"
 
-    def run(self, scenario_id: str, seed: int) -> list[Event]:
-        """Simulate and narrate the scenario; the same inputs give the same events."""
+    def run(self, scenario_id: str, seed: int) -> Iterator[Event]:
+        """Simulate and narrate the scenario, yielding each event as it is made (the start at
+        once, the rest once the simulation is done); the same inputs give the same events."""
+        run_digest = hashlib.sha256(f"{scenario_id}:{seed}".encode()).digest()
+        session_id = "session_" + run_digest[8:16].hex()
+        yield {"type": "start", "data": {"sessionId": session_id, "scenarioId": scenario_id, "seed": seed}}
         scenario = hashlib.sha256(scenario_id.encode("utf-8")).digest()
         reference = 1000 + int.from_bytes(scenario[0:4], "big") % 9000  # $10.00 .. $99.99
         unit_cost = reference * (25 + scenario[4] % 21) // 100  # 25% .. 45% of it
-        run_digest = hashlib.sha256(f"{scenario_id}:{seed}".encode()).digest()
         rng = SplitMix64(int.from_bytes(run_digest[:8], "big"))
-        session_id = "session_" + run_digest[8:16].hex()
 
         # Willingness to pay: the mean of three uniform draws, 40% .. 160% of the reference. The
         # three draws are three 21-bit fields of one 64-bit output, each taken modulo 121.
@@ -83,16 +86,10 @@ class PricingEngine:
         text = _narrate(scenario_id, seed, reference, unit_cost, points, best)
         tokens = re.findall(r"\s*\S+", text)
 
-        events: list[Event] = [
-            {"type": "start", "data": {"sessionId": session_id, "scenarioId": scenario_id, "seed": seed}}
-        ]
-        events += (
-            {"type": "token", "data": {"text": token, "tokenIndex": index}}
-            for index, token in enumerate(tokens, start=1)
-        )
-        events.append({"type": "report", "data": _report(reference, unit_cost, points, best)})
-        events.append({"type": "done", "data": {"sessionId": session_id, "totalTokens": len(tokens)}})
-        return events
+        for index, token in enumerate(tokens, start=1):
+            yield {"type": "token", "data": {"text": token, "tokenIndex": index}}
+        yield {"type": "report", "data": _report(reference, unit_cost, points, best)}
+        yield {"type": "done", "data": {"sessionId": session_id, "totalTokens": len(tokens)}}
 
 
 def _charm_price(cents: int) -> int:
