@@ -9,6 +9,7 @@ import pytest
 from app import create_app
 from tests.conftest import test_settings
 from tests.fakes import FakeEngine
+from tests.fakes import SteppedEngine
 from tests.servers import free_port
 
 pytestmark = pytest.mark.server
@@ -102,3 +103,16 @@ def test_a_transcript_that_decompresses_without_bound_is_not_served(redis_url, r
     redis_server.client().hset(f"run-registry:run:{run_id}", "bodyGzip", bomb)
     fresh = redis_app(redis_url).test_client()
     assert fresh.get(f"/runs/{run_id}/events", headers={"Accept-Encoding": "gzip"}).status_code == 404
+
+
+def test_on_redis_a_registry_full_of_running_runs_answers_503_and_frees_up(redis_url):
+    engine = SteppedEngine()
+    client = redis_app(redis_url, engine=engine, max_entries=1).test_client()
+    started = client.get("/runs/lookup?scenarioId=r&seed=1", headers={"Prefer": "respond-async"})
+    assert started.status_code == 202
+    full = client.get("/runs/lookup?scenarioId=r&seed=2")
+    assert (full.status_code, full.headers["Retry-After"], full.get_json()["type"]) == (503, "1", "UNAVAILABLE")
+    engine.step(5)
+    assert client.get("/runs/lookup?scenarioId=r&seed=1").status_code == 200
+    engine.step(5)
+    assert client.get("/runs/lookup?scenarioId=r&seed=2").get_json()["source"] == "new"  # the done run is evicted

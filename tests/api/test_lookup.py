@@ -7,8 +7,11 @@ import re
 
 import pytest
 
+from app import create_app
 from app.schemas import SCENARIO_ID_MESSAGE
 from app.schemas import SEED_RANGE_MESSAGE
+from tests.conftest import test_settings
+from tests.fakes import SteppedEngine
 
 REQUIRED = "scenarioId and seed parameters required"
 NOT_INTEGER = "seed must be a valid integer"
@@ -144,3 +147,18 @@ def test_failed_engine_run_caches_nothing_and_the_next_lookup_retries(fake_clien
     assert retried.status_code == 200
     assert retried.get_json()["source"] == "new"
     assert fake_engine.calls == 2
+
+
+def test_a_registry_full_of_running_runs_answers_503_to_a_new_one_and_hits_still_answer():
+    engine = SteppedEngine()
+    client = create_app(test_settings(max_entries=2), engine=engine).test_client()
+    running = [client.get(f"/runs/lookup?scenarioId=r&seed={seed}", headers={"Prefer": "respond-async"})
+               for seed in (1, 2)]
+    assert [reply.status_code for reply in running] == [202, 202]
+    full = client.get("/runs/lookup?scenarioId=r&seed=3")
+    assert full.status_code == 503 and full.headers["Retry-After"] == "1"
+    assert full.get_json()["type"] == "UNAVAILABLE"
+    again = client.get("/runs/lookup?scenarioId=r&seed=1", headers={"Prefer": "wait=0"})
+    assert (again.status_code, again.get_json()["source"]) == (202, "cache")
+    engine.step(10)
+    assert client.get("/runs/lookup?scenarioId=r&seed=1").status_code == 200
