@@ -19,7 +19,6 @@ from prometheus_client.registry import Collector
 
 from app.errors import ServiceError
 from app.models import RegistryStats
-from app.models import Source
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _ENGINE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -45,9 +44,6 @@ class Metrics:
         # statuses the app answers, sources), so this stays small whatever clients send.
         self._children: dict[tuple[Any, tuple[object, ...]], Any] = {}
         self._backend = _BackendCollector(registry_stats)
-        self.lookups = Counter(
-            "run_registry_lookups", "Lookups answered, by source.", ["source"], registry=self._registry
-        )
         self.engine_executions = Counter(
             "run_registry_engine_executions", "Engine executions (new runs and verifications).",
             registry=self._registry,
@@ -66,9 +62,6 @@ class Metrics:
         )
         if not self._multiprocess:
             self._registry.register(self._backend)
-
-    def lookup_answered(self, source: Source) -> None:
-        self._child(self.lookups, source).inc()
 
     def engine_ran(self, seconds: float, failed: bool) -> None:
         self.engine_executions.inc()
@@ -111,5 +104,10 @@ class _BackendCollector(Collector):
         yield GaugeMetricFamily("run_registry_backend_up", "Whether the registry backend answered.", value=1)
         yield GaugeMetricFamily("run_registry_entries", "Live entries in the registry.", value=stats.total_entries)
         yield GaugeMetricFamily("run_registry_runs_running", "Runs not done yet.", value=stats.running)
+        # Counted by the registry (with Redis, the fleet's), not per request here: cheaper, and one truth.
+        lookups = CounterMetricFamily("run_registry_lookups", "Lookups answered, by source.", labels=["source"])
+        lookups.add_metric(["new"], stats.misses)
+        lookups.add_metric(["cache"], stats.hits)
+        yield lookups
         yield CounterMetricFamily("run_registry_evictions", "Entries evicted at the cap.", value=stats.evictions)
         yield CounterMetricFamily("run_registry_expirations", "Entries that expired.", value=stats.expirations)

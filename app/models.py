@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -38,6 +39,12 @@ class RunKey:
     def run_id(self, created_at: int) -> str:
         """The runId of this key's run created at ``created_at`` (epoch milliseconds)."""
         return f"{self.run_id_prefix}{created_at}"
+
+
+@functools.lru_cache(maxsize=65_536)
+def cache_key(key: RunKey) -> str:
+    """``key.digest``, memoised: lookup hits ask for the same few keys over and over."""
+    return key.digest
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from app.models import RunKey
 from app.models import RunRecord
 from app.models import RunState
 from app.models import Source
+from app.models import cache_key
 from app.models import encode_events
 from app.registry.base import Registry
 from app.registry.base import RegistryFull
@@ -64,15 +65,10 @@ T = TypeVar("T")
 class RunObserver(Protocol):
     """What the service reports as it works (the Prometheus metrics implement it)."""
 
-    def lookup_answered(self, source: Source) -> None: ...
-
     def engine_ran(self, seconds: float, failed: bool) -> None: ...
 
 
 class _Unobserved:
-    def lookup_answered(self, source: Source) -> None:
-        pass
-
     def engine_ran(self, seconds: float, failed: bool) -> None:
         pass
 
@@ -122,13 +118,12 @@ class RunService:
         """
         key = RunKey(scenario_id, seed, self.engine_code_hash)
         with _registry_errors():
-            found = self._registry.touch(key.digest)
+            found = self._registry.touch(cache_key(key))
             if found is None:
                 run_id, status, started = self._start(key, client)
             else:
                 run_id, status, started = found.run_id, found.status, False
         source: Source = "new" if started else "cache"
-        self._observer.lookup_answered(source)
         if status == "running":
             status = self._wait_for_end(run_id, wait_s)
         if status == "failed":

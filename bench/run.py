@@ -145,7 +145,7 @@ def measure_live(scratch: Path, args: argparse.Namespace) -> dict[str, str]:
         return wrk(server, hits, wrk_args)["rps"]
 
     clients, slow, idle = (20, 5, 5) if args.smoke else (500, 200, 200)
-    figures = live.many_clients_on_one_live_run(scratch, clients, wrk_hits, delay_ms=10 if args.smoke else 40)
+    figures = live.many_clients_on_one_live_run(scratch, clients, wrk_hits, delay_ms=10 if args.smoke else 50)
     figures.update(live.slow_and_idle_connections(scratch, slow, idle, probes=20 if args.smoke else 300,
                                                   settle_s=0.5 if args.smoke else 3))
     figures.update(live.event_latency(scratch, runs=1 if args.smoke else 3))
