@@ -58,7 +58,9 @@ def conditional(record: RunRecord, representation: str, make: Callable[[], Respo
     a validator for the bytes at this URL; ``make`` runs only when they are needed.
     """
     etag = f"{record.events_sha256[:40]}-{representation}"
-    if request.if_none_match.contains(etag) or request.if_none_match.star_tag:
+    if "HTTP_IF_NONE_MATCH" in request.environ and (
+        request.if_none_match.contains(etag) or request.if_none_match.star_tag
+    ):
         response = Response(status=304)
         del response.headers["Content-Type"]
     else:

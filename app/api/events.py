@@ -53,7 +53,7 @@ def list_events(run_id: str) -> Response:
     else:
         sources = [request.args] if header is None else [request.args, MultiDict({"Last-Event-ID": header})]
         query = load_or_bad_input(_replay_query, CombinedMultiDict(sources))
-    if request.accept_mimetypes.best_match(["application/json", EVENT_STREAM]) == EVENT_STREAM:
+    if _wants_event_stream(request.environ.get("HTTP_ACCEPT", "")):
         stream = run_service().stream(run_id, query["last_event_id"], query["pace"])
         return Response(
             stream,
@@ -63,7 +63,7 @@ def list_events(run_id: str) -> Response:
     service = run_service()
     wait = preferred_wait()
     record = service.done_run(run_id, wait.seconds)
-    gzip_ok = request.accept_encodings.quality("gzip") > 0
+    gzip_ok = "HTTP_ACCEPT_ENCODING" in request.environ and request.accept_encodings.quality("gzip") > 0
 
     def make() -> Response:
         response = Response(service.events_body(record, gzip_ok), mimetype="application/json")
@@ -74,6 +74,13 @@ def list_events(run_id: str) -> Response:
     response = conditional(record, "json-gzip" if gzip_ok else "json", make)
     response.headers.add("Vary", "Accept-Encoding")
     return answered_with(wait, response)
+
+
+def _wants_event_stream(accept: str) -> bool:
+    """Whether the client prefers Server-Sent Events to JSON (parsing Accept only when it could)."""
+    if EVENT_STREAM not in accept:
+        return False
+    return request.accept_mimetypes.best_match(["application/json", EVENT_STREAM]) == EVENT_STREAM
 
 
 def _json(body: dict[str, Any]) -> Response:
