@@ -10,13 +10,16 @@ REDIS_PORT ?= 6390
 run: $(STAMP)
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-# Several workers sharing one registry: a private redis-server (nothing kept on disk) beside
-# gunicorn with WEB_CONCURRENCY workers (default: two per core); Ctrl-C stops both.
+# The fleet on one machine: a private redis-server (nothing kept on disk), a worker executing the
+# runs from the job queue, and gunicorn with WEB_CONCURRENCY web workers (default: two per core)
+# on http://127.0.0.1:3001; Ctrl-C stops all three.
 run-redis: $(STAMP)
 	redis-server --port $(REDIS_PORT) --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
 		--pidfile $(CURDIR)/.redis-$(REDIS_PORT).pid --logfile $(CURDIR)/.redis-$(REDIS_PORT).log
-	trap 'kill $$(cat $(CURDIR)/.redis-$(REDIS_PORT).pid)' EXIT; \
-		RUN_REGISTRY_URL=redis://127.0.0.1:$(REDIS_PORT)/0 $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+	export RUN_REGISTRY_URL=redis://127.0.0.1:$(REDIS_PORT)/0 RUN_REGISTRY_EXECUTION=queue; \
+		$(BIN)/python -m app.worker & worker=$$!; \
+		trap 'kill $$worker; kill $$(cat $(CURDIR)/.redis-$(REDIS_PORT).pid)' EXIT; \
+		$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -46,6 +46,9 @@ class Settings:
     lookup_wait_s: float = DEFAULT_LOOKUP_WAIT_S
     keepalive_s: float = 15.0
     max_waiting: int = 800
+    execution: str = "local"  # "local": the web process runs the engine; "queue": workers do
+    queue_wait_s: float = 60.0
+    queue_max: int = 1000
     redis_timeout_ms: int = 500
     redis_prefix: str = "run-registry:"
     trusted_proxies: int = 0
@@ -65,6 +68,14 @@ class Settings:
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Parse the service's variables; raise ConfigError naming the first bad one."""
+    settings = _read_settings(environ)
+    if settings.execution == "queue" and not settings.shared_registry:
+        raise ConfigError("RUN_REGISTRY_EXECUTION=queue needs a Redis registry (RUN_REGISTRY_URL or REDIS_URL):"
+                          " workers and web processes share it")
+    return settings
+
+
+def _read_settings(environ: Mapping[str, str]) -> Settings:
     return Settings(
         ttl_minutes=positive_number(environ, "RUN_REGISTRY_TTL_MIN", 60.0, "minutes", MAX_TTL_MINUTES),
         max_entries=positive_int(environ, "RUN_REGISTRY_MAX_ENTRIES", default=10_000),
@@ -81,6 +92,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         lookup_wait_s=_wait_seconds(environ, "RUN_REGISTRY_LOOKUP_WAIT_S", DEFAULT_LOOKUP_WAIT_S),
         keepalive_s=positive_number(environ, "RUN_REGISTRY_KEEPALIVE_S", 15.0, "seconds", 300),
         max_waiting=positive_int(environ, "RUN_REGISTRY_MAX_WAITING", default=800),
+        execution=_execution(environ),
+        queue_wait_s=positive_number(environ, "RUN_REGISTRY_QUEUE_WAIT_S", 60.0, "seconds", 3600),
+        queue_max=positive_int(environ, "RUN_REGISTRY_QUEUE_MAX", default=1000),
         new_runs_per_minute=non_negative_int(
             environ, "RUN_REGISTRY_NEW_RUNS_PER_MINUTE", default=DEFAULT_NEW_RUNS_PER_MINUTE
         ),
@@ -146,14 +160,20 @@ def positive_number(environ: Mapping[str, str], name: str, default: float, unit:
 
 
 def _registry_url(environ: Mapping[str, str]) -> str:
+    """``RUN_REGISTRY_URL``; unset, the ``REDIS_URL`` a Redis add-on of a Heroku-style host sets;
+    neither, the in-memory registry."""
     name = "RUN_REGISTRY_URL"
-    raw = environ.get(name, "").strip() or "memory://"
+    raw = environ.get(name, "").strip()
+    if not raw and environ.get("REDIS_URL", "").strip():
+        name, raw = "REDIS_URL", environ["REDIS_URL"].strip()
+    raw = raw or "memory://"
     if raw == "memory://":
         return raw
     if _redis_url_parts(raw) is None:
         # Not echoed, not even in part: a malformed URL may hold a password anywhere in it.
         raise ConfigError(
-            f"{name} must be memory:// or redis://[[user]:password@]host[:port][/db] (or rediss://);"
+            f"{name} must be {'memory:// or ' if name == 'RUN_REGISTRY_URL' else ''}"
+            "redis://[[user]:password@]host[:port][/db] (or rediss://);"
             " the value given is not (not shown: it may hold a password)"
         )
     return raw
@@ -193,6 +213,14 @@ def _redis_url_parts(url: str) -> tuple[str, dict[str, Any]] | None:
     if not re.fullmatch(r"/?[0-9]*", parts.path):
         return None
     return scheme, {"host": host, "port": port, "db": int(db_text)}
+
+
+def _execution(environ: Mapping[str, str]) -> str:
+    name = "RUN_REGISTRY_EXECUTION"
+    raw = environ.get(name, "").strip().lower() or "local"
+    if raw not in ("local", "queue"):
+        raise ConfigError(f"{name} must be local or queue, got {_shown(raw)}")
+    return raw
 
 
 def _engine_spec(environ: Mapping[str, str]) -> str:

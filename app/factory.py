@@ -8,11 +8,13 @@ from flask import Flask
 from flask import Response
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from app.code_hash import engine_code_hash
 from app.config import Settings
 from app.config import load_settings
 from app.engine import load_engine
 from app.engine.base import Engine
 from app.errors import register_error_handlers
+from app.execution import QueuedExecution
 from app.limits import NewRunLimit
 from app.logs import AccessLog
 from app.logs import register_request_logging
@@ -41,9 +43,14 @@ def create_app(
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]  # bodies read in the documented order
     engine = engine or load_engine(settings.engine)
-    metrics = Metrics(lambda: service.registry_counts(), settings.metrics_dir)
+    metrics = Metrics(lambda: service.fleet_figures(), settings.metrics_dir)
     new_run_limit = NewRunLimit(settings.new_runs_per_minute, make_limit_storage(settings))
-    service = RunService(registry or make_registry(settings), engine, settings, new_run_limit, observer=metrics)
+    registry = registry or make_registry(settings)
+    execution = (
+        QueuedExecution(registry, engine, settings, engine_code_hash(engine, settings))
+        if settings.execution == "queue" else None  # None: local, the service's own default
+    )
+    service = RunService(registry, engine, settings, new_run_limit, execution=execution)
     app.extensions["settings"] = settings
     app.extensions["run_service"] = service
     app.extensions["metrics"] = metrics

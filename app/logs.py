@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import secrets
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -92,6 +93,17 @@ class DefectLog:
             if len(self._reported) > self._capacity:
                 self._reported.popitem(last=False)
         self._logger.error(message, *args)
+
+
+def configure_json_logging(level: int = logging.INFO) -> None:
+    """Every log line of this process on stdout as one JSON object (gunicorn's processes get the
+    same from gunicorn.conf.py; this is for the others, such as the workers)."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RequestIdFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
 
 
 def annotate_request(**fields: Any) -> None:

@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client import Counter
 from prometheus_client import Histogram
 from prometheus_client import disable_created_metrics
 from prometheus_client import generate_latest
 from prometheus_client import multiprocess
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from app.errors import ServiceError
+from app.models import ENGINE_DURATION_BUCKETS_S
 from app.models import RegistryStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_ENGINE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # gunicorn passes any token as a method: a client must not be able to mint new series.
 _METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -36,38 +38,20 @@ class Metrics:
     are read from it at scrape time: with Redis they cover the whole fleet.
     """
 
-    def __init__(self, registry_stats: Callable[[], RegistryStats], multiprocess_dir: str | None) -> None:
+    def __init__(self, figures: Callable[[], FleetFigures], multiprocess_dir: str | None) -> None:
         disable_created_metrics()  # the *_created series only double what scrapes already know
         self._multiprocess = multiprocess_dir is not None
         self._registry = CollectorRegistry()
         # Every label value comes from a closed set (route templates, the methods above, the
         # statuses the app answers, sources), so this stays small whatever clients send.
         self._children: dict[tuple[Any, tuple[object, ...]], Any] = {}
-        self._backend = _BackendCollector(registry_stats)
-        self.engine_executions = Counter(
-            "run_registry_engine_executions", "Engine executions (new runs and verifications).",
-            registry=self._registry,
-        )
-        self.engine_failures = Counter(
-            "run_registry_engine_failures", "Engine executions that raised or returned malformed events.",
-            registry=self._registry,
-        )
-        self.engine_duration = Histogram(
-            "run_registry_engine_duration_seconds", "Time the engine took per execution.",
-            buckets=_ENGINE_BUCKETS, registry=self._registry,
-        )
+        self._backend = _BackendCollector(figures)
         self.request_duration = Histogram(
             "run_registry_http_request_duration_seconds", "Time to answer a request, by endpoint and status.",
             ["endpoint", "method", "status"], buckets=_REQUEST_BUCKETS, registry=self._registry,
         )
         if not self._multiprocess:
             self._registry.register(self._backend)
-
-    def engine_ran(self, seconds: float, failed: bool) -> None:
-        self.engine_executions.inc()
-        if failed:
-            self.engine_failures.inc()
-        self.engine_duration.observe(seconds)
 
     def request_answered(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         label = method if method in _METHOD_LABELS else "other"
@@ -92,22 +76,51 @@ class Metrics:
 
 
 class _BackendCollector(Collector):
-    def __init__(self, registry_stats: Callable[[], RegistryStats]) -> None:
-        self._registry_stats = registry_stats
+    """Figures of the whole registry (with Redis, the fleet's), read at scrape time: entries,
+    lookups, engine executions and their durations, runs running, and with queue execution the
+    queue's depth and the workers serving it. Counted where they happen, in the registry, so a
+    worker's executions count as much as a web process's."""
+
+    def __init__(self, figures: Callable[[], FleetFigures]) -> None:
+        self._figures = figures
 
     def collect(self) -> Iterator[Metric]:
         try:
-            stats = self._registry_stats()
+            figures = self._figures()
         except ServiceError:  # the backend is down: say so, and still serve the process' own figures
             yield GaugeMetricFamily("run_registry_backend_up", "Whether the registry backend answered.", value=0)
             return
+        stats = figures.stats
         yield GaugeMetricFamily("run_registry_backend_up", "Whether the registry backend answered.", value=1)
         yield GaugeMetricFamily("run_registry_entries", "Live entries in the registry.", value=stats.total_entries)
         yield GaugeMetricFamily("run_registry_runs_running", "Runs not done yet.", value=stats.running)
-        # Counted by the registry (with Redis, the fleet's), not per request here: cheaper, and one truth.
         lookups = CounterMetricFamily("run_registry_lookups", "Lookups answered, by source.", labels=["source"])
         lookups.add_metric(["new"], stats.misses)
         lookups.add_metric(["cache"], stats.hits)
         yield lookups
         yield CounterMetricFamily("run_registry_evictions", "Entries evicted at the cap.", value=stats.evictions)
         yield CounterMetricFamily("run_registry_expirations", "Entries that expired.", value=stats.expirations)
+        yield CounterMetricFamily("run_registry_engine_executions", "Engine executions (runs and verifications).",
+                                  value=stats.engine_runs)
+        yield CounterMetricFamily("run_registry_engine_failures", "Engine executions that failed or timed out.",
+                                  value=stats.engine_failures)
+        durations = HistogramMetricFamily("run_registry_engine_duration_seconds",
+                                          "Time an engine execution took, by outcome.", labels=["outcome"])
+        for outcome, (counts, total) in sorted(stats.engine_durations.items()):
+            cumulative = list(itertools.accumulate(counts))
+            bounds = [*(f"{bound:g}" for bound in ENGINE_DURATION_BUCKETS_S), "+Inf"]
+            durations.add_metric([outcome], list(zip(bounds, cumulative, strict=True)), sum_value=total)
+        yield durations
+        if figures.queued is not None:
+            yield GaugeMetricFamily("run_registry_queue_depth", "Runs and verifications waiting for a worker.",
+                                    value=figures.queued)
+        if figures.workers is not None:
+            yield GaugeMetricFamily("run_registry_workers", "Workers serving this engineCodeHash.",
+                                    value=figures.workers)
+
+
+@dataclass(frozen=True)
+class FleetFigures:
+    stats: RegistryStats
+    queued: int | None  # None: runs are not queued (local execution)
+    workers: int | None

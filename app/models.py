@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 import functools
 import gzip
 import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import field
 from typing import Literal
 
 Source = Literal["new", "cache"]
@@ -211,6 +213,19 @@ class RegistryStats:
     engine_runs: int = 0
     engine_failures: int = 0
     engine_ms_total: float = 0.0
+    # By outcome ("succeeded", "failed"): executions per ENGINE_DURATION_BUCKETS_S bucket (not
+    # cumulative; the last one past the largest bound), and their seconds in all.
+    engine_durations: dict[str, tuple[tuple[int, ...], float]] = field(default_factory=dict)
+
+
+# Upper bounds of the engine duration buckets, in seconds: a default run takes milliseconds, a
+# real engine's seconds to minutes.
+ENGINE_DURATION_BUCKETS_S = (0.001, 0.005, 0.025, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+def duration_bucket(seconds: float) -> int:
+    """The index of the bucket ``seconds`` falls in (len(ENGINE_DURATION_BUCKETS_S) past them all)."""
+    return bisect.bisect_left(ENGINE_DURATION_BUCKETS_S, seconds)
 
 
 def canonical_json(value: object) -> bytes:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
 
 from app.concurrency import native_sleep
 from app.concurrency import real_thread_pool
@@ -47,13 +46,6 @@ REGISTRY_RETRY_S = 5.0
 
 class EngineFault(Exception):
     """The engine raised, returned a malformed event, too many bytes, or did not finish in time."""
-
-
-class EngineObserver(Protocol):
-    """What the runner reports as it works (the Prometheus metrics implement it)."""
-
-    def engine_ran(self, seconds: float, failed: bool) -> None:
-        """One execution ended, in ``seconds``."""
 
 
 class _Handoff:
@@ -105,13 +97,11 @@ class Runner:
     """Executes runs and reproductions of runs, a bounded number at once."""
 
     def __init__(
-        self, registry: Registry, engine: Engine, settings: Settings, observer: EngineObserver,
-        sleep: Callable[[float], None] = native_sleep,
+        self, registry: Registry, engine: Engine, settings: Settings, sleep: Callable[[float], None] = native_sleep,
     ) -> None:
         self._registry = registry
         self._sleep = sleep
         self._engine = engine
-        self._observer = observer
         self._timeout_s = settings.engine_timeout_s
         self._delay_s = settings.engine_event_delay_ms / 1000
         self._threads = real_thread_pool(settings.engine_threads, "engine")
@@ -132,6 +122,13 @@ class Runner:
         # Each side in a copy of the request's context: their log lines keep the request's id.
         self._threads.submit(contextvars.copy_context().run, self._produce, identity.key, handoff)
         self._recorders.submit(contextvars.copy_context().run, self._record, identity, owner, handoff, started)
+
+    def record_to_end(self, identity: RunIdentity, owner: str) -> None:
+        """``execute``, but returning once the run is recorded (a worker's job runs so)."""
+        handoff = _Handoff()
+        started = time.monotonic()
+        self._threads.submit(contextvars.copy_context().run, self._produce, identity.key, handoff)
+        self._record(identity, owner, handoff, started)
 
     def reproduce(self, key: RunKey) -> Reproduction:
         """Execute the engine for ``key`` again and wait for all its events (a verification).
@@ -154,7 +151,6 @@ class Runner:
         if not closed:
             handoff.abandon()
             fault = self._timed_out(key)
-        self._observer.engine_ran(seconds, failed=fault is not None)
         self._count_engine_run(seconds, failed=fault is not None)
         if fault is not None:
             raise fault
@@ -222,7 +218,6 @@ class Runner:
                 fault = self._timed_out(identity.key)
                 break
         seconds = time.monotonic() - started
-        self._observer.engine_ran(seconds, failed=fault is not None)
         self._count_engine_run(seconds, failed=fault is not None)
         if fault is None:
             ended = self._with_retries(lambda: self._registry.finish(run_id, owner, RunRecord.create(identity, events)))

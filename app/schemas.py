@@ -358,6 +358,8 @@ class ReadinessResponse(Schema):
     backend = fields.String(required=True, validate=validate.OneOf(["memory", "redis"]))
     engine = fields.Nested(EngineInfo, required=True)
     engine_code_hash = fields.String(data_key="engineCodeHash", required=True)
+    execution = fields.String(required=True, validate=validate.OneOf(["local", "queue"]))
+    workers = fields.Integer(metadata={"description": "queue execution: workers serving this engineCodeHash"})
 
 
 class StatsResponse(Schema):
@@ -380,3 +382,6 @@ class StatsResponse(Schema):
     engine_executions = fields.Integer(required=True)
     engine_failures = fields.Integer(required=True)
     engine_mean_ms = fields.Float(required=True, allow_none=True)
+    running = fields.Integer(required=True, metadata={"description": "runs not done yet"})
+    execution = fields.String(required=True, validate=validate.OneOf(["local", "queue"]))
+    workers = fields.Integer(metadata={"description": "queue execution: workers serving this engineCodeHash"})

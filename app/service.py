@@ -10,7 +10,6 @@ from collections.abc import Iterable
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
 from typing import TypeVar
 
 from app.code_hash import engine_code_hash
@@ -34,8 +33,11 @@ from app.evidence.sse import RETRY
 from app.evidence.sse import sse_error
 from app.evidence.sse import sse_frame
 from app.evidence.sse import sse_frames
+from app.execution import Execution
+from app.execution import LocalExecution
 from app.limits import NewRunLimit
 from app.logs import DefectLog
+from app.metrics import FleetFigures
 from app.models import RegistryStats
 from app.models import RunError
 from app.models import RunKey
@@ -48,7 +50,6 @@ from app.registry.base import Registry
 from app.registry.base import RegistryFull
 from app.registry.base import RegistryUnavailable
 from app.runner import EngineFault
-from app.runner import Runner
 from app.runner import Slots
 from app.single_flight import SingleFlight
 from app.text import printable
@@ -60,17 +61,6 @@ log = logging.getLogger(__name__)
 # answer stays small however many scenarios a registry holds.
 STATS_TOP_SCENARIOS = 20
 T = TypeVar("T")
-
-
-class RunObserver(Protocol):
-    """What the service reports as it works (the Prometheus metrics implement it)."""
-
-    def engine_ran(self, seconds: float, failed: bool) -> None: ...
-
-
-class _Unobserved:
-    def engine_ran(self, seconds: float, failed: bool) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -87,15 +77,14 @@ class RunService:
 
     def __init__(
         self, registry: Registry, engine: Engine, settings: Settings, new_run_limit: NewRunLimit | None = None,
-        observer: RunObserver | None = None,
+        execution: Execution | None = None,
     ) -> None:
         self._registry = registry
         self._engine = engine
-        self._observer = observer or _Unobserved()
         self._settings = settings
         self._backend = "redis" if settings.shared_registry else "memory"
         self.engine_code_hash = engine_code_hash(engine, settings)
-        self._runner = Runner(registry, engine, settings, self._observer)
+        self._execution = execution or LocalExecution(registry, engine, settings)
         self._transcripts = TranscriptCache(capacity=128)
         self._defects = DefectLog(log)
         self._new_runs = new_run_limit or NewRunLimit(settings.new_runs_per_minute)
@@ -132,24 +121,22 @@ class RunService:
 
     def _start(self, key: RunKey, client: str) -> tuple[str, str, bool]:
         self._admit(client)
-        if not self._runner.slots.take():
-            raise Unavailable(
-                f"The engine is running and queueing all it can ({self._settings.engine_threads} running,"
-                f" {self._settings.engine_queue} waiting); retry shortly"
-            )
+        with _registry_errors():
+            if not self._execution.reserve():
+                raise Unavailable("The engine is running and queueing all it can; retry shortly")
         owner = secrets.token_hex(16)
         try:
             started = self._registry.start(key, self._engine.name, self._engine.version, owner)
         except RegistryFull as err:
-            self._runner.slots.give_back()
+            self._execution.release()
             raise Unavailable(f"The registry is full of runs still running ({err}); retry shortly") from err
         except BaseException:
-            self._runner.slots.give_back()
+            self._execution.release()
             raise
         if not started.started or started.identity is None:  # another caller started it between our miss and now
-            self._runner.slots.give_back()
+            self._execution.release()
             return started.run_id, started.status, False
-        self._runner.execute(started.identity, owner)
+        self._execution.execute(started.identity, owner)
         return started.run_id, started.status, True
 
     def _admit(self, client: str) -> None:
@@ -339,12 +326,13 @@ class RunService:
 
     def _reproduce(self, record: RunRecord, client: str) -> Verification:
         self._admit(client)
-        if not self._runner.slots.take():
-            raise Unavailable("The engine is running and queueing all it can; retry shortly")
-        try:
-            reproduction = self._runner.reproduce(record.identity.key)
-        except EngineFault as fault:
-            raise EngineFailed(str(fault)) from fault
+        with _registry_errors():
+            if not self._execution.reserve():
+                raise Unavailable("The engine is running and queueing all it can; retry shortly")
+            try:
+                reproduction = self._execution.reproduce(record.identity.key)
+            except EngineFault as fault:
+                raise EngineFailed(str(fault)) from fault
         replayed_json = encode_events(reproduction.events)
         recorded_json = self._transcripts.events_json(record)
         reproducible = replayed_json == recorded_json
@@ -367,8 +355,14 @@ class RunService:
         return self._verifications.callers(run_id)
 
     def engine_slots_in_use(self) -> int:
-        """Engine executions running or queued in this process now."""
-        return self._runner.slots.in_use
+        """Engine executions running or waiting in this process now, or queued for workers."""
+        with _registry_errors():
+            return self._execution.in_use()
+
+    def workers(self) -> int | None:
+        """Workers serving this engineCodeHash (queue execution), or ``None`` (local)."""
+        with _registry_errors():
+            return self._execution.workers()
 
     def waiting_connections(self) -> int:
         """Connections waiting on runs or streaming them in this process now."""
@@ -381,22 +375,30 @@ class RunService:
         entries by scenario for the ``STATS_TOP_SCENARIOS`` scenarios with the most."""
         with _registry_errors():
             stats = self._registry.stats(top_scenarios=STATS_TOP_SCENARIOS)
-        return StatsReport(stats, self._backend, self._settings.ttl_minutes)
+            workers = self._execution.workers()
+        return StatsReport(stats, self._backend, self._settings.ttl_minutes, self._settings.execution, workers)
 
-    def registry_counts(self) -> RegistryStats:
-        """What the registry counts, without any scenario: what a metrics scrape needs, cheaply."""
+    def fleet_figures(self) -> FleetFigures:
+        """What a metrics scrape reports: the registry's counts (without any scenario: cheaply),
+        and with queue execution the queue's depth and its workers."""
         with _registry_errors():
-            return self._registry.stats(top_scenarios=0)
+            stats = self._registry.stats(top_scenarios=0)
+            workers = self._execution.workers()
+            queued = self._execution.in_use() if workers is not None else None
+        return FleetFigures(stats, queued, workers)
 
     def readiness(self) -> Readiness:
-        """:raises Unavailable: the registry backend does not answer."""
+        """:raises Unavailable: the registry backend (or the job queue) does not answer."""
         with _registry_errors():
             self._registry.ping()
+            workers = self._execution.workers()
         return Readiness(
             backend=self._backend,
             engine_name=self._engine.name,
             engine_version=self._engine.version,
             engine_code_hash=self.engine_code_hash,
+            execution=self._settings.execution,
+            workers=workers,
         )
 
 
@@ -405,6 +407,8 @@ class StatsReport:
     stats: RegistryStats
     backend: str
     ttl_minutes: float
+    execution: str
+    workers: int | None
 
 
 @dataclass(frozen=True)
@@ -413,6 +417,8 @@ class Readiness:
     engine_name: str
     engine_version: str
     engine_code_hash: str
+    execution: str
+    workers: int | None  # with queue execution: workers serving this engineCodeHash
 
 
 @dataclass(frozen=True)

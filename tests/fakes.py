@@ -101,7 +101,8 @@ class FormulaEngine:
 
 
 class FileCountingEngine:
-    """Counts executions across processes: each run appends a line to a file (O_APPEND is atomic).
+    """Counts executions across processes: each run appends ``<pid> <scenarioId> <seed> <parent pid>``
+    to a file (O_APPEND is atomic), so a test knows which process executed what.
 
     Selected in a real gunicorn with ``RUN_REGISTRY_ENGINE=tests.fakes:FileCountingEngine``;
     ``RUN_REGISTRY_TEST_EXECUTIONS`` names the file, ``RUN_REGISTRY_TEST_ENGINE_DELAY_S`` makes
@@ -117,7 +118,7 @@ class FileCountingEngine:
 
     def run(self, scenario_id: str, seed: int) -> list[dict[str, Any]]:
         with open(self.path, "a") as executions:
-            executions.write(f"{os.getpid()} {scenario_id} {seed}\n")
+            executions.write(f"{os.getpid()} {scenario_id} {seed} {os.getppid()}\n")
         time.sleep(self.delay)
         return transcript(scenario_id, seed)
 

@@ -293,3 +293,85 @@ def metric(text: str, name: str) -> float:
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")]
     assert len(values) == 1, name
     return values[0]
+
+
+def procfile_command(kind: str) -> str:
+    """The Procfile's command line for a process type (``web``, ``worker``)."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, _, command = line.partition(":")
+        if name.strip() == kind:
+            return command.strip()
+    raise KeyError(kind)
+
+
+class ProcfileProcess:
+    """One process of a Procfile type, started as a Heroku-style host starts it: the Procfile's
+    command in a shell, the virtualenv's binaries first on PATH, ``PORT`` for ``web``."""
+
+    def __init__(self, kind: str, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.kind = kind
+        self.log_path = log_path
+        self.port = free_port() if kind == "web" else None
+        self.url = f"http://127.0.0.1:{self.port}" if self.port else None
+        self.env = {**os.environ, "PATH": f"{GUNICORN.parent}:{os.environ.get('PATH', '')}",
+                    "ENGINE_CODE_HASH": "procfile-test", "RUN_REGISTRY_NEW_RUNS_PER_MINUTE": "0", **(env or {})}
+        if self.port:
+            self.env["PORT"] = str(self.port)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> ProcfileProcess:
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(["bash", "-c", f"exec {procfile_command(self.kind)}"], cwd=ROOT,
+                                            env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        ready = "Listening at:" if self.kind == "web" else "Listening on "
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited with {self.process.returncode}:\n{self.log()}")
+            if ready in self.log() and (self.url is None or self._answers()):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.kind} did not start within {timeout}s:\n{self.log()}")
+
+    def _answers(self) -> bool:
+        try:
+            return http("GET", f"{self.url}/healthz", timeout=1).status == 200
+        except OSError:
+            return False
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def children(self) -> list[int]:
+        """Live child processes (gunicorn's workers, an RQ worker's work-horse)."""
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == self.pid and fields[0] != "Z":
+                pids.append(int(stat.parent.name))
+        return pids
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> ProcfileProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -114,3 +114,19 @@ def test_a_refused_registry_url_echoes_no_part_of_it(url):
 )
 def test_the_registry_url_is_shown_without_any_form_of_its_password(url, shown):
     assert registry_url_for_display(load_settings({"RUN_REGISTRY_URL": url}).registry_url) == shown
+
+
+def test_a_redis_add_on_url_is_taken_when_the_service_has_none_of_its_own():
+    assert load_settings({"REDIS_URL": "redis://addon.example:6379/0"}).registry_url == "redis://addon.example:6379/0"
+    both = {"REDIS_URL": "redis://addon.example:6379/0", "RUN_REGISTRY_URL": "redis://own.example:6379/1"}
+    assert load_settings(both).registry_url == "redis://own.example:6379/1"
+    with pytest.raises(ConfigError, match="^REDIS_URL must be redis://"):
+        load_settings({"REDIS_URL": "memcached://addon.example"})
+
+
+def test_queue_execution_needs_a_shared_registry():
+    assert load_settings({"RUN_REGISTRY_EXECUTION": "queue", "REDIS_URL": "redis://h:6379/0"}).execution == "queue"
+    with pytest.raises(ConfigError, match="RUN_REGISTRY_EXECUTION=queue needs a Redis registry"):
+        load_settings({"RUN_REGISTRY_EXECUTION": "queue"})
+    with pytest.raises(ConfigError, match="RUN_REGISTRY_EXECUTION must be local or queue"):
+        load_settings({"RUN_REGISTRY_EXECUTION": "celery"})

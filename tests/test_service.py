@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from unittest.mock import MagicMock
 
 import pytest
 
@@ -231,7 +230,7 @@ def test_the_event_delay_paces_the_engine_without_changing_its_events():
     settings = test_settings(engine_event_delay_ms=25)
     registry = MemoryRegistry(settings.ttl_ms, settings.max_entries)
     pauses = []
-    runner = Runner(registry, FakeEngine(), settings, observer=MagicMock(), sleep=pauses.append)
+    runner = Runner(registry, FakeEngine(), settings, sleep=pauses.append)
     assert runner.slots.take()
     reproduction = runner.reproduce(RunKey("a", 1, "h"))
     assert [event_type for event_type, _ in reproduction.events] == ["start", "token", "token", "report", "done"]

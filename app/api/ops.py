@@ -24,12 +24,16 @@ def healthz() -> dict[str, str]:
 def readyz() -> dict[str, Any]:
     """Ready: the registry backend answers (503 UNAVAILABLE when it does not)."""
     ready = run_service().readiness()
-    return {
+    body: dict[str, Any] = {
         "status": "ready",
         "backend": ready.backend,
         "engine": {"name": ready.engine_name, "version": ready.engine_version},
         "engineCodeHash": ready.engine_code_hash,
+        "execution": ready.execution,
     }
+    if ready.workers is not None:
+        body["workers"] = ready.workers
+    return body
 
 
 @bp.get("/registry/stats")
@@ -53,6 +57,9 @@ def registry_stats() -> dict[str, Any]:
         "engine_executions": stats.engine_runs,
         "engine_failures": stats.engine_failures,
         "engine_mean_ms": round(stats.engine_ms_total / stats.engine_runs, 3) if stats.engine_runs else None,
+        "running": stats.running,
+        "execution": report.execution,
+        **({"workers": report.workers} if report.workers is not None else {}),
     }
 
 

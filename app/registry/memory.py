@@ -9,6 +9,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from app.clock import now_ms
+from app.models import ENGINE_DURATION_BUCKETS_S
 from app.models import EncodedEvent
 from app.models import RegistryStats
 from app.models import RunError
@@ -17,6 +18,7 @@ from app.models import RunKey
 from app.models import RunRecord
 from app.models import RunRef
 from app.models import RunState
+from app.models import duration_bucket
 from app.registry.base import FAILED_RETENTION_MS
 from app.registry.base import RegistryFull
 from app.registry.base import Started
@@ -87,6 +89,8 @@ class MemoryRegistry:
         self._engine_runs = 0
         self._engine_failures = 0
         self._engine_ms_total = 0.0
+        self._engine_durations: dict[str, list[int]] = {}
+        self._engine_seconds: dict[str, float] = {}
 
     def touch(self, cache_key: str) -> RunRef | None:
         now = now_ms()
@@ -206,13 +210,19 @@ class MemoryRegistry:
                         engine_runs=self._engine_runs,
                         engine_failures=self._engine_failures,
                         engine_ms_total=self._engine_ms_total,
+                        engine_durations={outcome: (tuple(buckets), self._engine_seconds[outcome])
+                                          for outcome, buckets in self._engine_durations.items()},
                     )
 
     def record_engine_run(self, duration_ms: float, failed: bool) -> None:
+        outcome = "failed" if failed else "succeeded"
         with self._lock:
             self._engine_runs += 1
             self._engine_failures += failed
             self._engine_ms_total += duration_ms
+            buckets = self._engine_durations.setdefault(outcome, [0] * (len(ENGINE_DURATION_BUCKETS_S) + 1))
+            buckets[duration_bucket(duration_ms / 1000)] += 1
+            self._engine_seconds[outcome] = self._engine_seconds.get(outcome, 0.0) + duration_ms / 1000
 
     def held_entries(self) -> int:
         """Done and running runs held in memory, expired ones the sweep has not reached included."""

@@ -17,6 +17,8 @@ fields) is treated as absent, never as a run, and logged once.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections.abc import Iterator
 from collections.abc import Sequence
@@ -31,6 +33,7 @@ from redis.retry import Retry
 from app.clock import now_ms
 from app.concurrency import spawn
 from app.logs import DefectLog
+from app.models import ENGINE_DURATION_BUCKETS_S
 from app.models import EncodedEvent
 from app.models import RegistryStats
 from app.models import RunError
@@ -39,6 +42,7 @@ from app.models import RunKey
 from app.models import RunRecord
 from app.models import RunRef
 from app.models import RunState
+from app.models import duration_bucket
 from app.registry.base import FAILED_RETENTION_MS
 from app.registry.base import RegistryFull
 from app.registry.base import RegistryUnavailable
@@ -51,6 +55,7 @@ REAP_EVERY_S = 2.0
 STREAM_GRACE_MS = 60_000  # a done run's stream stays this long for readers still on it; then its record serves
 FOLLOW_BLOCK_MS = 5_000
 EXECUTOR_LOST = "The process executing this run stopped before it ended (killed, or its host lost)"
+NO_WORKER = "No worker took this run in time: none runs this engine code, or all were busy"
 # The run hash's fields, in the order get() reads them.
 _FIELDS = ("runId", "cacheKey", "engineCodeHash", "engineName", "engineVersion", "status", "count", "hits",
            "eventsDigest", "bodyGzip", "expiresAt", "errorType", "errorMessage")
@@ -84,7 +89,9 @@ class RedisRegistry:
             url, **{**redis_client_options(timeout_ms), "socket_timeout": FOLLOW_BLOCK_MS / 1000 + timeout_ms / 1000}
         )
         self._scripts = {name: self._client.register_script(_script(name)) for name in (
-            "touch", "start", "append", "finish", "fail", "reap", "renew", "discard", "stats", "engine_run")}
+            "touch", "start", "append", "finish", "fail", "reap", "renew", "discard", "stats", "engine_run",
+            "hand_over", "take_over")}
+        self._executor = f"{socket.gethostname()}:{os.getpid()}"
         self._defects = DefectLog(log)
         self._lock = threading.Lock()
         self._owned: dict[str, str] = {}  # runId -> owner, of the runs this process executes
@@ -101,7 +108,7 @@ class RedisRegistry:
         self._start_background()
         answer = self._call(
             "start", key.digest, self.ttl_ms, key.run_id_prefix, now_ms(), owner, self._lease_ms, self._max_entries,
-            key.scenario_id, key.engine_code_hash, engine_name, engine_version,
+            key.scenario_id, key.engine_code_hash, engine_name, engine_version, self._executor,
         )
         outcome = answer[0].decode()
         if outcome == "full":
@@ -113,6 +120,28 @@ class RedisRegistry:
             self._owned[run_id] = owner
         return Started(run_id, "running", started=True,
                        identity=RunIdentity.of(key, run_id, engine_name, engine_version))
+
+    def hand_over(self, run_id: str, owner: str, wait_ms: int) -> bool:
+        """Give the execution of a run this process started to a worker (queue mode): this process
+        stops keeping its lease, and the run fails unless a worker takes it within ``wait_ms``.
+
+        :returns: ``False`` if the run is not ``owner``'s running run.
+        """
+        self._disown(run_id)
+        return bool(self._call("hand_over", run_id, owner, wait_ms))
+
+    def take_over(self, run_id: str, owner: str, executor: str) -> bool:
+        """A worker takes a handed-over run to execute it, and keeps its lease from now on.
+
+        :returns: ``False`` if the run is not ``owner``'s, is taken already, or waited too long:
+            then nothing is to be executed.
+        """
+        self._start_background()
+        taken = bool(self._call("take_over", run_id, owner, executor, self._lease_ms))
+        if taken:
+            with self._lock:
+                self._owned[run_id] = owner
+        return taken
 
     def append(self, run_id: str, owner: str, first_position: int, events: Sequence[EncodedEvent]) -> bool:
         flat: list[Any] = [part for event in events for part in event]
@@ -172,7 +201,8 @@ class RedisRegistry:
         self._call("discard", run_id)
 
     def record_engine_run(self, duration_ms: float, failed: bool) -> None:
-        self._call("engine_run", f"{duration_ms:.3f}", int(failed))
+        self._call("engine_run", f"{duration_ms:.3f}", int(failed), "failed" if failed else "succeeded",
+                   duration_bucket(duration_ms / 1000), f"{duration_ms / 1000:.6f}")
 
     def stats(self, top_scenarios: int) -> RegistryStats:
         done, running, top, scenario_count, counters = self._call("stats", top_scenarios)
@@ -189,12 +219,13 @@ class RedisRegistry:
             engine_runs=int(counts.get("engine_runs", 0)),
             engine_failures=int(counts.get("engine_failures", 0)),
             engine_ms_total=counts.get("engine_ms_total", 0.0),
+            engine_durations=_durations(counts),
         )
 
     def reap(self) -> int:
         """Fail running runs whose executor's lease lapsed; how many. Every process does this
         every few seconds, so a dead executor's run ends within a bound."""
-        return int(self._call("reap", 10, EXECUTOR_LOST, FAILED_RETENTION_MS))
+        return int(self._call("reap", 10, EXECUTOR_LOST, FAILED_RETENTION_MS, NO_WORKER))
 
     def ping(self) -> None:
         with _unavailable_on_redis_errors():
@@ -247,7 +278,9 @@ class RedisRegistry:
             while not self._closed.is_set():
                 try:
                     answer: Any = self._follow_client.xread({stream: last}, count=1000, block=FOLLOW_BLOCK_MS)
-                except (redis.RedisError, OSError, ValueError):  # ValueError: the client was closed under it
+                # ValueError and AttributeError: close() tore the connection down under this read
+                # (redis-py drops its buffer); the others: Redis went away, and the read is retried.
+                except (redis.RedisError, OSError, ValueError, AttributeError):
                     if self._closed.wait(0.5):
                         return
                     continue
@@ -314,6 +347,17 @@ def _state(fields: dict[str, Any]) -> RunState:
     if status == "running":
         return RunState(identity, "running", count, hits)
     raise ValueError(f"unknown status {status!r}")
+
+
+def _durations(counts: dict[str, float]) -> dict[str, tuple[tuple[int, ...], float]]:
+    """The engine duration buckets kept in the counters hash (``duration:<outcome>:<index>``)."""
+    durations = {}
+    for outcome in ("succeeded", "failed"):
+        buckets = tuple(int(counts.get(f"duration:{outcome}:{index}", 0))
+                        for index in range(len(ENGINE_DURATION_BUCKETS_S) + 1))
+        if any(buckets):
+            durations[outcome] = (buckets, counts.get(f"duration_sum:{outcome}", 0.0))
+    return durations
 
 
 def _ending(fields: dict[bytes, bytes]) -> str | RunError:

@@ -22,6 +22,7 @@ def test_readyz_names_the_backend_and_engine(client):
     assert client.get("/readyz").get_json() == {
         "status": "ready", "backend": "memory",
         "engine": {"name": "pricing-simulator", "version": "1.1.0"}, "engineCodeHash": "test-code-hash",
+        "execution": "local",
     }
 
 
@@ -47,7 +48,7 @@ def test_registry_stats_count_lookups_entries_and_engine_runs(settings):
         "backend": "memory", "total_entries": 2, "ttl_minutes": 60.0, "entries_by_scenario": {"a": 1, "b": 1},
         "scenario_count": 2, "entries_in_unlisted_scenarios": 0,
         "hits": 2, "misses": 3, "hit_ratio": 0.4, "evictions": 0, "expirations": 0,
-        "engine_executions": 3, "engine_failures": 1,
+        "engine_executions": 3, "engine_failures": 1, "running": 0, "execution": "local",
     }
     assert engine_mean >= 0
 
@@ -63,7 +64,7 @@ def test_metrics_in_prometheus_text_format(fake_client):
     assert metric(text, 'run_registry_lookups_total{source="cache"}') == 2
     assert metric(text, "run_registry_engine_executions_total") == 1
     assert metric(text, "run_registry_engine_failures_total") == 0
-    assert metric(text, "run_registry_engine_duration_seconds_count") == 1
+    assert metric(text, 'run_registry_engine_duration_seconds_count{outcome="succeeded"}') == 1
     assert metric(text, "run_registry_entries") == 1 and metric(text, "run_registry_backend_up") == 1
     assert metric(text, "run_registry_evictions_total") == 0
     assert metric(text, 'run_registry_http_request_duration_seconds_count'

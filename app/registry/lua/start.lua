@@ -1,5 +1,5 @@
 -- ARGV: prefix, cacheKey, ttl_ms, runId prefix, now_ms (the service's clock), owner, lease_ms,
--- max_entries, scenarioId, engineCodeHash, engineName, engineVersion.
+-- max_entries, scenarioId, engineCodeHash, engineName, engineVersion, executor (this process).
 -- Returns {'found', runId, status} (a hit), {'started', runId} or {'full'}.
 local cache_key, ttl, max_entries = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[8])
 local found = touch(cache_key, ttl)
@@ -25,7 +25,7 @@ end
 local run_id = ARGV[4] .. string.format('%d', created_at)
 redis.call('HSET', prefix .. 'run:' .. run_id, 'runId', run_id, 'cacheKey', cache_key, 'scenarioId', ARGV[9],
            'engineCodeHash', ARGV[10], 'engineName', ARGV[11], 'engineVersion', ARGV[12], 'status', 'running',
-           'owner', ARGV[6], 'count', 0, 'hits', 0)
+           'owner', ARGV[6], 'executor', ARGV[13], 'count', 0, 'hits', 0)
 redis.call('SET', prefix .. 'key:' .. cache_key, run_id)
 redis.call('ZADD', running, now + tonumber(ARGV[7]), run_id)
 redis.call('ZINCRBY', prefix .. 'scenario-entries', -1, ARGV[9])

@@ -1,0 +1,173 @@
+"""Where runs execute: on real threads of this web process (``local``), or on the Procfile's
+``worker`` processes through an RQ job queue on the same Redis (``queue``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Protocol
+
+from app.config import Settings
+from app.engine.base import Engine
+from app.models import RunIdentity
+from app.models import RunKey
+from app.registry.base import Registry
+from app.registry.base import RegistryUnavailable
+from app.runner import EngineFault
+from app.runner import Reproduction
+from app.runner import Runner
+
+
+class Execution(Protocol):
+    """Executes the runs the service starts, and reproductions for verifications."""
+
+    def reserve(self) -> bool:
+        """Room for one more execution, taken now; ``False`` when there is none (503)."""
+        ...
+
+    def release(self) -> None:
+        """Give back a reservation that was not used (the run was found, not started)."""
+        ...
+
+    def execute(self, identity: RunIdentity, owner: str) -> None:
+        """Execute a run the registry has just started under ``owner``, with a reservation taken.
+        Returns at once; the run records itself."""
+        ...
+
+    def reproduce(self, key: RunKey) -> Reproduction:
+        """Execute the engine for ``key`` again and wait for its events, with a reservation taken.
+
+        :raises EngineFault: the engine failed, or did not finish within the engine timeout.
+        :raises RegistryUnavailable: the queue could not be reached.
+        """
+        ...
+
+    def in_use(self) -> int:
+        """Executions running or waiting here (local), or queued for workers (queue)."""
+        ...
+
+    def workers(self) -> int | None:
+        """Workers serving this engineCodeHash, or ``None`` where there are none to count (local)."""
+        ...
+
+
+class LocalExecution:
+    """Runs on real threads of this process (``RUN_REGISTRY_EXECUTION=local``, the default)."""
+
+    def __init__(self, registry: Registry, engine: Engine, settings: Settings) -> None:
+        self.runner = Runner(registry, engine, settings)
+
+    def reserve(self) -> bool:
+        return self.runner.slots.take()
+
+    def release(self) -> None:
+        self.runner.slots.give_back()
+
+    def execute(self, identity: RunIdentity, owner: str) -> None:
+        self.runner.execute(identity, owner)
+
+    def reproduce(self, key: RunKey) -> Reproduction:
+        return self.runner.reproduce(key)
+
+    def in_use(self) -> int:
+        return self.runner.slots.in_use
+
+    def workers(self) -> int | None:
+        return None
+
+
+class QueuedExecution:
+    """Runs on workers (``RUN_REGISTRY_EXECUTION=queue``): one RQ queue per engineCodeHash.
+
+    A run is enqueued only by the process that started it, holding its owner token, and handed
+    over with a deadline: if no worker takes it within ``RUN_REGISTRY_QUEUE_WAIT_S`` it fails.
+    """
+
+    def __init__(self, registry: Registry, engine: Engine, settings: Settings, engine_code_hash: str) -> None:
+        import redis
+        from rq import Queue
+
+        from app.registry.redis_registry import RedisRegistry
+        from app.registry.redis_registry import redis_client_options
+        from app.worker import queue_name
+
+        if not isinstance(registry, RedisRegistry):
+            raise TypeError("queue execution needs the Redis registry")
+        self._registry = registry
+        self._engine = engine
+        self._settings = settings
+        self._engine_code_hash = engine_code_hash
+        options = redis_client_options(settings.redis_timeout_ms)
+        self._queue = Queue(queue_name(settings, engine_code_hash),
+                            connection=redis.Redis.from_url(settings.registry_url, **options))
+        # Waiting for a verification's result blocks on Redis for up to the engine timeout.
+        waiting = {**options, "socket_timeout": settings.engine_timeout_s + 10}
+        self._results = Queue(self._queue.name, connection=redis.Redis.from_url(settings.registry_url, **waiting))
+
+    def reserve(self) -> bool:
+        with _unavailable_on_queue_errors():
+            return self._queue.count < self._settings.queue_max
+
+    def release(self) -> None:
+        """Nothing was taken: the queue's length is the reservation."""
+
+    def execute(self, identity: RunIdentity, owner: str) -> None:
+        from app.worker import execute_run
+
+        wait_ms = round(self._settings.queue_wait_s * 1000)
+        self._registry.hand_over(identity.run_id, owner, wait_ms)
+        with _unavailable_on_queue_errors():
+            self._queue.enqueue_call(
+                execute_run,
+                args=(identity.run_id, owner, identity.engine_code_hash, identity.engine_name, identity.engine_version),
+                job_id=f"run-{identity.run_id}-{owner[:8]}",
+                timeout=round(self._settings.engine_timeout_s) + 30,  # the work-horse's hard limit
+                ttl=round(self._settings.queue_wait_s) + 5,  # a job no worker took in time is dropped
+                result_ttl=600,
+                failure_ttl=3600,
+            )
+
+    def reproduce(self, key: RunKey) -> Reproduction:
+        from rq.job import Job
+        from rq.job import JobStatus
+
+        from app.worker import reproduce_run
+
+        with _unavailable_on_queue_errors():
+            job = self._queue.enqueue_call(
+                reproduce_run, args=(key.scenario_id, key.seed, key.engine_code_hash),
+                timeout=round(self._settings.engine_timeout_s) + 30,
+                ttl=round(self._settings.queue_wait_s), result_ttl=60, failure_ttl=600,
+            )
+            result = Job.fetch(job.id, connection=self._results.connection).latest_result(
+                timeout=round(self._settings.queue_wait_s + self._settings.engine_timeout_s)
+            )
+        if result is None or result.type != result.Type.SUCCESSFUL:
+            status = job.get_status(refresh=True)
+            if result is None and status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+                raise EngineFault(f"No worker took the verification of scenario {key.scenario_id} seed"
+                                  f" {key.seed} in time")
+            raise EngineFault(f"The engine failed to run scenario {key.scenario_id} seed {key.seed}")
+        returned: tuple[list[tuple[str, bytes]], float] = result.return_value  # type: ignore[assignment]
+        events, seconds = returned
+        return Reproduction([(event_type, data) for event_type, data in events], seconds)
+
+    def in_use(self) -> int:
+        with _unavailable_on_queue_errors():
+            return self._queue.count
+
+    def workers(self) -> int | None:
+        from rq import Worker
+
+        with _unavailable_on_queue_errors():
+            return Worker.count(queue=self._queue)
+
+
+@contextlib.contextmanager
+def _unavailable_on_queue_errors() -> Iterator[None]:
+    import redis
+
+    try:
+        yield
+    except redis.RedisError as err:
+        raise RegistryUnavailable(f"queue: {err.__class__.__name__}") from err
