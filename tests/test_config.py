@@ -120,7 +120,7 @@ def test_a_redis_add_on_url_is_taken_when_the_service_has_none_of_its_own():
     assert load_settings({"REDIS_URL": "redis://addon.example:6379/0"}).registry_url == "redis://addon.example:6379/0"
     both = {"REDIS_URL": "redis://addon.example:6379/0", "RUN_REGISTRY_URL": "redis://own.example:6379/1"}
     assert load_settings(both).registry_url == "redis://own.example:6379/1"
-    with pytest.raises(ConfigError, match="^REDIS_URL must be redis://"):
+    with pytest.raises(ConfigError, match=r"^REDIS_URL must be redis://"):
         load_settings({"REDIS_URL": "memcached://addon.example"})
 
 
