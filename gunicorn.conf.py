@@ -168,3 +168,9 @@ def post_request(worker, req, environ, resp):  # noqa: ARG001 - gunicorn's hook 
         from gevent import sleep
 
         sleep(0)
+
+
+def post_worker_init(worker):
+    """Say when a worker has loaded the app and serves: a worker stopped before it is ready
+    finishes booting first (so tests and operators know when a replacement is in service)."""
+    logging.getLogger("gunicorn.error").info("run-registry: worker ready (pid: %d)", worker.pid)

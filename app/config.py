@@ -48,6 +48,7 @@ class Settings:
     max_waiting: int = 800
     execution: str = "local"  # "local": the web process runs the engine; "queue": workers do
     queue_wait_s: float = 60.0
+    lease_s: float = 10.0
     queue_max: int = 1000
     redis_timeout_ms: int = 500
     redis_prefix: str = "run-registry:"
@@ -94,6 +95,7 @@ def _read_settings(environ: Mapping[str, str]) -> Settings:
         max_waiting=positive_int(environ, "RUN_REGISTRY_MAX_WAITING", default=800),
         execution=_execution(environ),
         queue_wait_s=positive_number(environ, "RUN_REGISTRY_QUEUE_WAIT_S", 60.0, "seconds", 3600),
+        lease_s=positive_number(environ, "RUN_REGISTRY_LEASE_S", 10.0, "seconds", 50),
         queue_max=positive_int(environ, "RUN_REGISTRY_QUEUE_MAX", default=1000),
         new_runs_per_minute=non_negative_int(
             environ, "RUN_REGISTRY_NEW_RUNS_PER_MINUTE", default=DEFAULT_NEW_RUNS_PER_MINUTE

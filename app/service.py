@@ -272,7 +272,11 @@ class RunService:
             yield sse_error(ending)
             return
         # Done (or the log went with the run's end): the rest comes from its transcript.
-        state = self.run(run_id)
+        try:
+            state = self.run(run_id)
+        except RunNotFound:  # gone meanwhile (a tiny TTL, a full registry, a Redis that lost it)
+            yield sse_error(RunError("UNAVAILABLE", f"Run {printable(run_id)} is no longer in the registry"))
+            return
         if state.record is not None:
             yield from sse_frames(self._transcripts.encoded_events(state.record), position)
         elif state.error is not None:

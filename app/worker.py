@@ -34,6 +34,7 @@ from app.engine.base import Engine
 from app.logs import configure_json_logging
 from app.models import RunIdentity
 from app.models import RunKey
+from app.registry import make_registry
 from app.registry.redis_registry import RedisRegistry
 from app.runner import Runner
 
@@ -56,8 +57,8 @@ class _Horse:
 def _horse() -> _Horse:
     settings = load_settings(os.environ)
     engine = load_engine(settings.engine)
-    registry = RedisRegistry(settings.registry_url, ttl_ms=settings.ttl_ms, max_entries=settings.max_entries,
-                             timeout_ms=settings.redis_timeout_ms, prefix=settings.redis_prefix)
+    registry = make_registry(settings)
+    assert isinstance(registry, RedisRegistry)  # load_settings refuses workers without Redis
     runner = Runner(registry, engine, settings)
     return _Horse(settings, engine, engine_code_hash(engine, settings), registry, runner)
 
@@ -123,6 +124,9 @@ def main() -> None:
     except ConfigError as err:
         sys.exit(f"run-registry worker: refusing to start: {err}")
     code_hash = engine_code_hash(engine, settings)
+    # Built once here, inherited by every work-horse RQ forks: a job starts at once. Nothing of
+    # it runs before a fork (its threads start at first use, in the horse).
+    _horse()
     connection = Redis.from_url(settings.registry_url)  # RQ blocks on its queue: no short read timeout
     queue = Queue(queue_name(settings, code_hash), connection=connection)
     log.info("run-registry worker: executing runs of %s %s (engineCodeHash %s) from queue %s",

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 
+from bench import fleet
 from bench import inprocess
 from bench import live
 from tests.servers import ROOT
@@ -83,6 +84,7 @@ def main() -> None:
         table = load_test(Path(scratch), args)
         settings = compare_settings(Path(scratch), args)
         live_figures = measure_live(Path(scratch), args)
+        live_figures.update(measure_fleet(Path(scratch), args))
     figures = inprocess.measure(args.runs, smoke=args.smoke)
     report = render(table, settings, live_figures, figures, args)
     print(report)
@@ -152,12 +154,20 @@ def measure_live(scratch: Path, args: argparse.Namespace) -> dict[str, str]:
     return figures
 
 
+def measure_fleet(scratch: Path, args: argparse.Namespace) -> dict[str, str]:
+    """Queue execution: throughput by workers, time to the first live event, two web processes."""
+    if args.smoke:
+        return fleet.measure(scratch, (1, 2), runs=4, first_events=2, clients=10, delay_ms=2)
+    return fleet.measure(scratch, (1, 2, 4), runs=16, first_events=30, clients=500, delay_ms=10)
+
+
 def compare_settings(scratch: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Lookup hits under each one-process setting, in interleaved rounds; medians."""
     row = Row("lookup hit", "/runs/lookup?scenarioId=pricing-v1&seed=42")
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in SETTINGS}
+    settings = dict(list(SETTINGS.items())[:2]) if args.smoke else SETTINGS
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in settings}
     for _ in range(args.rounds):
-        for name, env in SETTINGS.items():
+        for name, env in settings.items():
             with Gunicorn(scratch / "settings.log", env={"RUN_REGISTRY_TTL_MIN": "600", **env}) as server:
                 http("GET", server.url + row.path)
                 results[name].append(wrk(server, row, args))
@@ -244,7 +254,7 @@ def render(
     ]
     lines += [f"| {name} | {result['rps']:.0f} | {result['p50']:.2f} | {result['p99']:.2f} | {result['cpu_us']:.0f} |"
               for name, result in settings.items()]
-    lines += ["", "Live runs (one gevent worker unless said):", ""]
+    lines += ["", "Live runs and the fleet (one gevent web worker unless said):", ""]
     lines += [f"- {name}: {value}" for name, value in live_figures.items()]
     lines += ["", "In-process (one Python process, no HTTP):", ""]
     lines += [f"- {name}: {value}" for name, value in figures.items()]

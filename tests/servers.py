@@ -80,12 +80,17 @@ class Gunicorn:
                 time.sleep(0.05)
                 continue
             # One worker answering is not all of them: gunicorn forks its workers a random
-            # 0-100 ms apart, so wait for as many as it said it would start.
-            if len(self.worker_pids()) >= self.expected_workers():
+            # 0-100 ms apart, so wait for as many as it said it would start to be ready (a worker
+            # stopped while it still loads the app would hold the stop up for gunicorn's timeout).
+            if self.ready_workers() >= self.expected_workers():
                 return self
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"gunicorn did not answer within {timeout}s:\n{self.log()}")
+
+    def ready_workers(self) -> int:
+        """Workers that have said they serve (gunicorn.conf.py's post_worker_init), ever."""
+        return self.log().count("run-registry: worker ready")
 
     def expected_workers(self) -> int:
         """How many worker processes gunicorn.conf.py said, at start-up, it would run."""

@@ -26,5 +26,7 @@ def test_the_benchmark_runs_and_prints_its_table(tmp_path):
     for figure in ("memory per cached run, tracemalloc", "memory per cached run, RSS growth",
                    "entries:", "sweep of", "live streams of one run", "byte-identical to the replay",
                    "server memory per live stream", "lookup hits while they stream", "slow and",
-                   "event creation to a live client, memory", "event creation to a live client, redis"):
+                   "event creation to a live client, memory", "event creation to a live client, redis",
+                   "new runs a second, 2 workers", "lookup to the first live event",
+                   "live streams of one run over two web processes"):
         assert figure in text, figure

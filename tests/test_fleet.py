@@ -24,7 +24,7 @@ SSE = {"Accept": "text/event-stream"}
 def fleet_env(redis_url: str, executions: Path, **extra: str) -> dict[str, str]:
     return {"RUN_REGISTRY_URL": redis_url, "RUN_REGISTRY_EXECUTION": "queue", "WEB_CONCURRENCY": "1",
             "RUN_REGISTRY_ENGINE": "tests.fakes:FileCountingEngine", "RUN_REGISTRY_TEST_EXECUTIONS": str(executions),
-            "RUN_REGISTRY_KEEPALIVE_S": "0.5", **extra}
+            "RUN_REGISTRY_KEEPALIVE_S": "0.5", "RUN_REGISTRY_LEASE_S": "2", **extra}
 
 
 def executions(path: Path) -> list[tuple[int, str, int, int]]:
@@ -123,7 +123,7 @@ def test_a_run_whose_executor_is_killed_fails_within_the_bound_and_the_key_runs_
             assert metadata["status"] == "failed", metadata
             assert metadata["error"]["message"].startswith("The process executing this run stopped")
             assert watched[0].rstrip().endswith(b'"}') and b"event: error\n" in watched[0]
-            assert ended < 20  # the lease (10 s) and a reap (every 2 s), with room for a loaded machine
+            assert ended < 10  # the lease (2 s here) and a reap (every 2 s), with room for a loaded machine
             if victim == "worker":
                 worker.stop(signal.SIGKILL)
                 worker = ProcfileProcess("worker", tmp_path / "worker-2.log", env).start()
@@ -151,7 +151,7 @@ def test_a_queued_run_that_no_worker_takes_fails_after_the_queue_wait(tmp_path, 
 def test_in_local_mode_a_killed_web_process_fails_its_run_and_another_web_process_tells_its_clients(
         tmp_path, redis_url):
     env = {"RUN_REGISTRY_URL": redis_url, "WEB_CONCURRENCY": "1", "RUN_REGISTRY_ENGINE": "tests.fakes:FakeEngine",
-           "RUN_REGISTRY_ENGINE_EVENT_DELAY_MS": "1000"}
+           "RUN_REGISTRY_ENGINE_EVENT_DELAY_MS": "1000", "RUN_REGISTRY_LEASE_S": "2"}
     with (ProcfileProcess("web", tmp_path / "executor.log", env) as executor,
           ProcfileProcess("web", tmp_path / "watcher.log", env) as watcher):
         run_id = http("GET", f"{executor.url}/runs/lookup?scenarioId=local&seed=1",

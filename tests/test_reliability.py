@@ -74,6 +74,8 @@ def test_a_killed_worker_is_replaced_and_on_redis_nothing_is_lost(tmp_path, redi
             time.sleep(0.05)
             workers = server.worker_pids()  # one look per check: two looks may see two moments
         assert len(workers) == 2 and victim not in workers
+        while time.monotonic() < deadline and server.ready_workers() < 3:  # the replacement serves
+            time.sleep(0.05)
         stop, failures = threading.Event(), []
 
         def load():

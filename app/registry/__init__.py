@@ -25,6 +25,7 @@ def make_registry(settings: Settings) -> Registry:
             max_entries=settings.max_entries,
             timeout_ms=settings.redis_timeout_ms,
             prefix=settings.redis_prefix,
+            lease_ms=round(settings.lease_s * 1000),
         )
     return MemoryRegistry(ttl_ms=settings.ttl_ms, max_entries=settings.max_entries)
 

@@ -56,6 +56,8 @@ STREAM_GRACE_MS = 60_000  # a done run's stream stays this long for readers stil
 FOLLOW_BLOCK_MS = 5_000
 EXECUTOR_LOST = "The process executing this run stopped before it ended (killed, or its host lost)"
 NO_WORKER = "No worker took this run in time: none runs this engine code, or all were busy"
+# A run that left the registry while it was followed: Redis lost it (restarted without its data).
+VANISHED = RunError("UNAVAILABLE", "The run is no longer in the registry; look it up again")
 # The run hash's fields, in the order get() reads them.
 _FIELDS = ("runId", "cacheKey", "engineCodeHash", "engineName", "engineVersion", "status", "count", "hits",
            "eventsDigest", "bodyGzip", "expiresAt", "errorType", "errorMessage")
@@ -314,8 +316,11 @@ class RedisRegistry:
             return True
         if state is not None and state.status == "running":
             return True
-        # Ended without our seeing its end entry (the stream expired): say how it ended.
-        followed.end(state.error if state is not None and state.error is not None else "done")
+        # Ended without our seeing its end entry (the stream expired, or Redis lost it): say how.
+        if state is None:
+            followed.end(VANISHED)
+        else:
+            followed.end(state.error if state.error is not None else "done")
         return False
 
     def _disown(self, run_id: str) -> None:
