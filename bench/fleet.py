@@ -19,7 +19,6 @@ from tests.servers import RedisServer
 from tests.servers import http
 
 
-
 class _Fleet:
     def __init__(self, scratch: Path, redis_url: str, clients: int, delay_ms: int) -> None:
         self.scratch = scratch
