@@ -244,3 +244,124 @@ def _run_threads(threads: int, seconds: float, work: Callable[[int], None], stop
         stop.set()
         for future in futures:
             future.result(timeout=60)
+
+
+def fleet_under_chaos(directory: Path, seconds: float, releases: tuple[str, ...] = ("release-a", "release-b")
+                      ) -> Outcome:
+    """Queue execution under load with two engineCodeHash releases side by side (a web process and
+    two workers each), workers SIGKILLed in a loop, and Redis restarted mid-run. Nothing may
+    execute twice, no run may stay running, and no live stream may differ from its run's replay."""
+    from tests.servers import ProcfileProcess
+    from tests.servers import RedisServer
+    from tests.servers import free_port
+
+    port = free_port()
+    redis_dir = directory / "fleet-redis"
+    redis_dir.mkdir(exist_ok=True)
+    executions = directory / "fleet-executions"
+    errors: list[str] = []
+    statuses: Counter[int] = Counter()
+    streams_checked = kills = 0
+    stop = threading.Event()
+    lock = threading.Lock()
+    server = RedisServer(redis_dir, port=port).start()
+    env_of = {release: {"RUN_REGISTRY_URL": server.url, "RUN_REGISTRY_EXECUTION": "queue", "WEB_CONCURRENCY": "1",
+                        "ENGINE_CODE_HASH": release, "RUN_REGISTRY_ENGINE": "tests.fakes:FileCountingEngine",
+                        "RUN_REGISTRY_TEST_EXECUTIONS": str(executions), "RUN_REGISTRY_ENGINE_EVENT_DELAY_MS": "100",
+                        "RUN_REGISTRY_LEASE_S": "3", "RUN_REGISTRY_QUEUE_WAIT_S": "10",
+                        "RUN_REGISTRY_ACCESS_LOG": "off", "RUN_REGISTRY_REDIS_TIMEOUT_MS": "300"}
+              for release in releases}
+    webs = {release: ProcfileProcess("web", directory / f"fleet-{release}-web.log", env).start()
+            for release, env in env_of.items()}
+    workers = [ProcfileProcess("worker", directory / f"fleet-{release}-w{index}.log", env_of[release]).start()
+               for release in releases for index in range(2)]
+    started_runs = 0  # runs the registry started, summed over Redis's lives
+
+    def load(index: int) -> None:
+        nonlocal streams_checked
+        rng = random.Random(index)
+        while not stop.is_set():
+            release = rng.choice(releases)
+            url = webs[release].url
+            try:
+                reply = http("GET", f"{url}/runs/lookup?scenarioId=chaos&seed={rng.randrange(40)}",
+                             headers={"Prefer": "respond-async"}, timeout=30)
+                with lock:
+                    statuses[reply.status] += 1
+                if reply.status not in (200, 202):
+                    if reply.status not in (500, 503):  # a run killed with its worker; Redis away
+                        errors.append(f"lookup answered {reply.status}: {reply.body[:200]!r}")
+                    continue
+                run_id = reply.json()["runId"]
+                live = _sse(url, run_id)
+                if b"event: error" in live:
+                    continue  # its executor was killed, or Redis lost it: the stream said so
+                replay = _sse(url, run_id)
+                with lock:
+                    streams_checked += 1
+                if live.replace(b": keepalive\n\n", b"") != replay and b"event: error" not in replay:
+                    errors.append(f"the live stream of {run_id} differs from its replay")
+            except OSError:
+                with lock:
+                    statuses[0] += 1  # a connection cut while Redis restarted
+
+    threads = [threading.Thread(target=load, args=(index,), daemon=True) for index in range(6)]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + seconds
+        restarted = False
+        while time.monotonic() < deadline:
+            time.sleep(2)
+            victim = random.choice(workers)
+            victim.stop(signal.SIGKILL)
+            kills += 1
+            release = next(r for r in releases if victim.env["ENGINE_CODE_HASH"] == r)
+            workers[workers.index(victim)] = ProcfileProcess(
+                "worker", directory / f"fleet-{release}-w{kills}.log", env_of[release]).start()
+            if not restarted and time.monotonic() > deadline - seconds / 2:
+                started_runs += _runs_started(webs[releases[0]].url)
+                server.stop(signal.SIGKILL)
+                time.sleep(1)
+                server = RedisServer(redis_dir, port=port).start()  # back, empty: nothing kept on disk
+                restarted = True
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        # Every run ends: done, or failed once its executor's lease lapsed.
+        end = time.monotonic() + 30
+        while time.monotonic() < end and http("GET", f"{webs[releases[0]].url}/registry/stats").json()["running"]:
+            time.sleep(0.5)
+        running = http("GET", f"{webs[releases[0]].url}/registry/stats").json()["running"]
+        if running:
+            errors.append(f"{running} runs still running 30 s after the load stopped")
+        started_runs += _runs_started(webs[releases[0]].url)
+    finally:
+        stop.set()
+        for process in [*webs.values(), *workers]:
+            process.stop(signal.SIGKILL)
+        server.stop()
+    executed = len(executions.read_text().splitlines()) if executions.exists() else 0
+    if executed > started_runs:
+        errors.append(f"{executed} engine executions for {started_runs} runs started: a run executed twice")
+    held = (f"{sum(statuses.values()):,} lookups, {started_runs:,} runs on {kills} killed and replaced workers,"
+            f" Redis restarted once; {streams_checked:,} live streams equal to their replay;"
+            f" answers {dict(sorted(statuses.items()))}")
+    return Outcome("the fleet: 2 releases side by side, workers SIGKILLed in a loop, Redis restarted", held,
+                   errors[:5])
+
+
+def _runs_started(url: str) -> int:
+    return int(http("GET", f"{url}/registry/stats").json()["misses"])
+
+
+def _sse(url: str, run_id: str) -> bytes:
+    import http.client as http_client
+
+    host, port = url.removeprefix("http://").split(":")
+    connection = http_client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.request("GET", f"/runs/{run_id}/events", headers={"Accept": "text/event-stream"})
+        return connection.getresponse().read()
+    finally:
+        connection.close()
