@@ -132,15 +132,20 @@ def _bounded_int(
     return int(raw)
 
 
+def _float_or_nan(raw: str) -> float:
+    """``float(raw)``, or nan, which every bounds check refuses."""
+    try:
+        return float(raw)
+    except ValueError:
+        return math.nan
+
+
 def _wait_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
     """Seconds from 0 to MAX_LOOKUP_WAIT_S: under the 30 s a Heroku-style router waits for an answer."""
     raw = environ.get(name, "").strip()
     if not raw:
         return default
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = math.nan
+    seconds = _float_or_nan(raw)
     if not 0 <= seconds <= MAX_LOOKUP_WAIT_S:  # also refuses nan
         raise ConfigError(f"{name} must be a number of seconds from 0 to {MAX_LOOKUP_WAIT_S:g}, got {_shown(raw)}")
     return seconds
@@ -151,10 +156,7 @@ def positive_number(environ: Mapping[str, str], name: str, default: float, unit:
     raw = environ.get(name, "").strip()
     if not raw:
         return default
-    try:
-        number = float(raw)
-    except ValueError:
-        number = math.nan
+    number = _float_or_nan(raw)
     if not (0 < number <= maximum):  # also refuses nan and inf
         shown_maximum = f"{maximum:.0f}" if maximum == int(maximum) else f"{maximum:g}"
         raise ConfigError(f"{name} must be a positive number of {unit} up to {shown_maximum}, got {_shown(raw)}")

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -380,3 +381,29 @@ class ProcfileProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def wait_until(condition, timeout: float = 10.0, every: float = 0.005):  # type: ignore[no-untyped-def]
+    """Poll a condition the test cannot be told of (another thread's or process's progress);
+    its first true value."""
+    pause = threading.Event()  # its wait keeps real time, whatever a test froze
+    for _ in range(max(1, round(timeout / every))):
+        value = condition()
+        if value:
+            return value
+        pause.wait(every)
+    raise AssertionError("condition never held")
+
+
+def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are (no client library would send these) and read the answer until the
+    server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), headers, body

@@ -15,6 +15,7 @@ import pytest
 
 from tests.servers import ProcfileProcess
 from tests.servers import http
+from tests.servers import wait_until
 
 pytestmark = pytest.mark.server
 
@@ -33,16 +34,6 @@ def executions(path: Path) -> list[tuple[int, str, int, int]]:
         return []
     rows = [line.split() for line in path.read_text().splitlines()]
     return [(int(pid), scenario, int(seed), int(parent)) for pid, scenario, seed, parent in rows]
-
-
-def wait_for(condition, timeout: float = 30.0, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition never held")
 
 
 def stream(url: str, run_id: str) -> bytes:
@@ -113,8 +104,8 @@ def test_a_run_whose_executor_is_killed_fails_within_the_bound_and_the_key_runs_
             watched: list[bytes] = []
             watcher = threading.Thread(target=lambda: watched.append(stream(web.url, run_id)))
             watcher.start()
-            [(horse, *_)] = wait_for(lambda: executions(records))
-            wait_for(lambda: http("GET", f"{web.url}/runs/{run_id}").json()["count"] >= 1)
+            [(horse, *_)] = wait_until(lambda: executions(records))
+            wait_until(lambda: http("GET", f"{web.url}/runs/{run_id}").json()["count"] >= 1)
             killed_at = time.monotonic()
             os.kill(worker.pid if victim == "worker" else horse, signal.SIGKILL)
             watcher.join(timeout=60)
@@ -140,7 +131,7 @@ def test_a_queued_run_that_no_worker_takes_fails_after_the_queue_wait(tmp_path, 
         assert ready["workers"] == 0
         run_id = http("GET", f"{web.url}/runs/lookup?scenarioId=orphan&seed=1",
                       headers={"Prefer": "respond-async"}).json()["runId"]
-        failed = wait_for(lambda: (m := http("GET", f"{web.url}/runs/{run_id}").json())["status"] == "failed" and m,
+        failed = wait_until(lambda: (m := http("GET", f"{web.url}/runs/{run_id}").json())["status"] == "failed" and m,
                           timeout=20)
         assert failed["error"]["message"].startswith("No worker took this run in time")
         with ProcfileProcess("worker", tmp_path / "worker.log", env):  # a worker arriving late executes nothing
@@ -159,7 +150,7 @@ def test_in_local_mode_a_killed_web_process_fails_its_run_and_another_web_proces
         watched: list[bytes] = []
         reader = threading.Thread(target=lambda: watched.append(stream(watcher.url, run_id)))
         reader.start()
-        wait_for(lambda: http("GET", f"{watcher.url}/runs/{run_id}").json()["count"] >= 1)
+        wait_until(lambda: http("GET", f"{watcher.url}/runs/{run_id}").json()["count"] >= 1)
         [gunicorn_worker] = executor.children()
         os.kill(gunicorn_worker, signal.SIGKILL)
         reader.join(timeout=60)

@@ -6,7 +6,6 @@ import http.client as http_client
 import json
 import os
 import random
-import socket
 import string
 import subprocess
 
@@ -16,6 +15,7 @@ from tests.servers import GUNICORN
 from tests.servers import ROOT
 from tests.servers import Gunicorn
 from tests.servers import http
+from tests.servers import raw_exchange
 
 pytestmark = pytest.mark.server
 
@@ -190,19 +190,6 @@ def test_sigterm_stops_gracefully(tmp_path):
     assert "Shutting down: Master" in running.log()
 
 
-def raw_exchange(server, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send bytes as they are (no client library would send these) and read the whole answer."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
-        connection.sendall(request)
-        answer = b""
-        while chunk := connection.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in header_lines)
-    return int(status_line.split()[1]), headers, body
-
-
 @pytest.mark.parametrize(
     ("request_bytes", "status", "error_type"),
     [
@@ -215,7 +202,7 @@ def raw_exchange(server, request: bytes) -> tuple[int, dict[str, str], bytes]:
     ids=["request-line-too-long", "header-too-large", "garbage-request-line", "nul-in-header", "bad-http-version"],
 )
 def test_requests_gunicorn_refuses_itself_are_answered_in_json(server, request_bytes, status, error_type):
-    code, headers, body = raw_exchange(server, request_bytes)
+    code, headers, body = raw_exchange(server.port, request_bytes)
     assert code == status and headers["Content-Type"] == "application/json"
     answer = json.loads(body)
     assert set(answer) == {"type", "message"} and answer["type"] == error_type

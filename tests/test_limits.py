@@ -11,18 +11,9 @@ import pytest
 from app import create_app
 from tests.conftest import test_settings
 from tests.fakes import FakeEngine
+from tests.servers import wait_until
 
 pytestmark = pytest.mark.usefixtures("frozen")
-
-
-def wait_until(condition, timeout=10.0):
-    """Poll a condition the test cannot be told of (another thread's progress)."""
-    done = threading.Event()
-    for _ in range(int(timeout / 0.005)):
-        if condition():
-            return
-        done.wait(0.005)
-    raise AssertionError("condition never held")
 
 
 def limited_client(per_minute, engine=None, **settings):

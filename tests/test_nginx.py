@@ -26,6 +26,7 @@ from tests.servers import Gunicorn
 from tests.servers import Nginx
 from tests.servers import Reply
 from tests.servers import http
+from tests.servers import raw_exchange
 from tests.servers import require_binary
 
 pytestmark = pytest.mark.server
@@ -108,19 +109,6 @@ def request_from(nginx, source: str, path: str, headers: dict[str, str] | None =
         return exchange(connection, path, headers)
     finally:
         connection.close()
-
-
-def raw_exchange(nginx, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send bytes no HTTP client library would, and read the answer until nginx closes."""
-    with socket.create_connection(("127.0.0.1", nginx.port), timeout=10) as connection:
-        connection.sendall(request)
-        answer = b""
-        while chunk := connection.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in header_lines)
-    return int(status_line.split(" ")[1]), headers, body
 
 
 def assert_json_error(reply: Reply, status: int, error_type: str) -> dict:
@@ -238,7 +226,7 @@ def test_a_20_kib_header_is_a_json_431(stack):
 ], ids=["garbage", "two-hosts", "http-2.0-line", "trace", "unknown-transfer-encoding"])
 def test_malformed_requests_nginx_refuses_get_json(stack, request_bytes, status, error_type):
     _, nginx = stack
-    assert_json_error(Reply(*raw_exchange(nginx, request_bytes)), status, error_type)
+    assert_json_error(Reply(*raw_exchange(nginx.port, request_bytes)), status, error_type)
 
 
 def test_the_internal_error_uris_are_not_reachable_from_outside(stack):
@@ -246,7 +234,7 @@ def test_the_internal_error_uris_are_not_reachable_from_outside(stack):
     for path in ("/.nginx-error/bad-input", "/.nginx-error/internal"):
         assert_json_error(http("GET", f"{nginx.url}{path}"), 404, "NOT_FOUND")
     # And an error sent through one keeps its own status, not the 404 the URI gives to outsiders.
-    assert_json_error(Reply(*raw_exchange(nginx, b"NOT-HTTP\r\n\r\n")), 400, "BAD_INPUT")
+    assert_json_error(Reply(*raw_exchange(nginx.port, b"NOT-HTTP\r\n\r\n")), 400, "BAD_INPUT")
 
 
 def test_a_flood_from_one_address_gets_json_429s_after_the_burst(stack):

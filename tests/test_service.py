@@ -21,6 +21,7 @@ from tests.conftest import test_settings
 from tests.fakes import FakeEngine
 from tests.fakes import MalformedEngine
 from tests.fakes import SteppedEngine
+from tests.servers import wait_until
 
 CLIENT = "test-client"
 WAIT = 10.0
@@ -29,15 +30,6 @@ WAIT = 10.0
 def make_service(engine, **settings):
     settings = test_settings(**settings)
     return RunService(MemoryRegistry(settings.ttl_ms, settings.max_entries), engine, settings)
-
-
-def wait_until(condition, timeout=10.0):
-    done = threading.Event()
-    for _ in range(int(timeout / 0.005)):
-        if condition():
-            return
-        done.wait(0.005)
-    raise AssertionError("condition never held")
 
 
 def test_64_threads_on_one_new_key_run_the_engine_once():
