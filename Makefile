@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run run-redis test lint bench soak clean
+.PHONY: run run-redis test test-fast lint bench soak clean
 REDIS_PORT ?= 6390
 
 run: $(STAMP)
@@ -21,8 +21,13 @@ run-redis: $(STAMP)
 		trap 'kill $$worker; kill $$(cat $(CURDIR)/.redis-$(REDIS_PORT).pid)' EXIT; \
 		$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
+# Everything CI runs: units, in-process tests, and real gunicorn, redis-server, nginx, Chromium.
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The fast loop while working: units and in-process tests, no servers (about 15 s).
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not server" $(PYTEST_ARGS)
 
 # The benchmark (about ten minutes): the service against its floor, written to docs/benchmarks.md.
 bench: $(STAMP)
@@ -33,7 +38,7 @@ soak: $(STAMP)
 	$(BIN)/python -m soak.run
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests bench soak wsgi.py gunicorn.conf.py
+	$(BIN)/ruff check app tests harness bench soak wsgi.py gunicorn.conf.py
 	$(BIN)/mypy
 
 $(STAMP): requirements.txt requirements-dev.txt

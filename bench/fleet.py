@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.live import KEEPALIVE
-from bench.live import _get
-from bench.live import _percentile
-from tests.servers import ProcfileProcess
-from tests.servers import RedisServer
-from tests.servers import http
+from bench.live import http10_get
+from bench.live import percentile
+from harness.servers import ProcfileProcess
+from harness.servers import RedisServer
+from harness.servers import http
 
 
 class _Fleet:
@@ -99,11 +99,11 @@ def _first_live_event(fleet: _Fleet, runs: int) -> dict[str, str]:
         began = time.time()
         run_id = http("GET", f"{starter.url}/runs/lookup?scenarioId=first-event&seed={seed}",
                       headers={"Prefer": "respond-async"}).json()["runId"]
-        asyncio.run(_get(watcher.port, f"/runs/{run_id}/events", {"Accept": "text/event-stream"}, first))
+        asyncio.run(http10_get(watcher.port, f"/runs/{run_id}/events", {"Accept": "text/event-stream"}, first))
         latencies.append(arrived[0] - began)
     return {
         "lookup to the first live event, at a client of another web process (queue execution)":
-            f"p50 {_percentile(latencies, 0.5) * 1000:.1f} ms, p99 {_percentile(latencies, 0.99) * 1000:.1f} ms"
+            f"p50 {percentile(latencies, 0.5) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms"
             f" over {runs} runs ({fleet.delay_ms} ms of it the engine's pause before its first event)",
     }
 
@@ -116,11 +116,11 @@ def _clients_over_two_web_processes(fleet: _Fleet, clients: int) -> dict[str, st
 
     async def watch() -> list[bytes]:
         return await asyncio.gather(*(
-            _get((first if index % 2 else second).port, f"/runs/{run_id}/events", {"Accept": "text/event-stream"})
+            http10_get((first if index % 2 else second).port, f"/runs/{run_id}/events", {"Accept": "text/event-stream"})
             for index in range(clients)))
 
     bodies = asyncio.run(watch())
-    replay = asyncio.run(_get(first.port, f"/runs/{run_id}/events", {"Accept": "text/event-stream"}))
+    replay = asyncio.run(http10_get(first.port, f"/runs/{run_id}/events", {"Accept": "text/event-stream"}))
     identical = sum(body.replace(KEEPALIVE, b"") == replay for body in bodies)
     return {
         f"{clients} live streams of one run over two web processes (the run on a worker)":

@@ -11,14 +11,14 @@ import functools
 import time
 from pathlib import Path
 
-from tests.servers import Gunicorn
-from tests.servers import RedisServer
-from tests.servers import http
+from harness.servers import Gunicorn
+from harness.servers import RedisServer
+from harness.servers import http
 
 KEEPALIVE = b": keepalive\n\n"
 
 
-async def _get(port: int, path: str, headers: dict[str, str], on_line=None, on_first=None) -> bytes:
+async def http10_get(port: int, path: str, headers: dict[str, str], on_line=None, on_first=None) -> bytes:
     """One HTTP/1.0 GET; the body once the server closes. ``on_line(line, when)`` hears each line
     as it arrives (read line by line, which costs the client more), ``on_first()`` the first bytes."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -44,7 +44,7 @@ def _note_arrival(arrivals: dict[int, float], line: bytes, when: float) -> None:
         arrivals[int(line[4:])] = when
 
 
-def _percentile(values: list[float], share: float) -> float:
+def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
@@ -74,7 +74,7 @@ def many_clients_on_one_live_run(scratch: Path, clients: int, wrk_hits, delay_ms
                 if opened == clients:
                     connected.set()
 
-            streams = [asyncio.create_task(_get(server.port, f"/runs/{run_id}/events",
+            streams = [asyncio.create_task(http10_get(server.port, f"/runs/{run_id}/events",
                                                 {"Accept": "text/event-stream"}, on_first=first_bytes))
                        for _ in range(clients)]
             await asyncio.wait_for(connected.wait(), timeout=60)
@@ -84,7 +84,7 @@ def many_clients_on_one_live_run(scratch: Path, clients: int, wrk_hits, delay_ms
             return bodies, rss_with, busy_hits
 
         bodies, rss_with, busy_hits = asyncio.run(watch())
-        replay = asyncio.run(_get(server.port, f"/runs/{run_id}/events", {"Accept": "text/event-stream"}))
+        replay = asyncio.run(http10_get(server.port, f"/runs/{run_id}/events", {"Accept": "text/event-stream"}))
     identical = sum(body.replace(KEEPALIVE, b"") == replay for body in bodies)
     events = replay.count(b"\nevent: ")
     return {
@@ -118,9 +118,9 @@ def slow_and_idle_connections(
 
         busy = asyncio.run(loaded())
     return {
-        f"/healthz with {slow} slow and {idle} idle connections": f"p50 {_percentile(busy, 0.5) * 1000:.1f} ms,"
-        f" p99 {_percentile(busy, 0.99) * 1000:.1f} ms, max {max(busy) * 1000:.1f} ms over {probes} requests"
-        f" (without them: p50 {_percentile(quiet, 0.5) * 1000:.1f} ms, p99 {_percentile(quiet, 0.99) * 1000:.1f} ms)",
+        f"/healthz with {slow} slow and {idle} idle connections": f"p50 {percentile(busy, 0.5) * 1000:.1f} ms,"
+        f" p99 {percentile(busy, 0.99) * 1000:.1f} ms, max {max(busy) * 1000:.1f} ms over {probes} requests"
+        f" (without them: p50 {percentile(quiet, 0.5) * 1000:.1f} ms, p99 {percentile(quiet, 0.99) * 1000:.1f} ms)",
     }
 
 
@@ -150,7 +150,7 @@ async def _healthz_latencies(port: int, probes: int) -> list[float]:
     latencies = []
     for _ in range(probes):
         started = time.perf_counter()
-        body = await asyncio.wait_for(_get(port, "/healthz", {}), timeout=10)
+        body = await asyncio.wait_for(http10_get(port, "/healthz", {}), timeout=10)
         latencies.append(time.perf_counter() - started)
         assert b'"ok"' in body
     return latencies
@@ -171,8 +171,8 @@ def event_latency(scratch: Path, runs: int = 3) -> dict[str, str]:
               Gunicorn(scratch / "latency-b.log", env=shared) as watcher):
             figures["redis"] = _latencies(executor, watcher, times_file, runs, "redis")
     return {
-        f"event creation to a live client, {where}": f"p50 {_percentile(values, 0.5) * 1000:.2f} ms,"
-        f" p99 {_percentile(values, 0.99) * 1000:.2f} ms over {len(values)} events"
+        f"event creation to a live client, {where}": f"p50 {percentile(values, 0.5) * 1000:.2f} ms,"
+        f" p99 {percentile(values, 0.99) * 1000:.2f} ms over {len(values)} events"
         + (" (client on another web process than the executor)" if where == "redis" else "")
         for where, values in figures.items()
     }
@@ -186,7 +186,7 @@ def _latencies(starter: Gunicorn, watcher: Gunicorn, times_file: Path, runs: int
         run_id = http("GET", f"{starter.url}/runs/lookup?scenarioId={scenario}&seed={seed}",
                       headers={"Prefer": "respond-async"}).json()["runId"]
         arrivals: dict[int, float] = {}
-        asyncio.run(_get(watcher.port, f"/runs/{run_id}/events", {"Accept": "text/event-stream"},
+        asyncio.run(http10_get(watcher.port, f"/runs/{run_id}/events", {"Accept": "text/event-stream"},
                          functools.partial(_note_arrival, arrivals)))
         created = {}
         for line in times_file.read_text().splitlines():

@@ -29,11 +29,11 @@ from pathlib import Path
 from bench import fleet
 from bench import inprocess
 from bench import live
-from tests.servers import ROOT
-from tests.servers import Gunicorn
-from tests.servers import RedisServer
-from tests.servers import http
-from tests.servers import require_binary
+from harness.servers import ROOT
+from harness.servers import Gunicorn
+from harness.servers import RedisServer
+from harness.servers import http
+from harness.servers import require_binary
 
 # Headers the floor repeats; the rest (Date, Content-Length, X-Request-ID...) are per response.
 _KEPT_HEADERS = ("Content-Type", "Content-Encoding", "Content-Disposition", "Cache-Control", "X-Accel-Buffering",

@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from soak import scenarios
-from tests.servers import ROOT
+from harness import scenarios
+from harness.servers import ROOT
 
 HOSTILE_TESTS = 7  # the @given tests in tests/test_hostile_input.py
 

@@ -10,7 +10,7 @@ from freezegun import freeze_time
 
 from app import create_app
 from app.config import Settings
-from tests.fakes import FakeEngine
+from harness.fakes import FakeEngine
 
 FROZEN_START = "2026-11-26 12:00:00"
 # freezegun gives the real time to a call with the threading module within five frames of it,
@@ -68,7 +68,7 @@ def frozen():
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """One redis-server for the session, started by the tests and stopped by PID."""
-    from tests.servers import RedisServer
+    from harness.servers import RedisServer
 
     with RedisServer(tmp_path_factory.mktemp("redis")) as server:
         yield server

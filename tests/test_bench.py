@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from tests.servers import ROOT
-from tests.servers import require_binary
+from harness.servers import ROOT
+from harness.servers import require_binary
 
 pytestmark = pytest.mark.server
 

@@ -6,10 +6,10 @@ from html.parser import HTMLParser
 
 import pytest
 
-from tests.servers import Gunicorn
-from tests.servers import chromium_dom
-from tests.servers import http
-from tests.servers import require_binary
+from harness.servers import Gunicorn
+from harness.servers import chromium_dom
+from harness.servers import http
+from harness.servers import require_binary
 
 pytestmark = pytest.mark.server
 
@@ -81,7 +81,7 @@ def test_replay_page_shows_the_whole_transcript(server, tmp_path, query):
 
 def test_replay_page_shows_markup_from_a_run_as_text(tmp_path):
     require_binary("chromium")
-    with Gunicorn(tmp_path / "gunicorn.log", env={"RUN_REGISTRY_ENGINE": "tests.fakes:FormulaEngine"}) as server:
+    with Gunicorn(tmp_path / "gunicorn.log", env={"RUN_REGISTRY_ENGINE": "harness.fakes:FormulaEngine"}) as server:
         run_id = http("GET", f"{server.url}/runs/lookup?scenarioId=x&seed=1").json()["runId"]
         dom = chromium_dom(f"{server.url}/runs/{run_id}/replay", tmp_path / "profile")
     page = Page(dom)

@@ -10,7 +10,7 @@ from app import create_app
 from app.code_hash import engine_code_hash
 from app.config import load_settings
 from app.engine.pricing import PricingEngine
-from tests.fakes import FakeEngine
+from harness.fakes import FakeEngine
 
 
 def expected(identity: str, engine=None) -> str:

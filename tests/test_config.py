@@ -22,11 +22,11 @@ def test_values_are_parsed():
         "RUN_REGISTRY_TTL_MIN": "0.05",
         "RUN_REGISTRY_MAX_ENTRIES": "5",
         "RUN_REGISTRY_URL": "memory://",
-        "RUN_REGISTRY_ENGINE": "tests.fakes:FakeEngine",
+        "RUN_REGISTRY_ENGINE": "harness.fakes:FakeEngine",
         "ENGINE_CODE_HASH": "abc",
     })
     assert (settings.ttl_minutes, settings.ttl_ms, settings.max_entries) == (0.05, 3000, 5)
-    assert (settings.engine, settings.engine_code_hash) == ("tests.fakes:FakeEngine", "abc")
+    assert (settings.engine, settings.engine_code_hash) == ("harness.fakes:FakeEngine", "abc")
 
 
 def test_empty_variables_mean_the_default():

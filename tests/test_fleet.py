@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ProcfileProcess
-from tests.servers import http
-from tests.servers import wait_until
+from harness.servers import ProcfileProcess
+from harness.servers import http
+from harness.servers import wait_until
 
 pytestmark = pytest.mark.server
 
@@ -24,7 +24,7 @@ SSE = {"Accept": "text/event-stream"}
 
 def fleet_env(redis_url: str, executions: Path, **extra: str) -> dict[str, str]:
     return {"RUN_REGISTRY_URL": redis_url, "RUN_REGISTRY_EXECUTION": "queue", "WEB_CONCURRENCY": "1",
-            "RUN_REGISTRY_ENGINE": "tests.fakes:FileCountingEngine", "RUN_REGISTRY_TEST_EXECUTIONS": str(executions),
+            "RUN_REGISTRY_ENGINE": "harness.fakes:FileCountingEngine", "RUN_REGISTRY_TEST_EXECUTIONS": str(executions),
             "RUN_REGISTRY_KEEPALIVE_S": "0.5", "RUN_REGISTRY_LEASE_S": "2", **extra}
 
 
@@ -141,7 +141,7 @@ def test_a_queued_run_that_no_worker_takes_fails_after_the_queue_wait(tmp_path, 
 
 def test_in_local_mode_a_killed_web_process_fails_its_run_and_another_web_process_tells_its_clients(
         tmp_path, redis_url):
-    env = {"RUN_REGISTRY_URL": redis_url, "WEB_CONCURRENCY": "1", "RUN_REGISTRY_ENGINE": "tests.fakes:FakeEngine",
+    env = {"RUN_REGISTRY_URL": redis_url, "WEB_CONCURRENCY": "1", "RUN_REGISTRY_ENGINE": "harness.fakes:FakeEngine",
            "RUN_REGISTRY_ENGINE_EVENT_DELAY_MS": "1000", "RUN_REGISTRY_LEASE_S": "2"}
     with (ProcfileProcess("web", tmp_path / "executor.log", env) as executor,
           ProcfileProcess("web", tmp_path / "watcher.log", env) as watcher):

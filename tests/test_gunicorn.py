@@ -11,11 +11,11 @@ import subprocess
 
 import pytest
 
-from tests.servers import GUNICORN
-from tests.servers import ROOT
-from tests.servers import Gunicorn
-from tests.servers import http
-from tests.servers import raw_exchange
+from harness.servers import GUNICORN
+from harness.servers import ROOT
+from harness.servers import Gunicorn
+from harness.servers import http
+from harness.servers import raw_exchange
 
 pytestmark = pytest.mark.server
 

@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.servers import Gunicorn
-from tests.servers import RedisServer
-from tests.servers import free_port
-from tests.servers import http
-from tests.servers import metric
+from harness.servers import Gunicorn
+from harness.servers import RedisServer
+from harness.servers import free_port
+from harness.servers import http
+from harness.servers import metric
 
 pytestmark = pytest.mark.server
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.server
 def counting_env(redis_url, executions, **extra):
     return {
         "RUN_REGISTRY_URL": redis_url,
-        "RUN_REGISTRY_ENGINE": "tests.fakes:FileCountingEngine",
+        "RUN_REGISTRY_ENGINE": "harness.fakes:FileCountingEngine",
         "RUN_REGISTRY_TEST_EXECUTIONS": str(executions),
         "RUN_REGISTRY_REDIS_TIMEOUT_MS": "300",
         **extra,

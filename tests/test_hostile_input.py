@@ -18,8 +18,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from app import create_app
+from harness.fakes import FakeEngine
 from tests.conftest import test_settings
-from tests.fakes import FakeEngine
 
 EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "150"))  # make soak raises it
 ALLOWED = {200, 400, 404, 405, 413, 415}

@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 
 from app import create_app
+from harness.fakes import FakeEngine
+from harness.servers import wait_until
 from tests.conftest import test_settings
-from tests.fakes import FakeEngine
-from tests.servers import wait_until
 
 pytestmark = pytest.mark.usefixtures("frozen")
 

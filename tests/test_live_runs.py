@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.servers import Gunicorn
-from tests.servers import http
+from harness.servers import Gunicorn
+from harness.servers import http
 
 pytestmark = pytest.mark.server
 
@@ -30,9 +30,9 @@ class Fleet:
 
 @pytest.fixture(scope="module", params=["memory", "redis"])
 def fleet(request, tmp_path_factory):
-    """One engine for every case (tests.fakes.ScenarioPacedEngine: the scenarioId sets its pace)."""
+    """One engine for every case (harness.fakes.ScenarioPacedEngine: the scenarioId sets its pace)."""
     directory = tmp_path_factory.mktemp(f"live-{request.param}")
-    env = {"RUN_REGISTRY_ENGINE": "tests.fakes:ScenarioPacedEngine", "RUN_REGISTRY_KEEPALIVE_S": "0.3"}
+    env = {"RUN_REGISTRY_ENGINE": "harness.fakes:ScenarioPacedEngine", "RUN_REGISTRY_KEEPALIVE_S": "0.3"}
     if request.param == "memory":
         with Gunicorn(directory / "memory.log", env=env) as server:
             yield Fleet(server, server)
@@ -156,7 +156,7 @@ def test_a_done_runs_representations_carry_strong_etags_and_answer_304(fleet):
 
 
 def test_past_the_waiting_capacity_streams_get_503_while_healthz_and_hits_answer(tmp_path):
-    env = {"RUN_REGISTRY_ENGINE": "tests.fakes:ScenarioPacedEngine", "RUN_REGISTRY_MAX_WAITING": "3"}
+    env = {"RUN_REGISTRY_ENGINE": "harness.fakes:ScenarioPacedEngine", "RUN_REGISTRY_MAX_WAITING": "3"}
     with Gunicorn(tmp_path / "capacity.log", env=env) as server:
         cached = http("GET", f"{server.url}/runs/lookup?scenarioId=cached&seed=1", timeout=30)
         assert cached.status == 200

@@ -21,13 +21,13 @@ from http.client import HTTPResponse
 
 import pytest
 
-from tests.servers import ROOT
-from tests.servers import Gunicorn
-from tests.servers import Nginx
-from tests.servers import Reply
-from tests.servers import http
-from tests.servers import raw_exchange
-from tests.servers import require_binary
+from harness.servers import ROOT
+from harness.servers import Gunicorn
+from harness.servers import Nginx
+from harness.servers import Reply
+from harness.servers import http
+from harness.servers import raw_exchange
+from harness.servers import require_binary
 
 pytestmark = pytest.mark.server
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ROOT
-from tests.servers import free_port
-from tests.servers import http
+from harness.servers import ROOT
+from harness.servers import free_port
+from harness.servers import http
 
 pytestmark = pytest.mark.server
 HONCHO = Path(sys.executable).with_name("honcho")

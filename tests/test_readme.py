@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from tests.servers import ROOT
-from tests.servers import Gunicorn
-from tests.servers import require_binary
+from harness.servers import ROOT
+from harness.servers import Gunicorn
+from harness.servers import require_binary
 
 pytestmark = pytest.mark.server
 

@@ -7,10 +7,10 @@ import gzip
 import pytest
 
 from app import create_app
+from harness.fakes import FakeEngine
+from harness.fakes import SteppedEngine
+from harness.servers import free_port
 from tests.conftest import test_settings
-from tests.fakes import FakeEngine
-from tests.fakes import SteppedEngine
-from tests.servers import free_port
 
 pytestmark = pytest.mark.server
 

@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from soak import scenarios
-from tests.servers import Gunicorn
-from tests.servers import http
+from harness import scenarios
+from harness.servers import Gunicorn
+from harness.servers import http
 
 pytestmark = pytest.mark.server
 
@@ -38,7 +38,7 @@ def test_threads_racing_on_expiring_evicted_keys_never_share_or_double_a_run():
 
 
 def slow_engine_env(tmp_path, **extra):
-    return {"RUN_REGISTRY_ENGINE": "tests.fakes:FileCountingEngine",
+    return {"RUN_REGISTRY_ENGINE": "harness.fakes:FileCountingEngine",
             "RUN_REGISTRY_TEST_EXECUTIONS": str(tmp_path / "executions"),
             "RUN_REGISTRY_TEST_ENGINE_DELAY_S": "1.0", **extra}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import Gunicorn
+from harness.servers import Gunicorn
 
 pytestmark = pytest.mark.server
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")

@@ -17,11 +17,11 @@ from app.models import RunKey
 from app.registry.memory import MemoryRegistry
 from app.runner import Runner
 from app.service import RunService
+from harness.fakes import FakeEngine
+from harness.fakes import MalformedEngine
+from harness.fakes import SteppedEngine
+from harness.servers import wait_until
 from tests.conftest import test_settings
-from tests.fakes import FakeEngine
-from tests.fakes import MalformedEngine
-from tests.fakes import SteppedEngine
-from tests.servers import wait_until
 
 CLIENT = "test-client"
 WAIT = 10.0

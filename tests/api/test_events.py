@@ -9,8 +9,8 @@ import json
 import pytest
 
 from app import create_app
+from harness.fakes import transcript
 from tests.conftest import test_settings
-from tests.fakes import transcript
 
 
 def new_run(client, query="scenarioId=a&seed=1"):

@@ -14,12 +14,12 @@ import pytest
 
 from app import create_app
 from app.registry.memory import MemoryRegistry
+from harness.fakes import FORMULA_TEXTS
+from harness.fakes import ChangingEngine
+from harness.fakes import FakeEngine
+from harness.fakes import FormulaEngine
+from harness.fakes import transcript
 from tests.conftest import test_settings
-from tests.fakes import FORMULA_TEXTS
-from tests.fakes import ChangingEngine
-from tests.fakes import FakeEngine
-from tests.fakes import FormulaEngine
-from tests.fakes import transcript
 
 
 def new_run(client, query="scenarioId=a&seed=1"):

@@ -10,8 +10,8 @@ import pytest
 from app import create_app
 from app.schemas import SCENARIO_ID_MESSAGE
 from app.schemas import SEED_RANGE_MESSAGE
+from harness.fakes import SteppedEngine
 from tests.conftest import test_settings
-from tests.fakes import SteppedEngine
 
 REQUIRED = "scenarioId and seed parameters required"
 NOT_INTEGER = "seed must be a valid integer"

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from app import create_app
+from harness.fakes import FakeEngine
+from harness.servers import free_port
+from harness.servers import metric
 from tests.conftest import test_settings
-from tests.fakes import FakeEngine
-from tests.servers import free_port
-from tests.servers import metric
 
 
 def test_healthz(client):

@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from app import create_app
+from harness.fakes import transcript
 from tests.conftest import test_settings
-from tests.fakes import transcript
 
 SSE = {"Accept": "text/event-stream"}
 

@@ -50,13 +50,13 @@ def test_extreme_seeds_and_long_scenario_ids_run():
 
 def test_load_engine_accepts_a_class_an_instance_or_a_factory():
     assert isinstance(load_engine("app.engine.pricing:PricingEngine"), PricingEngine)
-    assert load_engine("tests.fakes:FakeEngine").name == "fake"
+    assert load_engine("harness.fakes:FakeEngine").name == "fake"
 
 
 @pytest.mark.parametrize(
     "spec",
     ["no.such.module:Engine", "app.engine.pricing:NoSuchEngine", "app.engine.pricing:CUSTOMERS",
-     "tests.fakes:transcript"],
+     "harness.fakes:transcript"],
     ids=["missing-module", "missing-attribute", "not-callable", "factory-returning-no-engine"],
 )
 def test_load_engine_refuses_what_is_no_engine(spec):

@@ -16,14 +16,14 @@ from app.models import RunKey
 from app.models import RunRecord
 from app.registry.base import RegistryUnavailable
 from app.registry.redis_registry import RedisRegistry
+from harness.servers import RedisServer
+from harness.servers import free_port
 from tests.registry.contract import EVENTS
 from tests.registry.contract import RegistryContract
 from tests.registry.contract import create
 from tests.registry.contract import identity
 from tests.registry.contract import key
 from tests.registry.contract import start
-from tests.servers import RedisServer
-from tests.servers import free_port
 
 # Redis keeps its own clock, which freezegun cannot move: these tests wait for real.
 TTL_MS = 600

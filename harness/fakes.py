@@ -104,7 +104,7 @@ class FileCountingEngine:
     """Counts executions across processes: each run appends ``<pid> <scenarioId> <seed> <parent pid>``
     to a file (O_APPEND is atomic), so a test knows which process executed what.
 
-    Selected in a real gunicorn with ``RUN_REGISTRY_ENGINE=tests.fakes:FileCountingEngine``;
+    Selected in a real gunicorn with ``RUN_REGISTRY_ENGINE=harness.fakes:FileCountingEngine``;
     ``RUN_REGISTRY_TEST_EXECUTIONS`` names the file, ``RUN_REGISTRY_TEST_ENGINE_DELAY_S`` makes
     each run slow enough for concurrent lookups to collide.
     """

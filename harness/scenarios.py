@@ -18,10 +18,10 @@ from app.config import Settings
 from app.errors import Unavailable
 from app.registry.memory import MemoryRegistry
 from app.service import RunService
-from soak.load import MixedLoad
-from tests.fakes import FakeEngine
-from tests.servers import Gunicorn
-from tests.servers import http
+from harness.fakes import FakeEngine
+from harness.load import MixedLoad
+from harness.servers import Gunicorn
+from harness.servers import http
 
 WAIT_S = 10.0  # what lookups and reads wait for a run here; the engines are fast
 
@@ -181,8 +181,8 @@ def lookup_answers(url: str, keys: list[tuple[str, int]]) -> dict[tuple[str, int
 
 def faults_on_redis(directory: Path, seconds: float) -> Outcome:
     """The mixed load on 4 workers sharing Redis, while a worker is SIGKILLed and Redis restarted."""
-    from tests.servers import RedisServer
-    from tests.servers import free_port
+    from harness.servers import RedisServer
+    from harness.servers import free_port
 
     port = free_port()
     redis_dir = directory / "redis"
@@ -251,9 +251,9 @@ def fleet_under_chaos(directory: Path, seconds: float, releases: tuple[str, ...]
     """Queue execution under load with two engineCodeHash releases side by side (a web process and
     two workers each), workers SIGKILLed in a loop, and Redis restarted mid-run. Nothing may
     execute twice, no run may stay running, and no live stream may differ from its run's replay."""
-    from tests.servers import ProcfileProcess
-    from tests.servers import RedisServer
-    from tests.servers import free_port
+    from harness.servers import ProcfileProcess
+    from harness.servers import RedisServer
+    from harness.servers import free_port
 
     port = free_port()
     redis_dir = directory / "fleet-redis"
@@ -266,7 +266,7 @@ def fleet_under_chaos(directory: Path, seconds: float, releases: tuple[str, ...]
     lock = threading.Lock()
     server = RedisServer(redis_dir, port=port).start()
     env_of = {release: {"RUN_REGISTRY_URL": server.url, "RUN_REGISTRY_EXECUTION": "queue", "WEB_CONCURRENCY": "1",
-                        "ENGINE_CODE_HASH": release, "RUN_REGISTRY_ENGINE": "tests.fakes:FileCountingEngine",
+                        "ENGINE_CODE_HASH": release, "RUN_REGISTRY_ENGINE": "harness.fakes:FileCountingEngine",
                         "RUN_REGISTRY_TEST_EXECUTIONS": str(executions), "RUN_REGISTRY_ENGINE_EVENT_DELAY_MS": "100",
                         "RUN_REGISTRY_LEASE_S": "3", "RUN_REGISTRY_QUEUE_WAIT_S": "10",
                         "RUN_REGISTRY_ACCESS_LOG": "off", "RUN_REGISTRY_REDIS_TIMEOUT_MS": "300"}

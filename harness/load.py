@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from dataclasses import field
 
-from tests.servers import http
+from harness.servers import http
 
 ACTIONS = (("hot lookup", 40), ("new lookup", 10), ("events", 20), ("sse", 10), ("snapshot", 8), ("metadata", 12))
 
