@@ -143,7 +143,6 @@ def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
         )
 
 
-
 def child_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
     """A dead worker's live gauges must not be summed any more."""
     from prometheus_client import multiprocess

@@ -16,7 +16,7 @@ from app.models import EncodedEvent
 from app.models import RunKey
 from app.models import RunRecord
 from app.models import canonical_json
-from app.registry.memory import SWEEP_SLICE
+from app.registry.base import SWEEP_SLICE
 from app.registry.memory import MemoryRegistry
 from app.service import RunService
 

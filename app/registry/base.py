@@ -18,6 +18,9 @@ from app.registry.event_log import LiveLog
 
 # How long a failed run's metadata and events stay readable (its key is free at once).
 FAILED_RETENTION_MS = 5 * 60_000
+# Expired entries removed per registry call that may add one (both backends). Each such call adds
+# at most one entry, so the sweep outpaces growth, while no call holds the registry for long.
+SWEEP_SLICE = 64
 
 
 class RegistryUnavailable(Exception):

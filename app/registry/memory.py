@@ -20,14 +20,12 @@ from app.models import RunRef
 from app.models import RunState
 from app.models import duration_bucket
 from app.registry.base import FAILED_RETENTION_MS
+from app.registry.base import SWEEP_SLICE
 from app.registry.base import RegistryFull
 from app.registry.base import Started
 from app.registry.event_log import LiveLog
 from app.registry.run_ids import RunIdClock
 
-# Expired entries removed per registry call. Each call adds at most one entry, so the
-# sweep outpaces growth, while no call holds the lock for long.
-SWEEP_SLICE = 64
 # Failed runs kept readable (metadata and the events they had) at most, whatever their age.
 MAX_FAILED_RETAINED = 256
 

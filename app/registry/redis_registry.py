@@ -44,6 +44,7 @@ from app.models import RunRef
 from app.models import RunState
 from app.models import duration_bucket
 from app.registry.base import FAILED_RETENTION_MS
+from app.registry.base import SWEEP_SLICE
 from app.registry.base import RegistryFull
 from app.registry.base import RegistryUnavailable
 from app.registry.base import Started
@@ -54,6 +55,8 @@ LEASE_MS = 10_000  # a dead executor's run is failed this long after its last re
 REAP_EVERY_S = 2.0
 STREAM_GRACE_MS = 60_000  # a done run's stream stays this long for readers still on it; then its record serves
 FOLLOW_BLOCK_MS = 5_000
+FOLLOW_BATCH = 1000  # stream entries one XREAD of a follower takes
+REAP_SLICE = 10  # lapsed runs failed per reap (every REAP_EVERY_S, by every process)
 EXECUTOR_LOST = "The process executing this run stopped before it ended (killed, or its host lost)"
 NO_WORKER = "No worker took this run in time: none runs this engine code, or all were busy"
 # A run that left the registry while it was followed: Redis lost it (restarted without its data).
@@ -110,7 +113,7 @@ class RedisRegistry:
         self._start_background()
         answer = self._call(
             "start", key.digest, self.ttl_ms, key.run_id_prefix, now_ms(), owner, self._lease_ms, self._max_entries,
-            key.scenario_id, key.engine_code_hash, engine_name, engine_version, self._executor,
+            key.scenario_id, key.engine_code_hash, engine_name, engine_version, self._executor, SWEEP_SLICE,
         )
         outcome = answer[0].decode()
         if outcome == "full":
@@ -153,7 +156,7 @@ class RedisRegistry:
         try:
             return bool(self._call(
                 "finish", run_id, owner, self.ttl_ms, record.events_digest, record.body_gzip, record.event_count,
-                STREAM_GRACE_MS,
+                STREAM_GRACE_MS, SWEEP_SLICE,
             ))
         finally:
             self._disown(run_id)
@@ -227,7 +230,7 @@ class RedisRegistry:
     def reap(self) -> int:
         """Fail running runs whose executor's lease lapsed; how many. Every process does this
         every few seconds, so a dead executor's run ends within a bound."""
-        return int(self._call("reap", 10, EXECUTOR_LOST, FAILED_RETENTION_MS, NO_WORKER))
+        return int(self._call("reap", REAP_SLICE, EXECUTOR_LOST, FAILED_RETENTION_MS, NO_WORKER))
 
     def ping(self) -> None:
         with _unavailable_on_redis_errors():
@@ -279,7 +282,7 @@ class RedisRegistry:
         try:
             while not self._closed.is_set():
                 try:
-                    answer: Any = self._follow_client.xread({stream: last}, count=1000, block=FOLLOW_BLOCK_MS)
+                    answer: Any = self._follow_client.xread({stream: last}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
                 # ValueError and AttributeError: close() tore the connection down under this read
                 # (redis-py drops its buffer); the others: Redis went away, and the read is retried.
                 except (redis.RedisError, OSError, ValueError, AttributeError):

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from app.registry.memory import SWEEP_SLICE
+from app.registry.base import SWEEP_SLICE
 from app.registry.memory import MemoryRegistry
 from tests.registry.contract import RegistryContract
 from tests.registry.contract import create

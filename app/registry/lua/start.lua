@@ -1,11 +1,12 @@
 -- ARGV: prefix, cacheKey, ttl_ms, runId prefix, now_ms (the service's clock), owner, lease_ms,
--- max_entries, scenarioId, engineCodeHash, engineName, engineVersion, executor (this process).
+-- max_entries, scenarioId, engineCodeHash, engineName, engineVersion, executor (this process),
+-- sweep_slice.
 -- Returns {'found', runId, status} (a hit), {'started', runId} or {'full'}.
 local cache_key, ttl, max_entries = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[8])
 local found = touch(cache_key, ttl)
 if found then return {'found', found[1], found[2]} end
 local now = now_ms()
-sweep(now, 64)
+sweep(now, tonumber(ARGV[14]))
 -- Room: the least recently used done runs are evicted; a running run never is.
 local lru, running = prefix .. 'lru', prefix .. 'running'
 while redis.call('ZCARD', lru) + redis.call('ZCARD', running) >= max_entries do
