@@ -28,7 +28,26 @@ _compare_body = CompareBody()
 
 @bp.post("/compare")
 def compare() -> Response:
-    """Look both runs up (get or create) and diff their transcripts and reports."""
+    """Look both runs up (get or create) and diff their transcripts and reports.
+    ---
+    post:
+      parameters: [Prefer]
+      requestBody:
+        required: true
+        content: {application/json: {schema: CompareBody}}
+      responses:
+        '200':
+          description: Both runs and their diff
+          content: {application/json: {schema: CompareResponse}}
+        '202': Pending
+        '400': BadInput
+        '403': Forbidden
+        '413': TooLarge
+        '415': NotJson
+        '429': RateLimited
+        '500': EngineError
+        '503': Unavailable
+    """
     body = load_or_bad_input(_compare_body, json_body())
     wait = preferred_wait()
     result = run_service().compare(

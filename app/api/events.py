@@ -27,7 +27,17 @@ EVENT_STREAM = "text/event-stream"
 
 @bp.get("/runs/<run_id>")
 def show_run(run_id: str) -> Response:
-    """The run's metadata, in whatever state; reading it neither renews nor refreshes the run."""
+    """The run's metadata, in whatever state; reading it neither renews nor refreshes the run.
+    ---
+    get:
+      parameters: [run_id]
+      responses:
+        '200':
+          description: The run's metadata (eventsSha256 and expiresAt once done, error once failed)
+          content: {application/json: {schema: RunMetadata}}
+        '404': NotFound
+        '503': Unavailable
+    """
     state = run_service().run(run_id)
     body: dict[str, Any] = {**run_description(state.identity), "status": state.status, "count": state.count}
     if state.record is not None:
@@ -46,6 +56,21 @@ def list_events(run_id: str) -> Response:
 
     The replay parameters are checked either way (a malformed one is an error, never ignored),
     and used only by the event stream.
+    ---
+    get:
+      parameters: [run_id, Last-Event-ID, lastEventId, pace, Prefer]
+      responses:
+        '200':
+          description: The transcript (JSON once done; Server-Sent Events, live while the run runs)
+          content:
+            application/json: {schema: EventsResponse}
+            text/event-stream: {schema: {type: string}}
+        '202': Pending
+        '304': NotModified
+        '400': BadInput
+        '404': NotFound
+        '500': EngineError
+        '503': Unavailable
     """
     header = request.headers.get("Last-Event-ID")
     if header is None and not request.query_string:

@@ -45,14 +45,37 @@ REPLAY_PAGE, REPLAY_PAGE_POLICY = _replay_page()
 
 @bp.get("/runs/<run_id>/replay")
 def replay_page(run_id: str) -> Response:
-    """A self-contained page that replays the run in the browser through EventSource."""
+    """A self-contained page that replays the run in the browser through EventSource.
+    ---
+    get:
+      parameters: [run_id]
+      responses:
+        '200':
+          description: The replay page (the same bytes for every run)
+          content: {text/html: {schema: {type: string}}}
+        '404': NotFound
+        '503': Unavailable
+    """
     run_service().run(run_id)  # an unknown run is the JSON 404, not a page that fails later
     return Response(REPLAY_PAGE, mimetype="text/html", headers={"Content-Security-Policy": REPLAY_PAGE_POLICY})
 
 
 @bp.get("/runs/<run_id>/snapshot")
 def download_snapshot(run_id: str) -> Response:
-    """The ZIP evidence pack, byte-identical for the same run (once it is done)."""
+    """The ZIP evidence pack, byte-identical for the same run (once it is done).
+    ---
+    get:
+      parameters: [run_id, Prefer]
+      responses:
+        '200':
+          description: "<runId>.zip: manifest.json, events.json, events.csv, SHA256SUMS"
+          content: {application/zip: {schema: {type: string, format: binary}}}
+        '202': Pending
+        '304': NotModified
+        '404': NotFound
+        '500': EngineError
+        '503': Unavailable
+    """
     service = run_service()
     wait = preferred_wait()
     record = service.done_run(run_id, wait.seconds)
@@ -63,7 +86,20 @@ def download_snapshot(run_id: str) -> Response:
 
 @bp.get("/runs/<run_id>/export.csv")
 def export_csv(run_id: str) -> Response:
-    """The transcript as CSV, one row per event (once the run is done)."""
+    """The transcript as CSV, one row per event (once the run is done).
+    ---
+    get:
+      parameters: [run_id, Prefer]
+      responses:
+        '200':
+          description: "<runId>.csv: position, type, tokenIndex, text, data; no cell a spreadsheet reads as a formula"
+          content: {text/csv: {schema: {type: string}}}
+        '202': Pending
+        '304': NotModified
+        '404': NotFound
+        '500': EngineError
+        '503': Unavailable
+    """
     service = run_service()
     wait = preferred_wait()
     record = service.done_run(run_id, wait.seconds)
@@ -78,6 +114,23 @@ def verify(run_id: str) -> dict[str, Any]:
     """Execute the engine again and say whether the transcript reproduces byte for byte.
 
     It takes no input: a body, if any, must be JSON (so a form of another site cannot ask).
+    ---
+    post:
+      parameters: [run_id]
+      responses:
+        '200':
+          description: The verdict, with both digests
+          content: {application/json: {schema: VerifyResponse}}
+        '403': Forbidden
+        '404': NotFound
+        '409':
+          description: "ENGINE_MISMATCH: recorded under another engineCodeHash; RUN_RUNNING: not done yet"
+          content: {application/json: {schema: ErrorBody}}
+        '413': TooLarge
+        '415': NotJson
+        '429': RateLimited
+        '500': EngineError
+        '503': Unavailable
     """
     optional_json_body()
     result = run_service().verify(run_id, client_address())

@@ -21,7 +21,24 @@ _CACHE_STATUS = {"cache": "run-registry; hit", "new": "run-registry; fwd=miss"}
 
 @bp.get("/runs/lookup")
 def lookup() -> Response:
-    """Get or start the run for a scenario and seed; 202 if it is not done within the wait."""
+    """Get or start the run for a scenario and seed; 202 if it is not done within the wait.
+    ---
+    get:
+      parameters:
+      - {in: query, schema: LookupQuery}
+      - Prefer
+      responses:
+        '200':
+          description: The runId of a done run, and whether this lookup started it (Cache-Status says so too)
+          content: {application/json: {schema: LookupResponse}}
+        '202':
+          description: The run is still running after the wait; ask again after Retry-After
+          content: {application/json: {schema: LookupPending}}
+        '400': BadInput
+        '429': RateLimited
+        '500': EngineError
+        '503': Unavailable
+    """
     scenario_id, seed = lookup_query(request.query_string)
     wait = preferred_wait()
     answer = run_service().lookup(scenario_id, seed, client_address(), wait.seconds)

@@ -16,13 +16,28 @@ bp = Blueprint("ops", __name__)
 
 @bp.get("/healthz")
 def healthz() -> dict[str, str]:
-    """Alive: the process answers. Asks nothing of the backend."""
+    """Alive: the process answers. Asks nothing of the backend.
+    ---
+    get:
+      responses:
+        '200':
+          description: The process answers
+          content: {application/json: {schema: HealthResponse}}
+    """
     return {"status": "ok"}
 
 
 @bp.get("/readyz")
 def readyz() -> dict[str, Any]:
-    """Ready: the registry backend answers (503 UNAVAILABLE when it does not)."""
+    """Ready: the registry backend answers (503 UNAVAILABLE when it does not).
+    ---
+    get:
+      responses:
+        '200':
+          description: Ready, with the engine's identity (and the workers, with queue execution)
+          content: {application/json: {schema: ReadinessResponse}}
+        '503': Unavailable
+    """
     ready = run_service().readiness()
     body: dict[str, Any] = {
         "status": "ready",
@@ -38,7 +53,15 @@ def readyz() -> dict[str, Any]:
 
 @bp.get("/registry/stats")
 def registry_stats() -> dict[str, Any]:
-    """Entries, lookups and engine runs; with Redis, for every worker and host."""
+    """Entries, lookups and engine runs; with Redis, for every worker and host.
+    ---
+    get:
+      responses:
+        '200':
+          description: The statistics
+          content: {application/json: {schema: StatsResponse}}
+        '503': Unavailable
+    """
     report = run_service().stats_report()
     stats = report.stats
     lookups = stats.hits + stats.misses
@@ -65,12 +88,26 @@ def registry_stats() -> dict[str, Any]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Prometheus text format."""
+    """Prometheus metrics, in the text exposition format.
+    ---
+    get:
+      responses:
+        '200':
+          description: Text exposition format 0.0.4
+          content: {text/plain: {schema: {type: string}}}
+    """
     return Response(current_app.extensions["metrics"].render(), content_type=CONTENT_TYPE)
 
 
 @bp.get("/openapi.json")
 def openapi() -> dict[str, Any]:
-    """The OpenAPI 3 document of every endpoint, generated from the marshmallow schemas."""
+    """This document: OpenAPI 3, derived from the routes, their docstrings and the marshmallow schemas.
+    ---
+    get:
+      responses:
+        '200':
+          description: OpenAPI 3.0
+          content: {application/json: {schema: {type: object}}}
+    """
     document: dict[str, Any] = current_app.extensions["openapi"]
     return document

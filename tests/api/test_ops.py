@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from flask import Flask
 
 from app import create_app
+from app.openapi import build_openapi
 from harness.fakes import FakeEngine
 from harness.servers import free_port
 from harness.servers import metric
@@ -85,14 +87,28 @@ def test_every_route_is_in_the_openapi_document(app, client):
     assert document["openapi"] == "3.0.3"
     documented = {(path, method) for path, operations in document["paths"].items() for method in operations}
     routes = {
-        (rule.rule.replace("<run_id>", "{runId}"), method.lower())
+        (rule.rule.replace("<run_id>", "{run_id}"), method.lower())
         for rule in app.url_map.iter_rules() if rule.endpoint != "static"
         for method in rule.methods - {"HEAD", "OPTIONS"}
     }
     assert documented == routes
     lookup = document["paths"]["/runs/lookup"]["get"]
-    assert [p["name"] for p in lookup["parameters"]] == ["scenarioId", "seed", "Prefer"]
+    parameters = [p.get("name", p.get("$ref")) for p in lookup["parameters"]]
+    assert parameters == ["scenarioId", "seed", "#/components/parameters/Prefer"]  # derived from LookupQuery
+    assert lookup["summary"].startswith("Get or start the run")  # the view's first docstring line
     assert set(document["components"]["schemas"]) >= {"Error", "LookupResponse", "RunMetadata", "CompareBody"}
+
+
+def test_a_route_without_documentation_stops_the_build():
+    app = Flask(__name__)
+
+    @app.get("/undocumented")
+    def undocumented() -> str:
+        """A view whose docstring has no operations."""
+        return "x"
+
+    with pytest.raises(RuntimeError, match="GET /undocumented"):
+        build_openapi(app)
 
 
 def request_lines(capfd) -> list[dict]:

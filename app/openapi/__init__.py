@@ -1,0 +1,113 @@
+"""The OpenAPI 3 document, derived by apispec from the code it describes.
+
+The paths come from the Flask routes (apispec-webframeworks' FlaskPlugin), each operation from
+the YAML after ``---`` in its view's docstring (beside the code, with the view's first docstring
+line as its summary), and every schema from marshmallow: the input schemas the views load with
+(``app/schemas.py``) and the response bodies (``bodies.py``). What many operations share (the
+runId, ``Prefer``, the error answers) is a component below, named in the docstrings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec_webframeworks.flask import FlaskPlugin
+from flask import Flask
+
+from app.openapi import bodies
+from app.schemas import LIVE_PACE_MS
+from app.schemas import MAX_PACE_MS
+from app.schemas import MAX_POSITION
+
+JSON = "application/json"
+_UNDOCUMENTED_METHODS = frozenset({"HEAD", "OPTIONS"})  # answered alike by every route
+
+
+def build_openapi(app: Flask) -> dict[str, Any]:
+    """The document for every route of ``app``.
+
+    :raises RuntimeError: a route's view documents none of its methods (so none ships undocumented).
+    """
+    spec = APISpec(
+        title="Run Registry", version="1.0.0", openapi_version="3.0.3",
+        info={"description": "Runs each deterministic scenario once and keeps its transcript as evidence."},
+        plugins=[FlaskPlugin(), MarshmallowPlugin()],
+    )
+    _add_components(spec)
+    views = {endpoint: view for endpoint, view in app.view_functions.items() if endpoint != "static"}
+    for view in views.values():
+        spec.path(view=view, app=app)
+    document = spec.to_dict()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in views:
+            _check_documented(document, FlaskPlugin.flaskpath2openapi(rule.rule), rule.methods or set(),
+                              views[rule.endpoint])
+    return document
+
+
+def _check_documented(document: dict[str, Any], path: str, methods: set[str], view: Callable[..., Any]) -> None:
+    """Every method of the route has an operation; one without a summary takes the view's first line."""
+    operations = document["paths"].get(path, {})
+    for method in sorted(methods - _UNDOCUMENTED_METHODS):
+        operation = operations.get(method.lower())
+        if operation is None or "responses" not in operation:
+            raise RuntimeError(f"{method} {path}: {view.__module__}.{view.__name__} documents no such operation")
+        operation.setdefault("summary", (view.__doc__ or "").strip().splitlines()[0])
+
+
+def _add_components(spec: APISpec) -> None:
+    spec.components.schema("Error", schema=bodies.ErrorBody)
+    parameters = {
+        "run_id": ("path", {"required": True, "schema": {"type": "string"}, "description": "A runId from a lookup",
+                            "example": "run_pricing-v1_42_1764180000123"}),
+        "Prefer": ("header", {"schema": {"type": "string"}, "description": (
+            "RFC 7240: `wait=<seconds>` (at most 25) or `respond-async`; echoed in Preference-Applied")}),
+        "Last-Event-ID": ("header", {"schema": _position(), "description": (
+            "SSE only: resume after this 1-based position")}),
+        "lastEventId": ("query", {"schema": _position(), "description": (
+            "SSE only: as Last-Event-ID, for clients that cannot set headers")}),
+        "pace": ("query", {"schema": {"oneOf": [{"type": "string", "enum": ["live"]},
+                                                {"type": "integer", "minimum": 0, "maximum": MAX_PACE_MS}]},
+                           "description": f"SSE only: 'live' ({LIVE_PACE_MS} ms between events) or a delay"
+                                          " in milliseconds"}),
+    }
+    for name, (location, parameter) in parameters.items():
+        spec.components.parameter(name, location, parameter)
+    retry_after = {"Retry-After": {"schema": {"type": "integer", "minimum": 0}, "required": True,
+                                   "description": "Seconds to wait before asking again"}}
+    responses = {
+        "Pending": _json(bodies.RunPendingBody, "The run is still running after the wait: ask again after"
+                                                " Retry-After, at Location",
+                         headers={**retry_after, "Location": {"schema": {"type": "string"}, "required": True}}),
+        "NotModified": {"description": "If-None-Match matched the strong ETag of this representation"},
+        "BadInput": _error("BAD_INPUT: missing, repeated or malformed input, named in the message"),
+        "Forbidden": _error("FORBIDDEN: sent by a page of another site (Sec-Fetch-Site: cross-site)"),
+        "NotFound": _error('No live run has this runId: `{"type": "BAD_INPUT", ...}`'),
+        "TooLarge": _error("PAYLOAD_TOO_LARGE: a body over 64 KiB"),
+        "NotJson": _error("UNSUPPORTED_MEDIA_TYPE: a body that is not JSON (a form, text)"),
+        "RateLimited": _error("RATE_LIMITED: this client started its share of engine executions this minute;"
+                              " retry after Retry-After", headers=retry_after),
+        "EngineError": _error("ENGINE_ERROR: the engine failed (or INTERNAL, anything unexpected)"),
+        "Unavailable": _error("UNAVAILABLE: the backend does not answer, the engine or the registry is full,"
+                              " or too many connections wait; retry after Retry-After"),
+    }
+    for name, response in responses.items():
+        spec.components.response(name, response)
+
+
+def _position() -> dict[str, Any]:
+    return {"type": "integer", "minimum": 1, "maximum": MAX_POSITION}
+
+
+def _json(schema: Any, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description, "content": {JSON: {"schema": schema}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    return _json(bodies.ErrorBody, description, headers)
