@@ -1,4 +1,4 @@
-"""engineCodeHash: which engine code produced a run (API.md section 5)."""
+"""engineCodeHash: which engine code produced a run (docs/operations.md, "engineCodeHash")."""
 
 from __future__ import annotations
 

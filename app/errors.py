@@ -12,7 +12,7 @@ from werkzeug.exceptions import InternalServerError
 
 log = logging.getLogger(__name__)
 
-# Error types of the contract (API.md section 6) for the HTTP errors werkzeug raises.
+# Error types of the contract (docs/api.md, "Error types") for the HTTP errors werkzeug raises.
 _HTTP_ERROR_TYPES = {
     400: "BAD_INPUT",
     404: "NOT_FOUND",

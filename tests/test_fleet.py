@@ -1,4 +1,4 @@
-"""The fleet (API.md section 7): runs executed by the Procfile's workers through RQ, on real
+"""The fleet (docs/deploying.md): runs executed by the Procfile's workers through RQ, on real
 redis-server, web and worker processes started from the Procfile's lines as a Heroku-style host
 starts them; rolling deploys; executors that die."""
 

@@ -1,4 +1,4 @@
-"""Long runs, live (API.md section 10), on a real gunicorn: in memory, and on Redis across processes."""
+"""Long runs, live (docs/api.md), on a real gunicorn: in memory, and on Redis across processes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The README's curl examples, run verbatim (but for the port) against a real gunicorn."""
+"""The examples of the README and of docs/api.md, run verbatim (but for the port) against a real gunicorn."""
 
 from __future__ import annotations
 
@@ -14,24 +14,49 @@ from harness.servers import require_binary
 pytestmark = pytest.mark.server
 
 
-def using_it_blocks() -> list[str]:
+def shell_blocks(text: str) -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", text, re.DOTALL)
+
+
+def readme_blocks() -> list[str]:
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## Using it\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
+    return shell_blocks(readme.split("\n## Using it\n", 1)[1].split("\n## ", 1)[0])
 
 
-def test_readme_examples_work(tmp_path):
+def api_doc_blocks() -> list[str]:
+    return shell_blocks((ROOT / "docs" / "api.md").read_text())
+
+
+@pytest.fixture(scope="module")
+def run_examples(tmp_path_factory):
+    """Runs one document's blocks as one script against the server, in the order given."""
     require_binary("curl")
-    blocks = using_it_blocks()
-    assert len(blocks) >= 3
-    with Gunicorn(tmp_path / "gunicorn.log") as server:
-        script = "set -e\n" + "\n".join(blocks).replace("localhost:3001", f"127.0.0.1:{server.port}")
-        result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    output = result.stdout
-    assert result.returncode == 0, result.stderr + output
+    workdir = tmp_path_factory.mktemp("examples")
+    with Gunicorn(workdir / "gunicorn.log") as server:
+        def run(blocks: list[str]) -> str:
+            script = "set -e\n" + "\n".join(blocks).replace("localhost:3001", f"127.0.0.1:{server.port}")
+            result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, cwd=workdir)
+            assert result.returncode == 0, result.stderr + result.stdout
+            return result.stdout
+        yield run
+
+
+def test_readme_examples_work(run_examples):
+    output = run_examples(readme_blocks())
     for expected in (
-        '"source":"new"', '"source":"cache"', "scenarioId and seed parameters required",
-        "seed must be a valid integer", "Run non-existent-run not found",
+        '"source":"new"', '"source":"cache"', '"events":[{"data":{"scenarioId":"pricing-v1","seed":42',
+        '"count":147', "retry: 3000", "event: start", '"seed":7', "id: 147", "event: done",
+        "seed must be a valid integer",
+    ):
+        assert expected in output, expected
+    assert "not found" not in output and "NOT_FOUND" not in output
+
+
+def test_api_doc_examples_work(run_examples):
+    output = run_examples(api_doc_blocks())
+    for expected in (
+        "scenarioId and seed parameters required", "Run non-existent-run not found",
+        "Method not allowed for this endpoint",
         "event: start", "id: 147", "event: done", "<!doctype html>",
         "manifest.json: OK", "events.json: OK", "events.csv: OK", "position,type,tokenIndex,text,data",
         '"reproducible":true', '"identical":false', "left: seed must be a valid integer",
@@ -41,7 +66,8 @@ def test_readme_examples_work(tmp_path):
         "Preference-Applied: respond-async", "done 147", "304",
     ):
         assert expected in output, expected
-    assert "NOT_FOUND" not in output and "METHOD_NOT_ALLOWED" not in output
+    # Only the errors the document shows on purpose: no example reads a run it did not look up.
+    assert output.count("not found") == 1 and "NOT_FOUND" not in output
     # The digest recomputed in the shell equals the one the service reports.
     digests = re.findall(r"\b[0-9a-f]{64}\b", output)
     assert digests and any(output.count(f'"eventsSha256":"{d}"') for d in digests)
