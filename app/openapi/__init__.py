@@ -60,7 +60,7 @@ def _check_documented(document: dict[str, Any], path: str, methods: set[str], vi
 
 def _add_components(spec: APISpec) -> None:
     spec.components.schema("Error", schema=bodies.ErrorBody)
-    parameters = {
+    parameters: dict[str, tuple[str, dict[str, Any]]] = {
         "run_id": ("path", {"required": True, "schema": {"type": "string"}, "description": "A runId from a lookup",
                             "example": "run_pricing-v1_42_1764180000123"}),
         "Prefer": ("header", {"schema": {"type": "string"}, "description": (
