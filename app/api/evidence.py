@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -19,6 +20,8 @@ from app.api import optional_json_body
 from app.api import preferred_wait
 from app.api import refuse_cross_site_posts
 from app.api import run_service
+from app.models import RunRecord
+from app.service import RunService
 
 bp = Blueprint("evidence", __name__)
 bp.before_request(bound_request_body)
@@ -76,12 +79,7 @@ def download_snapshot(run_id: str) -> Response:
         '500': EngineError
         '503': Unavailable
     """
-    service = run_service()
-    wait = preferred_wait()
-    record = service.done_run(run_id, wait.seconds)
-    return answered_with(wait, conditional(
-        record, "zip", lambda: _download(service.snapshot(record), "application/zip", f"{record.run_id}.zip")
-    ))
+    return _download_done_run(run_id, "zip", "application/zip", lambda service, record: service.snapshot(record))
 
 
 @bp.get("/runs/<run_id>/export.csv")
@@ -100,13 +98,8 @@ def export_csv(run_id: str) -> Response:
         '500': EngineError
         '503': Unavailable
     """
-    service = run_service()
-    wait = preferred_wait()
-    record = service.done_run(run_id, wait.seconds)
-    return answered_with(wait, conditional(
-        record, "csv",
-        lambda: _download(service.export_csv(record), "text/csv; charset=utf-8", f"{record.run_id}.csv"),
-    ))
+    return _download_done_run(run_id, "csv", "text/csv; charset=utf-8",
+                              lambda service, record: service.export_csv(record))
 
 
 @bp.post("/runs/<run_id>/verify")
@@ -146,8 +139,15 @@ def verify(run_id: str) -> dict[str, Any]:
     }
 
 
-def _download(body: bytes, content_type: str, filename: str) -> Response:
+def _download_done_run(
+    run_id: str, extension: str, content_type: str, encode: Callable[[RunService, RunRecord], bytes]
+) -> Response:
+    """A done run's file, ``<runId>.<extension>``, with its ETag (202 while the run runs)."""
+    service = run_service()
+    wait = preferred_wait()
+    record = service.done_run(run_id, wait.seconds)
     # runIds are letters, digits and ._- (the scenarioId's alphabet): safe in a quoted filename.
-    return Response(
-        body, content_type=content_type, headers={"Content-Disposition": f'attachment; filename="{filename}"'}
-    )
+    disposition = f'attachment; filename="{record.run_id}.{extension}"'
+    return answered_with(wait, conditional(record, extension, lambda: Response(
+        encode(service, record), content_type=content_type, headers={"Content-Disposition": disposition}
+    )))
