@@ -10,6 +10,8 @@ from flask import jsonify
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import InternalServerError
 
+from app.logs import annotate_request
+
 log = logging.getLogger(__name__)
 
 # Error types of the contract (docs/api.md, "Error types") for the HTTP errors werkzeug raises.
@@ -122,6 +124,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def handle_service_error(error: ServiceError) -> Response:
         response = error_response(error.error_type, error.message, error.status)
+        if isinstance(error, Unavailable) and error.__cause__ is not None:
+            # The body stays general; the request line says which part failed (as "redis: TimeoutError").
+            annotate_request(cause=str(error.__cause__))
         if error.retry_after is not None:
             response.headers["Retry-After"] = str(error.retry_after)
         return response

@@ -84,11 +84,10 @@ class QueuedExecution:
     """
 
     def __init__(self, registry: Registry, engine: Engine, settings: Settings, engine_code_hash: str) -> None:
-        import redis
         from rq import Queue
 
         from app.registry.redis_registry import RedisRegistry
-        from app.registry.redis_registry import redis_client_options
+        from app.registry.redis_registry import redis_client
         from app.worker import queue_name
 
         if not isinstance(registry, RedisRegistry):
@@ -97,12 +96,11 @@ class QueuedExecution:
         self._engine = engine
         self._settings = settings
         self._engine_code_hash = engine_code_hash
-        options = redis_client_options(settings.redis_timeout_ms)
-        self._queue = Queue(queue_name(settings, engine_code_hash),
-                            connection=redis.Redis.from_url(settings.registry_url, **options))
+        url, timeout_ms = settings.registry_url, settings.redis_timeout_ms
+        self._queue = Queue(queue_name(settings, engine_code_hash), connection=redis_client(url, timeout_ms))
         # Waiting for a verification's result blocks on Redis for up to the engine timeout.
-        waiting = {**options, "socket_timeout": settings.engine_timeout_s + 10}
-        self._results = Queue(self._queue.name, connection=redis.Redis.from_url(settings.registry_url, **waiting))
+        self._results = Queue(self._queue.name,
+                              connection=redis_client(url, timeout_ms, blocking_read_s=settings.engine_timeout_s + 10))
 
     def reserve(self) -> bool:
         with _unavailable_on_queue_errors():

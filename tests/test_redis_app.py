@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 
 import pytest
 
@@ -54,13 +55,17 @@ def test_every_endpoint_works_on_redis(redis_url):
     [("GET", "/runs/lookup?scenarioId=a&seed=1"), ("GET", "/runs/run_a_1_1"), ("GET", "/runs/run_a_1_1/events"),
      ("GET", "/runs/run_a_1_1/snapshot"), ("POST", "/runs/run_a_1_1/verify")],
 )
-def test_redis_down_is_a_json_503(method, path):
+def test_redis_down_is_a_json_503(method, path, capfd):
     client = redis_app(f"redis://127.0.0.1:{free_port()}/0", redis_timeout_ms=200).test_client()
+    capfd.readouterr()
     response = client.open(path, method=method)
     assert response.status_code == 503
     assert response.get_json() == {"type": "UNAVAILABLE",
                                    "message": "The run registry is unavailable; try again shortly"}
     assert response.headers["Retry-After"] == "1"
+    # The request line says what failed; the body does not.
+    [line] = [json.loads(line) for line in capfd.readouterr().out.splitlines() if '"app.request"' in line]
+    assert line["status"] == 503 and line["cause"].endswith("ConnectionError")
 
 
 def test_compare_with_redis_down_is_a_json_503():

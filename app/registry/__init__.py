@@ -11,7 +11,7 @@ from app.registry.base import Registry
 from app.registry.base import RegistryUnavailable
 from app.registry.memory import MemoryRegistry
 from app.registry.redis_registry import RedisRegistry
-from app.registry.redis_registry import redis_client_options
+from app.registry.redis_registry import redis_pool
 
 __all__ = ["MemoryRegistry", "RedisRegistry", "Registry", "RegistryUnavailable", "make_limit_storage", "make_registry"]
 
@@ -38,6 +38,6 @@ def make_limit_storage(settings: Settings) -> Storage:
             settings.registry_url,
             key_prefix=f"{settings.redis_prefix}limits",
             wrap_exceptions=True,
-            **redis_client_options(settings.redis_timeout_ms),
+            connection_pool=redis_pool(settings.registry_url, settings.redis_timeout_ms),
         )
     return MemoryStorage()

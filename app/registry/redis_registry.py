@@ -57,6 +57,8 @@ STREAM_GRACE_MS = 60_000  # a done run's stream stays this long for readers stil
 FOLLOW_BLOCK_MS = 5_000
 FOLLOW_BATCH = 1000  # stream entries one XREAD of a follower takes
 REAP_SLICE = 10  # lapsed runs failed per reap (every REAP_EVERY_S, by every process)
+POOL_CONNECTIONS = 64  # per client and process, for short commands (more wait for one)
+BLOCKING_CONNECTIONS = 10_000  # per client and process, for commands that block (one each)
 EXECUTOR_LOST = "The process executing this run stopped before it ended (killed, or its host lost)"
 NO_WORKER = "No worker took this run in time: none runs this engine code, or all were busy"
 # A run that left the registry while it was followed: Redis lost it (restarted without its data).
@@ -88,11 +90,9 @@ class RedisRegistry:
         self._max_entries = max_entries
         self._prefix = prefix
         self._lease_ms = lease_ms
-        self._client = redis.Redis.from_url(url, **redis_client_options(timeout_ms))
+        self._client = redis_client(url, timeout_ms)
         # Followers block on XREAD for seconds: a client of their own, whose reads may take that long.
-        self._follow_client = redis.Redis.from_url(
-            url, **{**redis_client_options(timeout_ms), "socket_timeout": FOLLOW_BLOCK_MS / 1000 + timeout_ms / 1000}
-        )
+        self._follow_client = redis_client(url, timeout_ms, blocking_read_s=FOLLOW_BLOCK_MS / 1000 + timeout_ms / 1000)
         self._scripts = {name: self._client.register_script(_script(name)) for name in (
             "touch", "start", "append", "finish", "fail", "reap", "renew", "discard", "stats", "engine_run",
             "hand_over", "take_over")}
@@ -375,7 +375,7 @@ def _ending(fields: dict[bytes, bytes]) -> str | RunError:
 
 
 def redis_client_options(timeout_ms: int) -> dict[str, Any]:
-    """Options of every Redis client of the service (the registry's, the limits').
+    """Connection options of every Redis client of the service.
 
     Short timeouts and one immediate retry: the retry mends a pooled connection that a Redis
     restart closed; beyond that an outage is a prompt 503, not a hang.
@@ -385,6 +385,34 @@ def redis_client_options(timeout_ms: int) -> dict[str, Any]:
         "socket_connect_timeout": timeout_ms / 1000,
         "retry": Retry(NoBackoff(), 1),
     }
+
+
+def redis_pool(url: str, timeout_ms: int) -> redis.ConnectionPool:
+    """The connection pool of a client whose commands are short (the registry's, the limits', the
+    queue's): at most POOL_CONNECTIONS, and a command beyond them waits up to the timeout for one.
+
+    Under gevent every request is a greenlet, and a burst of them reaches Redis at once: redis-py's
+    own pool refuses the 101st concurrent command (MaxConnectionsError), which made 500 live
+    clients of one run get 503s. Commands take well under a millisecond, so waiting is cheap.
+    """
+    return redis.BlockingConnectionPool.from_url(
+        url, max_connections=POOL_CONNECTIONS, timeout=timeout_ms / 1000, **redis_client_options(timeout_ms)
+    )
+
+
+def redis_client(url: str, timeout_ms: int, blocking_read_s: float | None = None) -> redis.Redis:
+    """A client of the service. With ``blocking_read_s``, for commands that block that long
+    (a follower's XREAD, waiting for a verification's result): one connection per blocked
+    command, as many as the runs followed or verified, so none waits behind another.
+    """
+    if blocking_read_s is None:
+        pool = redis_pool(url, timeout_ms)
+    else:
+        options = {**redis_client_options(timeout_ms), "socket_timeout": blocking_read_s}
+        pool = redis.ConnectionPool.from_url(url, max_connections=BLOCKING_CONNECTIONS, **options)
+    client = redis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # closing the client closes its pool, as from_url's do
+    return client
 
 
 @contextmanager

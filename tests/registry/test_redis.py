@@ -15,6 +15,7 @@ from app.models import RunError
 from app.models import RunKey
 from app.models import RunRecord
 from app.registry.base import RegistryUnavailable
+from app.registry.redis_registry import POOL_CONNECTIONS
 from app.registry.redis_registry import RedisRegistry
 from harness.servers import RedisServer
 from harness.servers import free_port
@@ -194,6 +195,22 @@ def test_a_hung_redis_times_out_and_recovers(tmp_path):
         assert registry.touch(key().digest).run_id == run_id
         registry.close()
     assert waited < 2  # two tries of a 200 ms timeout, not the default 5 s each
+
+
+def test_a_burst_of_commands_beyond_the_pool_waits_for_connections_instead_of_failing(make_registry, redis_server):
+    """Hundreds of greenlets reach Redis at once under gevent; redis-py's default pool refused
+    the 101st concurrent command. Redis paused, every command of the burst is in flight at once."""
+    registry = make_registry(timeout_ms=3000)
+    run_id = create(registry)
+    admin = redis_server.client()
+    clients_before = len(admin.client_list())
+    burst = 3 * POOL_CONNECTIONS + 20  # beyond our pool, and beyond redis-py's default of 100
+    admin.execute_command("CLIENT", "PAUSE", 300, "ALL")
+    with ThreadPoolExecutor(max_workers=burst) as pool:
+        states = list(pool.map(lambda _: registry.get(run_id), range(burst)))
+    assert all(state is not None and state.identity.run_id == run_id for state in states)
+    assert len(admin.client_list()) - clients_before <= POOL_CONNECTIONS  # the burst waited for the pool
+    admin.close()
 
 
 def test_a_restarted_redis_is_used_again_without_restarting_the_service(tmp_path):
