@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.live import KEEPALIVE
-from bench.live import http10_get
 from bench.live import percentile
 from harness.servers import ProcfileProcess
 from harness.servers import RedisServer
 from harness.servers import http
+from harness.servers import http10_get
 
 
 class _Fleet:

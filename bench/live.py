@@ -14,29 +14,9 @@ from pathlib import Path
 from harness.servers import Gunicorn
 from harness.servers import RedisServer
 from harness.servers import http
+from harness.servers import http10_get
 
 KEEPALIVE = b": keepalive\n\n"
-
-
-async def http10_get(port: int, path: str, headers: dict[str, str], on_line=None, on_first=None) -> bytes:
-    """One HTTP/1.0 GET; the body once the server closes. ``on_line(line, when)`` hears each line
-    as it arrives (read line by line, which costs the client more), ``on_first()`` the first bytes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-    writer.write(f"GET {path} HTTP/1.0\r\nHost: bench\r\n{head}\r\n".encode())
-    await writer.drain()
-    chunks = []
-    while True:
-        chunk = await (reader.readline() if on_line is not None else reader.read(65536))
-        if not chunk:
-            break
-        if not chunks and on_first is not None:
-            on_first()
-        chunks.append(chunk)
-        if on_line is not None:
-            on_line(chunk, time.time())
-    writer.close()
-    return b"".join(chunks).split(b"\r\n\r\n", 1)[1]
 
 
 def _note_arrival(arrivals: dict[int, float], line: bytes, when: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client as http_client
 import json
 import socket
@@ -13,6 +14,7 @@ import pytest
 
 from harness.servers import Gunicorn
 from harness.servers import http
+from harness.servers import http10_get
 
 pytestmark = pytest.mark.server
 
@@ -94,6 +96,22 @@ def test_the_live_stream_is_byte_for_byte_the_replay_without_its_comments(fleet)
     assert live.replace(KEEPALIVE, b"") == replay
     assert live_resumed.replace(KEEPALIVE, b"") == read_stream(fleet.watcher, run_id, {"Last-Event-ID": "3"})
     assert replay.count(b"\nevent: ") == 33 and b"id: 33\nevent: done\n" in replay
+
+
+def test_hundreds_of_live_clients_of_one_run_each_get_the_replay(fleet):
+    """More clients at once than redis-py's default pool has connections (100): each one's
+    stream is the replay, none a 503."""
+    clients = 250
+    run_id = start_async(fleet.starter, "paced-20-40").json()["runId"]  # about 0.8 s
+
+    async def watch_all() -> list[bytes]:
+        return await asyncio.gather(*(http10_get(fleet.watcher.port, f"/runs/{run_id}/events", SSE)
+                                      for _ in range(clients)))
+
+    bodies = asyncio.run(watch_all())
+    replay = read_stream(fleet.watcher, run_id)
+    assert b"id: 43\nevent: done\n" in replay
+    assert sum(body.replace(KEEPALIVE, b"") == replay for body in bodies) == clients
 
 
 def test_a_quiet_live_stream_sends_keepalive_comments_and_never_an_id_for_them(fleet):
