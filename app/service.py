@@ -22,6 +22,7 @@ from app.errors import RateLimited
 from app.errors import RunNotFound
 from app.errors import RunPending
 from app.errors import RunRunning
+from app.errors import ServiceError
 from app.errors import Unavailable
 from app.evidence.csv_export import events_csv
 from app.evidence.diff import TranscriptDiff
@@ -113,11 +114,10 @@ class RunService:
             else:
                 run_id, status, started = found.run_id, found.status, False
         source: Source = "new" if started else "cache"
-        if status == "running":
-            status = self._wait_for_end(run_id, wait_s)
-        if status == "failed":
-            raise EngineFailed(self._failure_message(run_id))
-        return Lookup(run_id, source, done=status == "done")
+        ending: str | RunError = self._wait_for_end(run_id, wait_s) if status == "running" else status
+        if ending == "failed" or isinstance(ending, RunError):
+            raise self._failure(run_id, ending if isinstance(ending, RunError) else None)
+        return Lookup(run_id, source, done=ending == "done")
 
     def _start(self, key: RunKey, client: str) -> tuple[str, str, bool]:
         self._admit(client)
@@ -144,8 +144,9 @@ class RunService:
         with _registry_errors():
             self._new_runs.admit(client)
 
-    def _wait_for_end(self, run_id: str, wait_s: float) -> str:
-        """The run's status after waiting up to ``wait_s`` for it to end (no waiting past capacity)."""
+    def _wait_for_end(self, run_id: str, wait_s: float) -> str | RunError:
+        """How the run stands after waiting up to ``wait_s`` for it to end (no waiting past
+        capacity): ``running``, ``done``, ``failed``, or the error it ended with."""
         if wait_s <= 0 or not self._waiting.take():
             return "running"
         try:
@@ -153,7 +154,7 @@ class RunService:
                 live_log = self._registry.open_log(run_id)
             if live_log is not None:
                 ending = live_log.wait_end(wait_s)
-                return "running" if ending is None else "done" if ending == "done" else "failed"
+                return "running" if ending is None else ending
             with _registry_errors():
                 state = self._registry.get(run_id)
         finally:
@@ -161,12 +162,18 @@ class RunService:
         # It ended before we looked; if it is gone already (a tiny TTL, a full registry), it was done.
         return state.status if state is not None else "done"
 
-    def _failure_message(self, run_id: str) -> str:
-        with _registry_errors():
-            state = self._registry.get(run_id)
-        if state is not None and state.error is not None:
-            return state.error.message
-        return f"Run {printable(run_id)} failed"
+    def _failure(self, run_id: str, error: RunError | None) -> ServiceError:
+        """What a lookup that met a failed run answers: the engine's failure (500), or, when the
+        registry lost the run (Redis restarted without it), a 503 to look it up again."""
+        if error is None:
+            with _registry_errors():
+                state = self._registry.get(run_id)
+            error = state.error if state is not None else None
+        if error is None:
+            return EngineFailed(f"Run {printable(run_id)} failed")
+        if error.type == Unavailable.error_type:
+            return Unavailable(error.message)
+        return EngineFailed(error.message)
 
     # A run and its complete transcript.
 

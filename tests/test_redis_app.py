@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import gzip
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from app import create_app
+from app.registry import redis_registry
 from harness.fakes import FakeEngine
+from harness.fakes import ScenarioPacedEngine
 from harness.fakes import SteppedEngine
 from harness.servers import free_port
+from harness.servers import wait_until
 from tests.conftest import test_settings
 
 pytestmark = pytest.mark.server
@@ -121,3 +125,22 @@ def test_on_redis_a_registry_full_of_running_runs_answers_503_and_frees_up(redis
     assert client.get("/runs/lookup?scenarioId=r&seed=1").status_code == 200
     engine.step(5)
     assert client.get("/runs/lookup?scenarioId=r&seed=2").get_json()["source"] == "new"  # the done run is evicted
+
+
+def test_a_lookup_waiting_on_a_run_redis_lost_is_a_503_to_look_it_up_again(redis_url, redis_server, monkeypatch):
+    """Redis restarted without its data mid-run: the waiting lookup is told to retry (503), not
+    that the engine failed (500), and the next lookup starts the run anew."""
+    monkeypatch.setattr(redis_registry, "FOLLOW_BLOCK_MS", 100)  # notice a quiet stream sooner
+    client = redis_app(redis_url, engine=ScenarioPacedEngine()).test_client()
+    lookup = "/runs/lookup?scenarioId=paced-200-20&seed=1"  # about 4.5 s
+    first = client.get(lookup, headers={"Prefer": "respond-async"}).get_json()["runId"]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        waiting = pool.submit(client.get, lookup, headers={"Prefer": "wait=20"})
+        wait_until(lambda: client.get(f"/runs/{first}").get_json()["count"] >= 1)
+        redis_server.client().flushall()
+        answer = waiting.result(timeout=30)
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
+    assert answer.get_json() == {"type": "UNAVAILABLE",
+                                 "message": "The run is no longer in the registry; look it up again"}
+    again = client.get(lookup, headers={"Prefer": "respond-async"}).get_json()
+    assert again["source"] == "new" and again["runId"] != first
