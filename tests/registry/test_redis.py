@@ -19,6 +19,7 @@ from app.registry.redis_registry import POOL_CONNECTIONS
 from app.registry.redis_registry import RedisRegistry
 from harness.servers import RedisServer
 from harness.servers import free_port
+from harness.servers import wait_until
 from tests.registry.contract import EVENTS
 from tests.registry.contract import RegistryContract
 from tests.registry.contract import create
@@ -154,6 +155,45 @@ def test_a_run_whose_executor_died_fails_once_its_lease_lapses(make_registry):
 
 def executor_append(registry, run_id):
     return registry.append(run_id, "owner-1", 2, EVENTS[1:2])
+
+
+def test_a_queued_run_is_executed_by_one_job_only_however_often_it_is_delivered(make_registry):
+    """Exactly once stays ours: RQ may deliver a job twice; only the first take-over executes."""
+    web, worker, redelivered = make_registry(), make_registry(), make_registry()
+    run_id = start(web).run_id
+    assert web.hand_over(run_id, "owner-1", wait_ms=10_000)
+    assert worker.take_over(run_id, "owner-1", executor="worker-1")
+    assert not redelivered.take_over(run_id, "owner-1", executor="worker-2")  # the same job again
+    assert not worker.take_over(run_id, "another-token", executor="worker-3")  # not its job
+    assert worker.append(run_id, "owner-1", 1, EVENTS[:1])
+    assert not worker.append(run_id, "owner-1", 1, EVENTS[:1])  # a position recorded already
+
+
+def test_a_zombie_job_can_neither_append_nor_overwrite_after_its_run_failed(make_registry):
+    """A worker paused past its lease (a zombie) wakes after its run was failed: nothing it
+    writes lands, and the failure stays as it was."""
+    web, zombie = make_registry(), make_registry(lease_ms=300)
+    run_id = start(web).run_id
+    web.hand_over(run_id, "owner-1", wait_ms=10_000)
+    assert zombie.take_over(run_id, "owner-1", executor="zombie")
+    assert zombie.append(run_id, "owner-1", 1, EVENTS[:1])
+    zombie.close()  # stops renewing: as good as paused
+    wait_until(lambda: web.reap() or web.get(run_id).status == "failed", timeout=15)
+    failed = web.get(run_id)
+    assert failed.status == "failed" and failed.count == 1
+    assert not zombie.append(run_id, "owner-1", 2, EVENTS[1:2])
+    record = RunRecord.create(identity(key(), run_id), EVENTS[:1])
+    assert not zombie.finish(run_id, "owner-1", record)
+    assert web.get(run_id) == failed
+
+
+def test_a_queued_run_no_worker_took_in_time_is_not_executed_late(make_registry):
+    web, late = make_registry(), make_registry()
+    run_id = start(web).run_id
+    web.hand_over(run_id, "owner-1", wait_ms=200)
+    wait_until(lambda: web.reap() or web.get(run_id).status == "failed", timeout=15)
+    assert web.get(run_id).error.message.startswith("No worker took this run in time")
+    assert not late.take_over(run_id, "owner-1", executor="late-worker")
 
 
 def test_a_live_executor_keeps_its_lease(make_registry, redis_server):
