@@ -83,7 +83,7 @@ class QueuedExecution:
     over with a deadline: if no worker takes it within ``RUN_REGISTRY_QUEUE_WAIT_S`` it fails.
     """
 
-    def __init__(self, registry: Registry, engine: Engine, settings: Settings, engine_code_hash: str) -> None:
+    def __init__(self, registry: Registry, settings: Settings, engine_code_hash: str) -> None:
         from rq import Queue
 
         from app.registry.redis_registry import RedisRegistry
@@ -93,14 +93,11 @@ class QueuedExecution:
         if not isinstance(registry, RedisRegistry):
             raise TypeError("queue execution needs the Redis registry")
         self._registry = registry
-        self._engine = engine
         self._settings = settings
-        self._engine_code_hash = engine_code_hash
         url, timeout_ms = settings.registry_url, settings.redis_timeout_ms
         self._queue = Queue(queue_name(settings, engine_code_hash), connection=redis_client(url, timeout_ms))
         # Waiting for a verification's result blocks on Redis for up to the engine timeout.
-        self._results = Queue(self._queue.name,
-                              connection=redis_client(url, timeout_ms, blocking_read_s=settings.engine_timeout_s + 10))
+        self._results = redis_client(url, timeout_ms, blocking_read_s=settings.engine_timeout_s + 10)
 
     def reserve(self) -> bool:
         with _unavailable_on_queue_errors():
@@ -137,7 +134,7 @@ class QueuedExecution:
                 timeout=round(self._settings.engine_timeout_s) + 30,
                 ttl=round(self._settings.queue_wait_s), result_ttl=60, failure_ttl=600,
             )
-            result = Job.fetch(job.id, connection=self._results.connection).latest_result(
+            result = Job.fetch(job.id, connection=self._results).latest_result(
                 timeout=round(self._settings.queue_wait_s + self._settings.engine_timeout_s)
             )
         if result is None or result.type != result.Type.SUCCESSFUL:

@@ -47,7 +47,7 @@ def create_app(
     new_run_limit = NewRunLimit(settings.new_runs_per_minute, make_limit_storage(settings))
     registry = registry or make_registry(settings)
     execution = (
-        QueuedExecution(registry, engine, settings, engine_code_hash(engine, settings))
+        QueuedExecution(registry, settings, engine_code_hash(engine, settings))
         if settings.execution == "queue" else None  # None: local, the service's own default
     )
     service = RunService(registry, engine, settings, new_run_limit, execution=execution)

@@ -375,10 +375,6 @@ class RunService:
         with _registry_errors():
             return self._execution.workers()
 
-    def waiting_connections(self) -> int:
-        """Connections waiting on runs or streaming them in this process now."""
-        return self._waiting.in_use
-
     # Operations.
 
     def stats_report(self) -> StatsReport:

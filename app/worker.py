@@ -117,20 +117,17 @@ def main() -> None:
 
     configure_json_logging()
     try:
-        settings = load_settings(os.environ)
-        if not settings.shared_registry:
+        if not load_settings(os.environ).shared_registry:
             raise ConfigError("RUN_REGISTRY_URL (or REDIS_URL) must name a Redis: workers share the web's registry")
-        engine = load_engine(settings.engine)
+        # Built once here, inherited by every work-horse RQ forks: a job starts at once. Nothing of
+        # it runs before a fork (its threads start at first use, in the horse).
+        horse = _horse()
     except ConfigError as err:
         sys.exit(f"run-registry worker: refusing to start: {err}")
-    code_hash = engine_code_hash(engine, settings)
-    # Built once here, inherited by every work-horse RQ forks: a job starts at once. Nothing of
-    # it runs before a fork (its threads start at first use, in the horse).
-    _horse()
-    connection = Redis.from_url(settings.registry_url)  # RQ blocks on its queue: no short read timeout
-    queue = Queue(queue_name(settings, code_hash), connection=connection)
+    connection = Redis.from_url(horse.settings.registry_url)  # RQ blocks on its queue: no short read timeout
+    queue = Queue(queue_name(horse.settings, horse.engine_code_hash), connection=connection)
     log.info("run-registry worker: executing runs of %s %s (engineCodeHash %s) from queue %s",
-             engine.name, engine.version, code_hash, queue.name)
+             horse.engine.name, horse.engine.version, horse.engine_code_hash, queue.name)
     worker = HerokuWorker([queue], connection=connection, name=f"run-registry-{socket.gethostname()}-{os.getpid()}")
     worker.work(with_scheduler=False, logging_level="INFO")
 

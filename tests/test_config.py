@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from app.config import DEFAULT_ENGINE
@@ -9,6 +13,7 @@ from app.config import ConfigError
 from app.config import Settings
 from app.config import load_settings
 from app.config import registry_url_for_display
+from harness.servers import ROOT
 
 
 def test_defaults():
@@ -130,3 +135,12 @@ def test_queue_execution_needs_a_shared_registry():
         load_settings({"RUN_REGISTRY_EXECUTION": "queue"})
     with pytest.raises(ConfigError, match="RUN_REGISTRY_EXECUTION must be local or queue"):
         load_settings({"RUN_REGISTRY_EXECUTION": "celery"})
+
+
+def test_a_worker_without_redis_refuses_to_start_with_one_line():
+    environ = {key: value for key, value in os.environ.items() if key not in ("RUN_REGISTRY_URL", "REDIS_URL")}
+    result = subprocess.run([sys.executable, "-m", "app.worker"], env={**environ, "RUN_REGISTRY_URL": "memory://"},
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 1
+    assert result.stderr == ("run-registry worker: refusing to start: RUN_REGISTRY_URL (or REDIS_URL) must name a"
+                             " Redis: workers share the web's registry\n")

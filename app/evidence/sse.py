@@ -33,22 +33,12 @@ def sse_error(error: RunError) -> bytes:
     return b"event: error\ndata: %s\n\n" % data.encode("utf-8")
 
 
-def sse_messages(
-    events: Sequence[EncodedEvent], after: int = 0, pace_ms: int = 0, sleep: Callable[[float], None] = time.sleep
-) -> Iterator[bytes]:
-    """A ``retry:`` hint, then a message for each event after position ``after``.
-
-    Positions count from 1, so a client resuming with the last id it saw gets no gap and
-    no duplicate. ``pace_ms`` waits between events (not before the first).
-    """
-    yield RETRY
-    yield from sse_frames(events, after, pace_ms, sleep)
-
-
 def sse_frames(
     events: Sequence[EncodedEvent], after: int, pace_ms: int = 0, sleep: Callable[[float], None] = time.sleep
 ) -> Iterator[bytes]:
-    """The messages of the events after position ``after``, paced by ``pace_ms``."""
+    """The messages of the events after position ``after``, paced by ``pace_ms`` (waits between
+    events, not before the first). Positions count from 1, so a client resuming with the last id
+    it saw gets no gap and no duplicate."""
     for position in range(after + 1, len(events) + 1):
         if pace_ms and position > after + 1:
             sleep(pace_ms / 1000)

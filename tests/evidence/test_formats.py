@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from app.evidence.csv_export import neutralised
 from app.evidence.diff import diff_transcripts
 from app.evidence.diff import first_difference
-from app.evidence.sse import sse_messages
+from app.evidence.sse import sse_frames
 from app.models import canonical_json
 
 
@@ -26,18 +26,19 @@ def encoded(*texts):
 
 def test_pacing_waits_between_events_not_before_the_first():
     waits = []
-    messages = list(sse_messages(encoded("a", "b", "c"), after=0, pace_ms=50, sleep=waits.append))
-    assert len(messages) == 4 and waits == [0.05, 0.05]
+    messages = list(sse_frames(encoded("a", "b", "c"), after=0, pace_ms=50, sleep=waits.append))
+    assert len(messages) == 3 and waits == [0.05, 0.05]
+    assert messages[0].startswith(b"id: 1\nevent: token\n")
 
 
 def test_resumed_pacing_starts_at_once():
     waits = []
-    list(sse_messages(encoded("a", "b", "c"), after=2, pace_ms=50, sleep=waits.append))
+    list(sse_frames(encoded("a", "b", "c"), after=2, pace_ms=50, sleep=waits.append))
     assert waits == []
 
 
 def test_no_pace_never_sleeps():
-    list(sse_messages(encoded("a", "b"), sleep=lambda seconds: pytest.fail("slept")))
+    list(sse_frames(encoded("a", "b"), after=0, sleep=lambda seconds: pytest.fail("slept")))
 
 
 @pytest.mark.parametrize(
