@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from flask import Flask
-from flask import has_request_context
 from flask import request
 
 if TYPE_CHECKING:
@@ -36,8 +35,12 @@ if TYPE_CHECKING:
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 # nginx's $request_id is 32 hex digits and Heroku's router sends a UUID: both fit. Anything
 # else (a path, markup, a header-splitting attempt) is replaced rather than echoed.
-_ACCEPTED_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_accepted_request_id = re.compile(r"[A-Za-z0-9._-]{1,128}").fullmatch
 _LOG_FIELDS = "run_registry.log_fields"
+
+
+def _new_request_id() -> str:
+    return secrets.token_hex(16)  # 32 hex digits, as nginx's $request_id
 # A hostile query string must not become a hostile log line: one escaped character is up to six
 # bytes, and these bounds keep a whole request line under PIPE_BUF (4 KiB), written atomically.
 MAX_LOGGED_PATH = 400
@@ -108,40 +111,53 @@ def configure_json_logging(level: int = logging.INFO) -> None:
 
 def annotate_request(**fields: Any) -> None:
     """Add fields to this request's log line (a view's one way to say, e.g., the lookup source)."""
-    environ = request.environ
-    environ[_LOG_FIELDS] = {**environ.get(_LOG_FIELDS, {}), **fields}
+    request.environ.setdefault(_LOG_FIELDS, {}).update(fields)
 
 
 class AccessLog:
     """The request lines: one JSON object a line, written straight to a file descriptor.
 
     Not through ``logging``: a LogRecord, a handler lock and a formatter cost more than all
-    the rest of a cache hit. One ``os.write`` a line is atomic on a pipe for lines under
-    PIPE_BUF (4 KiB; paths are cut at 2 KiB), so threads and workers never interleave lines.
-    The fields are those of ``JsonFormatter``'s lines, so the two streams read alike.
+    the rest of a cache hit. The line is assembled from precomputed pieces, each value that a
+    client chose escaped by the C string encoder (JSON, ASCII only); the fields are those of
+    ``JsonFormatter``'s lines, so the two streams read alike. One ``os.write`` a line is atomic
+    on a pipe for lines under PIPE_BUF (4 KiB; the logged path is bounded for that), so threads
+    and workers never interleave lines.
     """
 
     def __init__(self, fd: int | None) -> None:
         self._fd = fd  # None: request lines are off
 
-    def write(self, message: str, request_id: str, fields: dict[str, Any]) -> None:
+    def write(self, request_id: str, method: str, path: str, query: str | None, status: int, seconds: float,
+              client: str | None, fields: dict[str, Any] | None) -> None:
+        """One request's line; ``request_id`` is already one of the accepted ids (nothing to escape)."""
         if self._fd is None:
             return
-        entry = {"ts": _timestamp(time.time()), "level": "INFO", "logger": "app.request", "message": message,
-                 "request_id": request_id, **fields}
-        line = (_encode(entry) + "\n").encode("ascii")
-        while line:
-            line = line[os.write(self._fd, line):]
+        logged_path = (f"{path}?{query}" if query else path)[:MAX_LOGGED_PATH]
+        line = (
+            f'{{"ts":"{_timestamp(time.time())}",{_REQUEST_LINE_HEAD}'
+            f'"message":{_quote(f"{method} {path[:MAX_LOGGED_PATH_IN_MESSAGE]} {status}")},'
+            f'"request_id":"{request_id}","method":{_quote(method)},"path":{_quote(logged_path)},'
+            f'"status":{status},"duration_ms":{round(seconds * 1000, 3)},'
+            f'"client":{"null" if client is None else _quote(client)}'
+        )
+        if fields:
+            line += "".join(f",{_quote(key)}:{_encode(value)}" for key, value in fields.items())
+        data = (line + "}\n").encode("ascii")
+        while data:
+            data = data[os.write(self._fd, data):]
 
 
 class RequestLog:
-    """WSGI middleware: a request id for each request, one JSON log line when it is answered,
-    and the headers every response carries.
+    """WSGI middleware, the one layer every request passes: a request id, the time it took,
+    one JSON log line and the metrics when it is answered, and the headers every response
+    carries.
 
     The id is the incoming X-Request-ID when it is usable, else a new one; it is echoed in the
     response and stamped on every log line of the request. ``on_answered(endpoint, method,
-    status, seconds)`` hears of each answer too (the metrics). Working on the WSGI environ,
-    below Flask, keeps this off the hot path's costs as far as it can be.
+    status, seconds)`` hears of each answer too (the metrics). It works on the WSGI environ,
+    below Flask, and reads the matched route from the request Flask left there, so what it adds
+    to a request is a few microseconds (docs/benchmarks.md).
     """
 
     def __init__(
@@ -153,34 +169,24 @@ class RequestLog:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
-        incoming = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = incoming if _ACCEPTED_REQUEST_ID.fullmatch(incoming) else secrets.token_hex(16)
+        incoming = environ.get("HTTP_X_REQUEST_ID")
+        request_id = incoming if incoming is not None and _accepted_request_id(incoming) else _new_request_id()
         token = request_id_var.set(request_id)
 
         def answered(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             seconds = time.perf_counter() - started
             code = int(status[:3])
             method = environ.get("REQUEST_METHOD", "")[:MAX_LOGGED_METHOD]
-            # Still inside Flask's request context: the matched route's template, for the labels.
-            rule = request.url_rule if has_request_context() else None
+            # Flask leaves its request in the environ (werkzeug does, for any middleware): the
+            # matched route's template labels the metrics; no route matched, or none was tried.
+            flask_request = environ.get("werkzeug.request")
+            rule = flask_request.url_rule if flask_request is not None else None
             self._on_answered(rule.rule if rule is not None else "unmatched", method, code, seconds)
-            path = environ.get("PATH_INFO", "")
-            query = environ.get("QUERY_STRING", "")
-            self._access_log.write(
-                f"{method} {path[:MAX_LOGGED_PATH_IN_MESSAGE]} {code}",
-                request_id,
-                {
-                    "method": method,
-                    "path": (f"{path}?{query}" if query else path)[:MAX_LOGGED_PATH],
-                    "status": code,
-                    "duration_ms": round(seconds * 1000, 3),
-                    "client": environ.get("REMOTE_ADDR"),
-                    **environ.get(_LOG_FIELDS, {}),
-                },
-            )
+            self._access_log.write(request_id, method, environ.get("PATH_INFO", ""), environ.get("QUERY_STRING"),
+                                   code, seconds, environ.get("REMOTE_ADDR"), environ.get(_LOG_FIELDS))
             headers.append(("X-Request-ID", request_id))
             # Browsers must take every body as the type it declares (no sniffing JSON into HTML).
-            headers.append(("X-Content-Type-Options", "nosniff"))
+            headers.append(_NOSNIFF)
             return start_response(status, headers, exc_info)
 
         try:
@@ -199,6 +205,10 @@ def register_request_logging(
 # ASCII only: a client's path may carry U+0085, U+2028 or U+2029, which JSON leaves raw but
 # many log consumers split lines on; escaped, every line stays one object whatever arrives.
 _encode = json.JSONEncoder(ensure_ascii=True, default=str).encode
+# The same escaping for one string, without an encoder around it: the C function behind _encode.
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
+_REQUEST_LINE_HEAD = '"level":"INFO","logger":"app.request",'
+_NOSNIFF = ("X-Content-Type-Options", "nosniff")
 
 
 @functools.lru_cache(maxsize=4)

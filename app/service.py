@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -31,9 +30,10 @@ from app.evidence.diff import first_difference
 from app.evidence.snapshot import snapshot_zip
 from app.evidence.sse import KEEPALIVE
 from app.evidence.sse import RETRY
+from app.evidence.sse import SseReplay
+from app.evidence.sse import paced
 from app.evidence.sse import sse_error
 from app.evidence.sse import sse_frame
-from app.evidence.sse import sse_frames
 from app.execution import Execution
 from app.execution import LocalExecution
 from app.limits import NewRunLimit
@@ -55,12 +55,16 @@ from app.runner import Slots
 from app.single_flight import SingleFlight
 from app.text import printable
 from app.transcripts import CorruptTranscript
+from app.transcripts import EncodedReplays
 from app.transcripts import TranscriptCache
 
 log = logging.getLogger(__name__)
 # /registry/stats lists this many scenarios by entries; the rest are counted, not named, so the
 # answer stays small however many scenarios a registry holds.
 STATS_TOP_SCENARIOS = 20
+# Encoded replays, CSVs and packs of done runs kept per process: the default engine's three come
+# to about 50 KB a run, so this holds the few hundred runs being read at any time.
+ENCODED_REPLAYS_BYTES = 32 * 1024 * 1024
 T = TypeVar("T")
 
 
@@ -83,10 +87,12 @@ class RunService:
         self._registry = registry
         self._engine = engine
         self._settings = settings
+        self.lookup_wait_s = settings.lookup_wait_s  # how long a request waits for a run, unless it says
         self._backend = "redis" if settings.shared_registry else "memory"
         self.engine_code_hash = engine_code_hash(engine, settings)
         self._execution = execution or LocalExecution(registry, engine, settings)
         self._transcripts = TranscriptCache(capacity=128)
+        self._encoded = EncodedReplays(ENCODED_REPLAYS_BYTES)
         self._defects = DefectLog(log)
         self._new_runs = new_run_limit or NewRunLimit(settings.new_runs_per_minute)
         self._verifications: SingleFlight[Verification] = SingleFlight()
@@ -107,7 +113,7 @@ class RunService:
             for it (or the backend is down).
         """
         key = RunKey(scenario_id, seed, self.engine_code_hash)
-        with _registry_errors():
+        with _registry_errors:
             found = self._registry.touch(cache_key(key))
             if found is None:
                 run_id, status, started = self._start(key, client)
@@ -121,7 +127,7 @@ class RunService:
 
     def _start(self, key: RunKey, client: str) -> tuple[str, str, bool]:
         self._admit(client)
-        with _registry_errors():
+        with _registry_errors:
             if not self._execution.reserve():
                 raise Unavailable("The engine is running and queueing all it can; retry shortly")
         owner = secrets.token_hex(16)
@@ -141,7 +147,7 @@ class RunService:
 
     def _admit(self, client: str) -> None:
         """Count one engine execution against ``client``'s limit, before anything starts."""
-        with _registry_errors():
+        with _registry_errors:
             self._new_runs.admit(client)
 
     def _wait_for_end(self, run_id: str, wait_s: float) -> str | RunError:
@@ -150,12 +156,12 @@ class RunService:
         if wait_s <= 0 or not self._waiting.take():
             return "running"
         try:
-            with _registry_errors():
+            with _registry_errors:
                 live_log = self._registry.open_log(run_id)
             if live_log is not None:
                 ending = live_log.wait_end(wait_s)
                 return "running" if ending is None else ending
-            with _registry_errors():
+            with _registry_errors:
                 state = self._registry.get(run_id)
         finally:
             self._waiting.give_back()
@@ -166,7 +172,7 @@ class RunService:
         """What a lookup that met a failed run answers: the engine's failure (500), or, when the
         registry lost the run (Redis restarted without it), a 503 to look it up again."""
         if error is None:
-            with _registry_errors():
+            with _registry_errors:
                 state = self._registry.get(run_id)
             error = state.error if state is not None else None
         if error is None:
@@ -185,7 +191,7 @@ class RunService:
             retained after failing, or its stored transcript is not what its digest says (so
             it is never served as one).
         """
-        with _registry_errors():
+        with _registry_errors:
             state = self._registry.get(run_id)
         if state is None:
             raise RunNotFound(f"Run {printable(run_id)} not found")
@@ -214,19 +220,23 @@ class RunService:
 
     def export_csv(self, record: RunRecord) -> bytes:
         """A done run's transcript as spreadsheet-safe CSV."""
-        return events_csv(self._transcripts.events(record))
+        return self._encoded.get(record, "csv", lambda: events_csv(self._transcripts.events(record)))
 
     def snapshot(self, record: RunRecord) -> bytes:
         """A done run's ZIP evidence pack; the same bytes every time for the same run."""
-        events = self._transcripts.events(record)
-        return snapshot_zip(record, self._transcripts.events_json(record), events_csv(events))
+        return self._encoded.get(record, "zip", lambda: snapshot_zip(
+            record, self._transcripts.events_json(record), self.export_csv(record)
+        ))
+
+    def _sse_replay(self, record: RunRecord) -> SseReplay:
+        return self._encoded.get(record, "sse", lambda: SseReplay.encode(self._transcripts.encoded_events(record)))
 
     def _checked(self, record: RunRecord) -> None:
         try:
             self._transcripts.body(record)
         except CorruptTranscript as err:
             self._defects.report(record.run_id, "run %s is not served, and is removed: %s", record.run_id, err)
-            with _registry_errors():
+            with _registry_errors:
                 self._registry.discard(record.run_id)
             raise RunNotFound(f"Run {printable(record.run_id)} not found") from err
 
@@ -244,24 +254,26 @@ class RunService:
             reached = "in this run" if state.status == "done" else "this run has reached"
             raise BadInput(f"Last-Event-ID {last_event_id} is not a position {reached} (1 to {state.count})")
         after = last_event_id or 0
+        if state.record is not None and not pace_ms:  # a done run, all at once: nothing waits
+            return self._sse_replay(state.record).after(after)
         if not self._waiting.take():
             raise Unavailable("Too many connections are waiting on runs; retry shortly")
         if state.record is not None:
-            messages = self._replayed(state.record, after, pace_ms)
+            messages = self._paced(state.record, after, pace_ms)
         else:
             messages = self._live(state.identity.run_id, after)
         return _ReleasingStream(messages, self._waiting.give_back)
 
-    def _replayed(self, record: RunRecord, after: int, pace_ms: int) -> Iterator[bytes]:
+    def _paced(self, record: RunRecord, after: int, pace_ms: int) -> Iterator[bytes]:
         yield RETRY
-        yield from sse_frames(self._transcripts.encoded_events(record), after, pace_ms)
+        yield from paced(self._sse_replay(record).frames(after), pace_ms)
 
     def _live(self, run_id: str, after: int) -> Iterator[bytes]:
         """The events as they are recorded; byte for byte the replay once the run is done, but
         for ``: keepalive`` comments while none comes."""
         yield RETRY
         position = after
-        with _registry_errors():
+        with _registry_errors:
             live_log = self._registry.open_log(run_id)
         ending: object = None
         if live_log is not None:
@@ -285,7 +297,7 @@ class RunService:
             yield sse_error(RunError("UNAVAILABLE", f"Run {printable(run_id)} is no longer in the registry"))
             return
         if state.record is not None:
-            yield from sse_frames(self._transcripts.encoded_events(state.record), position)
+            yield self._sse_replay(state.record).messages_after(position)
         elif state.error is not None:
             yield sse_error(state.error)
 
@@ -337,7 +349,7 @@ class RunService:
 
     def _reproduce(self, record: RunRecord, client: str) -> Verification:
         self._admit(client)
-        with _registry_errors():
+        with _registry_errors:
             if not self._execution.reserve():
                 raise Unavailable("The engine is running and queueing all it can; retry shortly")
             try:
@@ -367,12 +379,12 @@ class RunService:
 
     def engine_slots_in_use(self) -> int:
         """Engine executions running or waiting in this process now, or queued for workers."""
-        with _registry_errors():
+        with _registry_errors:
             return self._execution.in_use()
 
     def workers(self) -> int | None:
         """Workers serving this engineCodeHash (queue execution), or ``None`` (local)."""
-        with _registry_errors():
+        with _registry_errors:
             return self._execution.workers()
 
     # Operations.
@@ -380,7 +392,7 @@ class RunService:
     def stats_report(self) -> StatsReport:
         """What the registry counts (with a shared backend, for the whole fleet), with its settings;
         entries by scenario for the ``STATS_TOP_SCENARIOS`` scenarios with the most."""
-        with _registry_errors():
+        with _registry_errors:
             stats = self._registry.stats(top_scenarios=STATS_TOP_SCENARIOS)
             workers = self._execution.workers()
         return StatsReport(stats, self._backend, self._settings.ttl_minutes, self._settings.execution, workers)
@@ -388,7 +400,7 @@ class RunService:
     def fleet_figures(self) -> FleetFigures:
         """What a metrics scrape reports: the registry's counts (without any scenario: cheaply),
         and with queue execution the queue's depth and its workers."""
-        with _registry_errors():
+        with _registry_errors:
             stats = self._registry.stats(top_scenarios=0)
             workers = self._execution.workers()
             queued = self._execution.in_use() if workers is not None else None
@@ -396,7 +408,7 @@ class RunService:
 
     def readiness(self) -> Readiness:
         """:raises Unavailable: the registry backend (or the job queue) does not answer."""
-        with _registry_errors():
+        with _registry_errors:
             self._registry.ping()
             workers = self._execution.workers()
         return Readiness(
@@ -486,10 +498,16 @@ def _as_own_client(client: str, attempt: Callable[[], T]) -> T:
     return attempt()
 
 
-@contextmanager
-def _registry_errors() -> Iterator[None]:
-    """Turn a backend outage into the API's 503."""
-    try:
-        yield
-    except RegistryUnavailable as err:
-        raise Unavailable("The run registry is unavailable; try again shortly") from err
+class _RegistryErrors:
+    """Turn a backend outage into the API's 503 (a class, not ``@contextmanager``: every lookup
+    hit enters one, and a generator-based one costs several times as much)."""
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: object) -> None:
+        if isinstance(error, RegistryUnavailable):
+            raise Unavailable("The run registry is unavailable; try again shortly") from error
+
+
+_registry_errors = _RegistryErrors()  # stateless: one for every use

@@ -7,12 +7,18 @@ import json
 import threading
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import TypeVar
 
 from app.engine.base import Event
+from app.evidence.sse import SseReplay
 from app.models import EncodedEvent
 from app.models import RunRecord
 from app.models import canonical_json
 from app.runner import MAX_TRANSCRIPT_BYTES
+
+Encoded = bytes | SseReplay
+E = TypeVar("E", bytes, SseReplay)
 
 
 class CorruptTranscript(Exception):
@@ -62,6 +68,47 @@ class TranscriptCache:
     def encoded_events(self, record: RunRecord) -> list[EncodedEvent]:
         """The events as they were recorded: type, and their data's canonical JSON."""
         return [(event["type"], canonical_json(event["data"])) for event in self.events(record)]
+
+
+class EncodedReplays:
+    """Done runs' encoded representations (the SSE replay, the CSV, the ZIP pack), least recently
+    used out first, and bounded by the bytes they hold: a done run never changes, so each is
+    encoded once per process and served as it is after that.
+
+    Keyed by runId, the transcript's digest and the representation's name. One representation
+    larger than the whole bound is served but not kept.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[str, bytes, str], tuple[Encoded, int]] = OrderedDict()
+        self._bytes = 0
+
+    @property
+    def bytes_held(self) -> int:
+        return self._bytes
+
+    def get(self, record: RunRecord, name: str, encode: Callable[[], E]) -> E:
+        """``record``'s representation ``name``, encoded by ``encode`` the first time it is asked for."""
+        key = (record.run_id, record.events_digest, name)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                return entry[0]  # type: ignore[return-value]
+        value = encode()  # outside the lock: two first readers may both encode; the bytes are the same
+        size = value.size if isinstance(value, SseReplay) else len(value)
+        if size > self.max_bytes:
+            return value
+        with self._lock:
+            if key not in self._entries:
+                self._entries[key] = (value, size)
+                self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self._bytes -= dropped
+        return value
 
 
 def _checked_body(record: RunRecord) -> bytes:

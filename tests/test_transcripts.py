@@ -7,10 +7,12 @@ import gzip
 
 import pytest
 
+from app.evidence.sse import SseReplay
 from app.models import RunIdentity
 from app.models import RunKey
 from app.models import RunRecord
 from app.transcripts import CorruptTranscript
+from app.transcripts import EncodedReplays
 from app.transcripts import TranscriptCache
 
 EVENTS = [("start", b'{"seed":1}'), ("token", '{"text":"é"}'.encode()), ("done", b"{}")]
@@ -52,3 +54,28 @@ def test_the_cache_keeps_the_most_recently_read_bodies_only():
     assert cache.body(first) is cache.body(first)  # kept
     cache.body(second)
     assert cache.body(first) is not cache.body(second)
+
+
+def test_encoded_replays_are_made_once_and_stay_within_their_bytes():
+    replays = EncodedReplays(max_bytes=100)
+    made = []
+
+    def encode(size):
+        made.append(size)
+        return b"x" * size
+
+    first, second = record(), record(EVENTS[:1])
+    assert replays.get(first, "csv", lambda: encode(60)) == b"x" * 60
+    assert replays.get(first, "csv", lambda: encode(60)) == b"x" * 60 and made == [60]  # kept, not made again
+    replays.get(second, "csv", lambda: encode(50))  # 110 bytes: the least recently used goes
+    assert replays.bytes_held == 50
+    replays.get(first, "csv", lambda: encode(60))
+    assert made == [60, 50, 60] and replays.bytes_held == 60
+    assert replays.get(second, "zip", lambda: encode(101)) == b"x" * 101  # larger than the bound: served, not kept
+    assert replays.bytes_held == 60
+
+
+def test_an_sse_replay_counts_its_bytes_against_the_bound():
+    replays = EncodedReplays(max_bytes=10_000)
+    replay = replays.get(record(), "sse", lambda: SseReplay.encode(EVENTS))
+    assert replays.bytes_held == replay.size > len(replay.body)

@@ -15,7 +15,6 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from app.api.prefer import Wait
 from app.api.prefer import requested_wait
 from app.config import MAX_LOOKUP_WAIT_S
-from app.config import Settings
 from app.errors import BadInput
 from app.errors import CrossSiteRequest
 from app.errors import UnsupportedMediaType
@@ -31,15 +30,15 @@ def run_service() -> RunService:
     return service
 
 
-def preferred_wait() -> Wait:
-    """How long to wait for a run that is not done: the lookup wait, or what ``Prefer`` asks.
+def preferred_wait(service: RunService) -> Wait:
+    """How long to wait for a run that is not done: the service's lookup wait, or what
+    ``Prefer`` asks.
 
     Answers say so with ``answered_with(wait, response)``.
     """
-    settings: Settings = current_app.extensions["settings"]
     if "HTTP_PREFER" not in request.environ:  # the common case, without parsing anything
-        return Wait(settings.lookup_wait_s, ())
-    return requested_wait(settings.lookup_wait_s, MAX_LOOKUP_WAIT_S)
+        return Wait(service.lookup_wait_s, ())
+    return requested_wait(service.lookup_wait_s, MAX_LOOKUP_WAIT_S)
 
 
 def answered_with(wait: Wait, response: Response) -> Response:

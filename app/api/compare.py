@@ -49,8 +49,9 @@ def compare() -> Response:
         '503': Unavailable
     """
     body = load_or_bad_input(_compare_body, json_body())
-    wait = preferred_wait()
-    result = run_service().compare(
+    service = run_service()
+    wait = preferred_wait(service)
+    result = service.compare(
         (body["left"]["scenario_id"], body["left"]["seed"]),
         (body["right"]["scenario_id"], body["right"]["seed"]),
         client_address(),

@@ -86,7 +86,7 @@ def list_events(run_id: str) -> Response:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},  # nginx: do not buffer
         )
     service = run_service()
-    wait = preferred_wait()
+    wait = preferred_wait(service)
     record = service.done_run(run_id, wait.seconds)
     gzip_ok = "HTTP_ACCEPT_ENCODING" in request.environ and request.accept_encodings.quality("gzip") > 0
 

@@ -144,7 +144,7 @@ def _download_done_run(
 ) -> Response:
     """A done run's file, ``<runId>.<extension>``, with its ETag (202 while the run runs)."""
     service = run_service()
-    wait = preferred_wait()
+    wait = preferred_wait(service)
     record = service.done_run(run_id, wait.seconds)
     # runIds are letters, digits and ._- (the scenarioId's alphabet): safe in a quoted filename.
     disposition = f'attachment; filename="{record.run_id}.{extension}"'

@@ -17,6 +17,10 @@ from app.schemas import lookup_query
 bp = Blueprint("lookup", __name__)
 # RFC 9211, with this service as the cache: a hit, or a miss that was forwarded to the engine.
 _CACHE_STATUS = {"cache": "run-registry; hit", "new": "run-registry; fwd=miss"}
+_DONE_HEADERS = {
+    source: (("Content-Type", "application/json"), ("Cache-Status", cache_status))
+    for source, cache_status in _CACHE_STATUS.items()
+}
 
 
 @bp.get("/runs/lookup")
@@ -40,15 +44,17 @@ def lookup() -> Response:
         '503': Unavailable
     """
     scenario_id, seed = lookup_query(request.query_string)
-    wait = preferred_wait()
-    answer = run_service().lookup(scenario_id, seed, client_address(), wait.seconds)
+    service = run_service()
+    wait = preferred_wait(service)
+    answer = service.lookup(scenario_id, seed, client_address(), wait.seconds)
     annotate_request(source=answer.source)
     if answer.done:
         # The hot path, written directly rather than through a JSON encoder: a runId is letters,
         # digits and ._- (the scenarioId's alphabet) and the source a known word, nothing to escape.
-        response = Response(f'{{"runId":"{answer.run_id}","source":"{answer.source}"}}', mimetype="application/json")
+        response = Response(f'{{"runId":"{answer.run_id}","source":"{answer.source}"}}',
+                            headers=_DONE_HEADERS[answer.source])
     else:
         response = pending_response({"runId": answer.run_id, "source": answer.source, "status": "running"},
                                     answer.run_id)
-    response.headers["Cache-Status"] = _CACHE_STATUS[answer.source]
+        response.headers["Cache-Status"] = _CACHE_STATUS[answer.source]
     return answered_with(wait, response)

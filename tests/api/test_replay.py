@@ -131,10 +131,12 @@ def test_streams_past_the_waiting_capacity_are_503_and_give_their_slot_back(fake
     client = create_app(test_settings(max_waiting=1), engine=fake_engine).test_client()
     run_id = new_run(client)
     first = client.get(f"/runs/{run_id}/events?pace=1", headers=SSE, buffered=False)
-    busy = client.get(f"/runs/{run_id}/events", headers=SSE)
+    busy = client.get(f"/runs/{run_id}/events?pace=1", headers=SSE)
     assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
     assert busy.get_json()["type"] == "UNAVAILABLE"
     assert client.get(f"/runs/{run_id}/events").status_code == 200  # the JSON transcript does not wait
+    at_once = client.get(f"/runs/{run_id}/events", headers=SSE)  # nor does a done run's replay, sent at once
+    assert at_once.status_code == 200 and at_once.headers["Content-Length"] == str(len(at_once.get_data()))
     assert client.get("/runs/lookup?scenarioId=a&seed=1").get_json()["source"] == "cache"  # nor do hits
     first.close()  # the client went away: its slot is free again
     assert client.get(f"/runs/{run_id}/events?pace=1", headers=SSE).status_code == 200

@@ -12,7 +12,10 @@ from hypothesis import strategies as st
 from app.evidence.csv_export import neutralised
 from app.evidence.diff import diff_transcripts
 from app.evidence.diff import first_difference
-from app.evidence.sse import sse_frames
+from app.evidence.sse import RETRY
+from app.evidence.sse import SseReplay
+from app.evidence.sse import paced
+from app.evidence.sse import sse_frame
 from app.models import canonical_json
 
 
@@ -26,19 +29,29 @@ def encoded(*texts):
 
 def test_pacing_waits_between_events_not_before_the_first():
     waits = []
-    messages = list(sse_frames(encoded("a", "b", "c"), after=0, pace_ms=50, sleep=waits.append))
+    messages = list(paced(SseReplay.encode(encoded("a", "b", "c")).frames(0), pace_ms=50, sleep=waits.append))
     assert len(messages) == 3 and waits == [0.05, 0.05]
     assert messages[0].startswith(b"id: 1\nevent: token\n")
 
 
 def test_resumed_pacing_starts_at_once():
     waits = []
-    list(sse_frames(encoded("a", "b", "c"), after=2, pace_ms=50, sleep=waits.append))
-    assert waits == []
+    messages = list(paced(SseReplay.encode(encoded("a", "b", "c")).frames(2), pace_ms=50, sleep=waits.append))
+    assert waits == [] and messages[0].startswith(b"id: 3\n")
 
 
 def test_no_pace_never_sleeps():
-    list(sse_frames(encoded("a", "b"), after=0, sleep=lambda seconds: pytest.fail("slept")))
+    list(paced(SseReplay.encode(encoded("a", "b")).frames(0), pace_ms=0, sleep=lambda seconds: pytest.fail("slept")))
+
+
+@given(st.lists(st.text(max_size=20), max_size=12), st.data())
+def test_a_replay_from_any_position_is_the_messages_after_it(texts, data):
+    events = encoded(*texts)
+    replay = SseReplay.encode(events)
+    position = data.draw(st.integers(0, len(events)))
+    expected = RETRY + b"".join(sse_frame(n, event) for n, event in enumerate(events, 1) if n > position)
+    assert b"".join(replay.after(position)) == expected
+    assert b"".join(replay.frames(position)) == replay.messages_after(position) == expected[len(RETRY):]
 
 
 @pytest.mark.parametrize(
