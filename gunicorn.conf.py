@@ -15,23 +15,15 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-# Metrics of every worker go to files here and each scrape sums them (prometheus_client's
-# multiprocess mode). It must be set before anything imports prometheus_client, so first.
-_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-if _own_metrics_dir:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="run-registry-metrics-")
-for _stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
-    os.remove(_stale)  # figures of an earlier run would be summed in
+import gunicorn.util
+from gunicorn.glogging import Logger
 
-import gunicorn.util  # noqa: E402 - after the metrics directory is set
-from gunicorn.glogging import Logger  # noqa: E402 - after the metrics directory is set
-
-from app.concurrency import gevent_active  # noqa: E402 - after the metrics directory is set
-from app.config import ConfigError  # noqa: E402 - after the metrics directory is set
-from app.config import load_settings  # noqa: E402 - after the metrics directory is set
-from app.config import positive_int  # noqa: E402 - after the metrics directory is set
-from app.config import registry_url_for_display  # noqa: E402 - after the metrics directory is set
-from app.engine import load_engine  # noqa: E402 - after the metrics directory is set
+from app.concurrency import gevent_active
+from app.config import ConfigError
+from app.config import load_settings
+from app.config import positive_int
+from app.config import registry_url_for_display
+from app.engine import load_engine
 
 # Connections one worker holds at once (gevent: a greenlet each). Waiting connections (live
 # streams, waiting lookups) may take RUN_REGISTRY_MAX_WAITING of them; the rest stay free for
@@ -50,19 +42,29 @@ try:
             f" ({worker_connections}): connections that do not wait need room too"
         )
 except ConfigError as err:
-    if _own_metrics_dir:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
     sys.exit(f"run-registry: refusing to start: {err}")
+
+# Redis holds the fleet's one registry, so any number of workers may share it. A dict cannot
+# be shared between processes: two workers would each answer "new" for the same key with
+# different runIds. So with the in-memory registry exactly one, whatever WEB_CONCURRENCY says.
+workers = _web_concurrency if _settings.shared_registry else 1
+
+# With several workers, each writes its metrics to files here and a scrape sums them
+# (prometheus_client's multiprocess mode, chosen when prometheus_client is first imported, in
+# the workers). One worker keeps them in memory: the files cost each request about two
+# microseconds more (docs/benchmarks.md), for a sum of one.
+_own_metrics_dir = workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="run-registry-metrics-")
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    for _stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.remove(_stale)  # figures of an earlier run would be summed in
 
 bind = [f"0.0.0.0:{_port}"] if _port else ["127.0.0.1:3001"]
 # Evented: an idle, slow or streaming connection costs a greenlet, not a thread, so none of them
 # can stop the service from answering others; engines run on real threads of their own
 # (app/concurrency.py). gevent also answered about twice gthread's requests a second here.
 worker_class = "gevent"
-# Redis holds the fleet's one registry, so any number of workers may share it. A dict cannot
-# be shared between processes: two workers would each answer "new" for the same key with
-# different runIds. So with the in-memory registry exactly one, whatever WEB_CONCURRENCY says.
-workers = _web_concurrency if _settings.shared_registry else 1
 graceful_timeout = 30  # SIGTERM: stop accepting, let in-flight requests finish
 timeout = 60
 # With the gevent worker this also bounds how long a connection may take to send a request's
@@ -145,9 +147,10 @@ def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
 
 def child_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
     """A dead worker's live gauges must not be summed any more."""
-    from prometheus_client import multiprocess
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(worker.pid)
+        multiprocess.mark_process_dead(worker.pid)
 
 
 def on_exit(server):  # noqa: ARG001 - gunicorn's hook signature
