@@ -22,8 +22,8 @@ def _recorded(name: str) -> tuple[bytes, dict[str, str]]:
     return bytes.fromhex(_RECORDED[name]["body"]), _RECORDED[name]["headers"]
 
 
-_LOOKUP, _METADATA, _EVENTS, _EVENTS_GZIP, _SSE, _SNAPSHOT = (
-    _recorded(name) for name in ("lookup", "metadata", "events", "events_gzip", "sse", "snapshot")
+_LOOKUP, _METADATA, _EVENTS, _EVENTS_GZIP, _SSE, _CSV, _SNAPSHOT = (
+    _recorded(name) for name in ("lookup", "metadata", "events", "events_gzip", "sse", "csv", "snapshot")
 )
 
 
@@ -42,6 +42,11 @@ def events(run_id: str) -> Response:
     accept, encoding = request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", "")
     body, headers = _SSE if "text/event-stream" in accept else _EVENTS_GZIP if "gzip" in encoding else _EVENTS
     return Response(body, headers=headers)
+
+
+@app.get("/runs/<run_id>/export.csv")
+def export_csv(run_id: str) -> Response:
+    return Response(_CSV[0], headers=_CSV[1])
 
 
 @app.get("/runs/<run_id>/snapshot")

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -55,15 +56,17 @@ class Row:
     path: str
     headers: dict[str, str] = field(default_factory=dict)
     script: str | None = None
-    target: str = "memory"  # which service answers: memory, or redis (several workers)
+    target: str = "memory"  # which service answers: memory, redis (one worker) or redis4 (four)
     floor_of: str | None = None  # the row whose service figure is this row's floor (redis)
-    results: dict[str, list[dict[str, float]]] = field(default_factory=lambda: {"service": [], "floor": []})
+    floor_row: str | None = None  # the row whose floor figure is this row's floor (a 304: the full answer)
+    peer_path: str | None = None  # the afternoon peer's path for the same request, if it has one
+    results: dict[str, list[dict[str, float]]] = field(
+        default_factory=lambda: {"service": [], "floor": [], "peer": []}
+    )
 
-
-@dataclass
-class Target:
-    server: Gunicorn
-    pids: list[int]
+    @property
+    def has_own_floor(self) -> bool:
+        return self.floor_of is None and self.floor_row is None
 
 
 def main() -> None:
@@ -97,21 +100,30 @@ def load_test(scratch: Path, args: argparse.Namespace) -> list[Row]:
     with (
         RedisServer(scratch) as redis_server,
         Gunicorn(scratch / "memory.log", env=env) as memory,
-        Gunicorn(scratch / "redis.log", env={**env, "RUN_REGISTRY_URL": redis_server.url, "WEB_CONCURRENCY": "4"})
+        Gunicorn(scratch / "redis.log", env={**env, "RUN_REGISTRY_URL": redis_server.url, "WEB_CONCURRENCY": "1"})
+        as shared_one,
+        Gunicorn(scratch / "redis4.log", env={**env, "RUN_REGISTRY_URL": redis_server.url, "WEB_CONCURRENCY": "4"})
         as shared,
+        Gunicorn(scratch / "peer.log", app="bench.peer:app", defaults=True) as peer,
     ):
-        run_id = http("GET", f"{memory.url}/runs/lookup?scenarioId=pricing-v1&seed=42").json()["runId"]
-        http("GET", f"{shared.url}/runs/lookup?scenarioId=pricing-v1&seed=42")
+        lookup = "/runs/lookup?scenarioId=pricing-v1&seed=42"
+        run_id = http("GET", memory.url + lookup).json()["runId"]
+        http("GET", shared.url + lookup)
+        peer_run_id = http("GET", peer.url + lookup).json()["runId"]
+        etag = http("GET", f"{memory.url}/runs/{run_id}/events").headers["ETag"]
         rows = [
-            Row("lookup hit", "/runs/lookup?scenarioId=pricing-v1&seed=42"),
+            Row("lookup hit", lookup, peer_path=lookup),
             Row("lookup miss (new runs)", "/runs/lookup", script=_NEW_KEYS_SCRIPT),
-            Row("events JSON", f"/runs/{run_id}/events"),
+            Row("events JSON", f"/runs/{run_id}/events", peer_path=f"/runs/{peer_run_id}/events"),
             Row("events JSON, gzip", f"/runs/{run_id}/events", headers={"Accept-Encoding": "gzip"}),
-            Row("events SSE", f"/runs/{run_id}/events", headers={"Accept": "text/event-stream"}),
+            Row("events JSON, 304 (If-None-Match)", f"/runs/{run_id}/events", headers={"If-None-Match": etag},
+                floor_row="events JSON"),
+            Row("events SSE (done run)", f"/runs/{run_id}/events", headers={"Accept": "text/event-stream"}),
             Row("GET /runs/<runId>", f"/runs/{run_id}"),
+            Row("CSV export", f"/runs/{run_id}/export.csv"),
             Row("snapshot ZIP", f"/runs/{run_id}/snapshot"),
-            Row("lookup hit, Redis, 4 workers", "/runs/lookup?scenarioId=pricing-v1&seed=42", target="redis",
-                floor_of="lookup hit"),
+            Row("lookup hit, Redis, 1 worker", lookup, target="redis", floor_of="lookup hit"),
+            Row("lookup hit, Redis, 4 workers", lookup, target="redis4", floor_of="lookup hit"),
         ]
         recorded = record_floor_responses(memory.url, run_id)
         floor_file = scratch / "floor.json"
@@ -119,12 +131,20 @@ def load_test(scratch: Path, args: argparse.Namespace) -> list[Row]:
         floor_env = {**env, "BENCH_FLOOR_RESPONSES": str(floor_file), "PYTHONPATH": str(ROOT)}
         floor_server = Gunicorn(scratch / "floor.log", env=floor_env, app="bench.floor:app")
         with floor_server as floor:
-            targets = {"memory": memory, "redis": shared, "floor": floor}
-            for _ in range(args.rounds):  # interleaved: service and floor alternate within each round
+            # Redis rows count redis-server's CPU too: a hit's cost is both processes' work.
+            targets = {
+                "memory": (memory, memory.cpu_seconds),
+                "redis": (shared_one, lambda: shared_one.cpu_seconds() + redis_server.cpu_seconds()),
+                "redis4": (shared, lambda: shared.cpu_seconds() + redis_server.cpu_seconds()),
+            }
+            for _ in range(args.rounds):  # interleaved: service, floor and peer alternate within each round
                 for row in rows:
-                    row.results["service"].append(wrk(targets[row.target], row, args))
-                    if row.floor_of is None:
+                    server, cpu = targets[row.target]
+                    row.results["service"].append(wrk(server, row, args, cpu=cpu))
+                    if row.has_own_floor:
                         row.results["floor"].append(wrk(floor, row, args))
+                    if row.peer_path is not None:
+                        row.results["peer"].append(wrk(peer, row, args, path=row.peer_path))
     return rows
 
 
@@ -182,6 +202,7 @@ def record_floor_responses(url: str, run_id: str) -> dict[str, dict[str, object]
         "events": (f"/runs/{run_id}/events", {}),
         "events_gzip": (f"/runs/{run_id}/events", {"Accept-Encoding": "gzip"}),
         "sse": (f"/runs/{run_id}/events", {"Accept": "text/event-stream"}),
+        "csv": (f"/runs/{run_id}/export.csv", {}),
         "snapshot": (f"/runs/{run_id}/snapshot", {}),
     }
     recorded = {}
@@ -193,8 +214,13 @@ def record_floor_responses(url: str, run_id: str) -> dict[str, dict[str, object]
     return recorded
 
 
-def wrk(server: Gunicorn, row: Row, args: argparse.Namespace) -> dict[str, float]:
-    """One wrk run: requests/s, latency percentiles, and the server's CPU per request."""
+def wrk(
+    server: Gunicorn, row: Row, args: argparse.Namespace, cpu: Callable[[], float] | None = None,
+    path: str | None = None,
+) -> dict[str, float]:
+    """One wrk run: requests/s, latency percentiles, and the server's CPU per request (``cpu``:
+    the processes to count, by default the server's)."""
+    cpu = cpu or server.cpu_seconds
     command = ["wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds:g}s", "--latency"]
     for name, value in row.headers.items():
         command += ["-H", f"{name}: {value}"]
@@ -202,9 +228,10 @@ def wrk(server: Gunicorn, row: Row, args: argparse.Namespace) -> dict[str, float
         script.write(row.script or "")
     if row.script:
         command += ["-s", script.name]
-    cpu_before = server.cpu_seconds()
-    output = subprocess.run([*command, server.url + row.path], capture_output=True, text=True, check=True).stdout
-    cpu = server.cpu_seconds() - cpu_before
+    cpu_before = cpu()
+    output = subprocess.run([*command, server.url + (path or row.path)], capture_output=True, text=True,
+                            check=True).stdout
+    cpu_used = cpu() - cpu_before
     os.unlink(script.name)
     requests = float(re.search(r"(\d+) requests in", output).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
@@ -214,7 +241,7 @@ def wrk(server: Gunicorn, row: Row, args: argparse.Namespace) -> dict[str, float
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
         "p50": _latency_ms(output, "50%"),
         "p99": _latency_ms(output, "99%"),
-        "cpu_us": cpu / requests * 1e6 if requests else 0.0,
+        "cpu_us": cpu_used / requests * 1e6 if requests else 0.0,
     }
 
 
@@ -241,12 +268,31 @@ def render(
     ]
     for row in rows:
         service = medians[row.name]["service"]
-        floor = medians[row.floor_of]["service"] if row.floor_of else medians[row.name]["floor"]
-        floor_name = f"{floor['rps']:.0f} ({row.floor_of}, memory)" if row.floor_of else f"{floor['rps']:.0f}"
+        if row.floor_of:
+            floor, floor_name = medians[row.floor_of]["service"], f"({row.floor_of}, memory)"
+        elif row.floor_row:
+            floor, floor_name = medians[row.floor_row]["floor"], f"({row.floor_row})"
+        else:
+            floor, floor_name = medians[row.name]["floor"], ""
         lines.append(
             f"| {row.name} | {service['rps']:.0f} | {service['p50']:.2f} | {service['p99']:.2f} "
-            f"| {service['cpu_us']:.0f} | {floor_name} | {floor['cpu_us']:.0f} | {service['rps'] / floor['rps']:.2f} |"
+            f"| {service['cpu_us']:.0f} | {floor['rps']:.0f} {floor_name}".rstrip()
+            + f" | {floor['cpu_us']:.0f} | {service['rps'] / floor['rps']:.2f} |"
         )
+    lines += [
+        "", "Redis rows count the CPU of redis-server as well as gunicorn's. The afternoon peer (bench/peer.py: "
+        "a dict under a lock, jsonify per request, `gunicorn bench.peer:app`, one sync worker), same run:", "",
+        "| endpoint | service requests/s | peer requests/s | peer CPU µs/request | ratio to peer |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        if row.peer_path is not None:
+            service, peer = medians[row.name]["service"], medians[row.name]["peer"]
+            lines.append(f"| {row.name} | {service['rps']:.0f} | {peer['rps']:.0f} | {peer['cpu_us']:.0f} "
+                         f"| {service['rps'] / peer['rps']:.2f} |")
+    redis_one, memory_hit = medians["lookup hit, Redis, 1 worker"]["service"], medians["lookup hit"]["service"]
+    lines += ["", f"A Redis lookup hit costs {redis_one['cpu_us'] - memory_hit['cpu_us']:.0f} µs of CPU more than an "
+              f"in-memory one ({redis_one['cpu_us']:.0f} against {memory_hit['cpu_us']:.0f}, one web worker each)."]
     lines += [
         "", "One-process gunicorn worker classes, lookup hit (the in-memory registry allows one process):", "",
         "| worker class | requests/s | p50 ms | p99 ms | server CPU µs/request |",

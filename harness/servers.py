@@ -22,6 +22,15 @@ ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far, 0 if it has gone (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -54,15 +63,21 @@ class Gunicorn:
 
     def __init__(
         self, log_path: Path, env: dict[str, str] | None = None, bind: bool = True, app: str = "wsgi:app",
-        extra_args: tuple[str, ...] = (),
+        extra_args: tuple[str, ...] = (), defaults: bool = False,
     ) -> None:
+        """``defaults``: gunicorn's own settings (``gunicorn <app>``: one sync worker), not ours."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         # No new-run limit unless a test sets one: tests start runs faster than any client should.
         self.env = {**os.environ, "ENGINE_CODE_HASH": "gunicorn-test", "RUN_REGISTRY_NEW_RUNS_PER_MINUTE": "0",
                     **(env or {})}
-        self.args = [str(GUNICORN), "-c", "gunicorn.conf.py", *extra_args, app]
+        self.defaults = defaults
+        # Without -c, gunicorn reads ./gunicorn.conf.py: with defaults it starts where there is none.
+        self.cwd = log_path.parent if defaults else ROOT
+        if defaults:
+            self.env["PYTHONPATH"] = str(ROOT)
+        self.args = [str(GUNICORN), *(() if defaults else ("-c", "gunicorn.conf.py")), *extra_args, app]
         if bind:
             self.args += ["--bind", f"127.0.0.1:{self.port}"]
         else:
@@ -71,7 +86,7 @@ class Gunicorn:
 
     def start(self, timeout: float = 30) -> Gunicorn:
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.args, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -84,7 +99,7 @@ class Gunicorn:
             # One worker answering is not all of them: gunicorn forks its workers a random
             # 0-100 ms apart, so wait for as many as it said it would start to be ready (a worker
             # stopped while it still loads the app would hold the stop up for gunicorn's timeout).
-            if self.ready_workers() >= self.expected_workers():
+            if self.defaults or self.ready_workers() >= self.expected_workers():
                 return self
             time.sleep(0.02)
         self.stop()
@@ -139,14 +154,7 @@ class Gunicorn:
     def cpu_seconds(self) -> float:
         """User and system CPU time of the master and its workers so far (Linux /proc)."""
         assert self.process is not None
-        total = 0.0
-        for pid in (self.process.pid, *self.worker_pids()):
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # the process has gone
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return total
+        return sum(process_cpu_seconds(pid) for pid in (self.process.pid, *self.worker_pids()))
 
     def __enter__(self) -> Gunicorn:
         return self.start()
@@ -217,6 +225,10 @@ class RedisServer:
             self.process.send_signal(sig)
             if sig in (signal.SIGTERM, signal.SIGKILL):
                 self.process.wait(timeout=15)
+
+    def cpu_seconds(self) -> float:
+        assert self.process is not None
+        return process_cpu_seconds(self.process.pid)
 
     def client(self):
         import redis

@@ -31,6 +31,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from app.clock import now_ms
+from app.concurrency import readable_now
 from app.concurrency import spawn
 from app.logs import DefectLog
 from app.models import ENGINE_DURATION_BUCKETS_S
@@ -387,6 +388,22 @@ def redis_client_options(timeout_ms: int) -> dict[str, Any]:
     }
 
 
+class _PooledConnection(redis.Connection):
+    """A TCP connection whose check at every checkout from the pool ("has it anything unread?")
+    asks the kernel directly.
+
+    redis-py asks with ``select.poll()``, which under gevent is gevent's cooperative poll: about
+    35 µs a command for a question that never waits (docs/benchmarks.md). Nothing on the socket
+    means nothing unread: replies are read whole (RESP2, no pushes), and a connection that fails
+    mid-reply is disconnected. Anything there, and redis-py's own check decides.
+    """
+
+    def can_read(self, timeout: float = 0) -> bool:
+        if timeout == 0 and self._sock is not None and not readable_now(self._sock):
+            return False
+        return bool(super().can_read(timeout))
+
+
 def redis_pool(url: str, timeout_ms: int) -> redis.ConnectionPool:
     """The connection pool of a client whose commands are short (the registry's, the limits', the
     queue's): at most POOL_CONNECTIONS, and a command beyond them waits up to the timeout for one.
@@ -395,8 +412,10 @@ def redis_pool(url: str, timeout_ms: int) -> redis.ConnectionPool:
     own pool refuses the 101st concurrent command (MaxConnectionsError), which made 500 live
     clients of one run get 503s. Commands take well under a millisecond, so waiting is cheap.
     """
+    # Plain TCP only: rediss:// and unix:// keep their own connection classes.
+    plain = {"connection_class": _PooledConnection} if url.startswith("redis://") else {}
     return redis.BlockingConnectionPool.from_url(
-        url, max_connections=POOL_CONNECTIONS, timeout=timeout_ms / 1000, **redis_client_options(timeout_ms)
+        url, max_connections=POOL_CONNECTIONS, timeout=timeout_ms / 1000, **redis_client_options(timeout_ms), **plain
     )
 
 

@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
 from freezegun import freeze_time
 
 from app.models import RunError
@@ -17,6 +18,7 @@ from app.models import RunRecord
 from app.registry.base import RegistryUnavailable
 from app.registry.redis_registry import POOL_CONNECTIONS
 from app.registry.redis_registry import RedisRegistry
+from app.registry.redis_registry import redis_pool
 from harness.servers import RedisServer
 from harness.servers import free_port
 from harness.servers import wait_until
@@ -311,3 +313,27 @@ def test_prefixes_keep_registries_apart(redis_url):
     assert production.touch(key().digest) is None and production.stats(top_scenarios=20).total_entries == 0
     staging.close()
     production.close()
+
+
+def test_a_pooled_connection_says_whether_anything_is_unread_and_when_redis_closed_it(redis_server):
+    pool = redis_pool(redis_server.url, timeout_ms=2000)
+    connection = pool.get_connection()
+    try:
+        assert connection.can_read() is False  # idle: nothing unread
+        connection.send_command("PING")
+        wait_until(connection.can_read)  # the reply waits on the socket
+        assert connection.read_response() == b"PONG" and connection.can_read() is False
+        redis_server.client().execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        wait_until(lambda: unusable(connection))  # closed by Redis: the pool must not hand it out as it is
+    finally:
+        pool.release(connection)
+    assert redis.Redis(connection_pool=pool).ping()  # the pool reconnected it at checkout
+    pool.disconnect()
+
+
+def unusable(connection) -> bool:
+    """What the pool checks at checkout: something unread, or the server closed it."""
+    try:
+        return connection.can_read()
+    except redis.ConnectionError:
+        return True
