@@ -23,6 +23,11 @@ bp = Blueprint("events", __name__)
 _replay_query = ReplayQuery()
 _NO_REPLAY_PARAMETERS = _replay_query.load({})
 EVENT_STREAM = "text/event-stream"
+_EVENT_STREAM_HEADERS = (
+    ("Content-Type", "text/event-stream; charset=utf-8"),
+    ("Cache-Control", "no-cache"),
+    ("X-Accel-Buffering", "no"),  # nginx: do not buffer
+)
 
 
 @bp.get("/runs/<run_id>")
@@ -72,23 +77,20 @@ def list_events(run_id: str) -> Response:
         '500': EngineError
         '503': Unavailable
     """
-    header = request.headers.get("Last-Event-ID")
-    if header is None and not request.query_string:
+    environ = request.environ
+    header = environ.get("HTTP_LAST_EVENT_ID")
+    if header is None and not environ.get("QUERY_STRING"):
         query = _NO_REPLAY_PARAMETERS  # the common case, without a schema's cost
     else:
         sources = [request.args] if header is None else [request.args, MultiDict({"Last-Event-ID": header})]
         query = load_or_bad_input(_replay_query, CombinedMultiDict(sources))
-    if _wants_event_stream(request.environ.get("HTTP_ACCEPT", "")):
-        stream = run_service().stream(run_id, query["last_event_id"], query["pace"])
-        return Response(
-            stream,
-            mimetype=EVENT_STREAM,
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},  # nginx: do not buffer
-        )
     service = run_service()
+    if _wants_event_stream(environ.get("HTTP_ACCEPT", "")):
+        stream = service.stream(run_id, query["last_event_id"], query["pace"])
+        return Response(stream, headers=_EVENT_STREAM_HEADERS)
     wait = preferred_wait(service)
     record = service.done_run(run_id, wait.seconds)
-    gzip_ok = "HTTP_ACCEPT_ENCODING" in request.environ and request.accept_encodings.quality("gzip") > 0
+    gzip_ok = "HTTP_ACCEPT_ENCODING" in environ and request.accept_encodings.quality("gzip") > 0
 
     def make() -> Response:
         response = Response(service.events_body(record, gzip_ok), mimetype="application/json")
