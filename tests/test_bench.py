@@ -20,9 +20,11 @@ def test_the_benchmark_runs_and_prints_its_table(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = report.read_text()
-    for row in ("lookup hit", "lookup miss (new runs)", "events JSON", "events SSE", "GET /runs/<runId>",
-                "snapshot ZIP", "lookup hit, Redis, 4 workers"):
+    for row in ("lookup hit", "lookup miss (new runs)", "events JSON", "events JSON, 304 (If-None-Match)",
+                "events SSE (done run)", "GET /runs/<runId>", "CSV export", "snapshot ZIP",
+                "lookup hit, Redis, 1 worker", "lookup hit, Redis, 4 workers"):
         assert f"| {row} |" in text, row
+    assert "ratio to peer" in text and "µs of CPU more than an in-memory one" in text
     for figure in ("memory per cached run, tracemalloc", "memory per cached run, RSS growth",
                    "entries:", "sweep of", "live streams of one run", "byte-identical to the replay",
                    "server memory per live stream", "lookup hits while they stream", "slow and",
@@ -30,3 +32,12 @@ def test_the_benchmark_runs_and_prints_its_table(tmp_path):
                    "new runs a second, 2 workers", "lookup to the first live event",
                    "live streams of one run over two web processes"):
         assert figure in text, figure
+
+
+def test_the_overhead_measurement_runs_and_prints_its_table():
+    result = subprocess.run([sys.executable, "-m", "bench.overhead", "--calls", "200"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for row in ("lookup hit", "events JSON, 304", "GET /runs/<runId>", "events SSE (done run)", "CSV export",
+                "snapshot ZIP"):
+        assert f"| {row} |" in result.stdout, row

@@ -57,14 +57,16 @@ def conditional(record: RunRecord, representation: str, make: Callable[[], Respo
     a validator for the bytes at this URL; ``make`` runs only when they are needed.
     """
     etag = f"{record.events_sha256[:40]}-{representation}"
-    if "HTTP_IF_NONE_MATCH" in request.environ and (
-        request.if_none_match.contains(etag) or request.if_none_match.star_tag
+    quoted = f'"{etag}"'
+    if_none_match = request.environ.get("HTTP_IF_NONE_MATCH")
+    # A client revalidating sends back the one ETag it was given: compared as a string first,
+    # and parsed (lists, weak tags, *) only when it is something else.
+    if if_none_match is not None and (
+        if_none_match == quoted or request.if_none_match.contains(etag) or request.if_none_match.star_tag
     ):
-        response = Response(status=304)
-        del response.headers["Content-Type"]
-    else:
-        response = make()
-    response.set_etag(etag)
+        return Response(status=304, headers=(("ETag", quoted),))
+    response = make()
+    response.headers["ETag"] = quoted
     return response
 
 

@@ -160,3 +160,12 @@ def test_streams_of_many_clients_at_once_are_whole(fake_client):
     for thread in threads:
         thread.join(timeout=30)
     assert bodies == [expected] * 16
+
+
+@pytest.mark.parametrize("sent", ["{tag}", 'W/"x", {tag}', "*"], ids=["its tag", "a list with it", "star"])
+def test_a_client_that_has_the_transcript_gets_a_304_without_a_body_or_a_type(fake_client, sent):
+    run_id = new_run(fake_client)
+    tag = fake_client.get(f"/runs/{run_id}/events").headers["ETag"]
+    again = fake_client.get(f"/runs/{run_id}/events", headers={"If-None-Match": sent.format(tag=tag)})
+    assert (again.status_code, again.get_data(), again.headers["ETag"]) == (304, b"", tag)
+    assert "Content-Type" not in again.headers

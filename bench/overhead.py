@@ -1,0 +1,122 @@
+"""What the service adds to a request beyond its floor, in-process: no gunicorn, no sockets.
+
+The service's WSGI app and the floor's (bench/floor.py, answering the service's own bytes)
+are called with the same WSGI environ, one after the other; each figure is the median of five
+batches. The difference is what the service's own code costs a request (the request id, the
+request line, the metrics, validation, the registry, the view), free of the noise that wrk and
+a shared machine add to the full benchmark, so it shows what a change gained.
+
+    python -m bench.overhead            # one table, in a minute or so
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from werkzeug.test import EnvironBuilder
+
+from app.config import load_settings
+from app.factory import create_app
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
+_KEPT_HEADERS = ("Content-Type", "Content-Encoding", "Content-Disposition", "Cache-Control", "X-Accel-Buffering",
+                 "X-Content-Type-Options", "Vary")
+
+
+def call(app: WSGIApp, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+    answer: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], _exc_info: object = None) -> None:
+        answer.append((status, headers))
+
+    body = app(environ, start_response)
+    data = b"".join(body)
+    if hasattr(body, "close"):
+        body.close()
+    return answer[0][0], answer[0][1], data
+
+
+def environ_for(path: str, headers: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+    environ = EnvironBuilder(path=path, headers=list(headers), base_url="http://127.0.0.1:3001").get_environ()
+    environ["REMOTE_ADDR"] = "127.0.0.1"
+    return environ
+
+
+def per_request_us(app: WSGIApp, environ: dict[str, Any], calls: int) -> float:
+    for _ in range(calls // 20):  # warm: caches, the encoded replays
+        call(app, dict(environ))
+    batches = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(calls):
+            call(app, dict(environ))
+        batches.append((time.perf_counter() - started) / calls * 1e6)
+    return statistics.median(batches)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=10_000, help="calls a batch (a tenth for the large bodies)")
+    args = parser.parse_args()
+    os.environ["RUN_REGISTRY_ACCESS_LOG"] = "1"
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    saved_stdout = os.dup(1)
+    os.dup2(devnull, 1)  # the request lines are written, as in production, but not kept
+    try:
+        rows = measure(args.calls)
+    finally:
+        os.dup2(saved_stdout, 1)
+    print("| request | service µs | floor µs | the service adds µs |")
+    print("|---|---:|---:|---:|")
+    for name, service, floor in rows:
+        print(f"| {name} | {service:.1f} | {floor:.1f} | {service - floor:.1f} |")
+
+
+def measure(calls: int) -> list[tuple[str, float, float]]:
+    settings = load_settings({**os.environ, "RUN_REGISTRY_TTL_MIN": "600", "RUN_REGISTRY_NEW_RUNS_PER_MINUTE": "0"})
+    service = create_app(settings)
+    lookup = "/runs/lookup?scenarioId=pricing-v1&seed=42"
+    run_id = json.loads(call(service, environ_for(lookup))[2])["runId"]
+    etag = dict(call(service, environ_for(f"/runs/{run_id}/events"))[1])["ETag"]
+    requests = {  # name: (path, headers, the floor's recorded answer)
+        "lookup hit": (lookup, (), "lookup"),
+        "events JSON": (f"/runs/{run_id}/events", (), "events"),
+        "events JSON, 304": (f"/runs/{run_id}/events", (("If-None-Match", etag),), "events"),
+        "GET /runs/<runId>": (f"/runs/{run_id}", (), "metadata"),
+        "events SSE (done run)": (f"/runs/{run_id}/events", (("Accept", "text/event-stream"),), "sse"),
+        "CSV export": (f"/runs/{run_id}/export.csv", (), "csv"),
+        "snapshot ZIP": (f"/runs/{run_id}/snapshot", (), "snapshot"),
+    }
+    recorded: dict[str, dict[str, object]] = {}
+    for path, headers, name in requests.values():
+        if (name not in recorded and not headers) or name == "sse":
+            _, answer_headers, body = call(service, environ_for(path, headers))
+            kept = {key: value for key, value in answer_headers if key in _KEPT_HEADERS}
+            recorded[name] = {"body": body.hex(), "headers": kept}
+    recorded["events_gzip"] = recorded["events"]
+    with tempfile.TemporaryDirectory() as scratch:
+        (Path(scratch) / "floor.json").write_text(json.dumps(recorded))
+        os.environ["BENCH_FLOOR_RESPONSES"] = str(Path(scratch) / "floor.json")
+        from bench.floor import app as floor
+
+        rows = []
+        for name, (path, headers, floor_name) in requests.items():
+            n = calls // 10 if floor_name in ("sse", "csv", "snapshot") else calls
+            floor_path = requests[next(key for key, value in requests.items() if value[2] == floor_name)][0]
+            floor_headers = (("Accept", "text/event-stream"),) if floor_name == "sse" else ()
+            rows.append((name, per_request_us(service, environ_for(path, headers), n),
+                         per_request_us(floor, environ_for(floor_path, floor_headers), n)))
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())
