@@ -138,7 +138,7 @@ class AccessLog:
             f'{{"ts":"{_timestamp(time.time())}",{_REQUEST_LINE_HEAD}'
             f'"message":{_quote(f"{method} {path[:MAX_LOGGED_PATH_IN_MESSAGE]} {status}")},'
             f'"request_id":"{request_id}","method":{_quote(method)},"path":{_quote(logged_path)},'
-            f'"status":{status},"duration_ms":{round(seconds * 1000, 3)},'
+            f'"status":{status},"duration_ms":{seconds * 1000:.3f},'
             f'"client":{"null" if client is None else _quote(client)}'
         )
         if fields:

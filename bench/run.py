@@ -92,7 +92,20 @@ def main() -> None:
     report = render(table, settings, live_figures, figures, args)
     print(report)
     if args.markdown:
-        args.markdown.write_text(report)
+        write_report(args.markdown, report)
+
+
+BEGIN, END = "<!-- bench.run: begin -->", "<!-- bench.run: end -->"
+
+
+def write_report(path: Path, report: str) -> None:
+    """Into ``path`` between its BEGIN and END markers (the prose around them stays), or as the
+    whole file when it has none."""
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        report = f"{head}{BEGIN}\n{report}{END}{rest.split(END, 1)[1]}"
+    path.write_text(report)
 
 
 def load_test(scratch: Path, args: argparse.Namespace) -> list[Row]:

@@ -41,3 +41,17 @@ def test_the_overhead_measurement_runs_and_prints_its_table():
     for row in ("lookup hit", "events JSON, 304", "GET /runs/<runId>", "events SSE (done run)", "CSV export",
                 "snapshot ZIP"):
         assert f"| {row} |" in result.stdout, row
+
+
+def test_the_report_replaces_only_what_lies_between_its_markers(tmp_path):
+    from bench.run import BEGIN
+    from bench.run import END
+    from bench.run import write_report
+
+    page = tmp_path / "benchmarks.md"
+    page.write_text(f"# Benchmarks\nprose before\n{BEGIN}\nold table\n{END}\nprose after\n")
+    write_report(page, "new table\n")
+    assert page.read_text() == f"# Benchmarks\nprose before\n{BEGIN}\nnew table\n{END}\nprose after\n"
+    bare = tmp_path / "bare.md"
+    write_report(bare, "new table\n")
+    assert bare.read_text() == "new table\n"

@@ -50,24 +50,24 @@ def answered_with(wait: Wait, response: Response) -> Response:
     return response
 
 
-def conditional(record: RunRecord, representation: str, make: Callable[[], Response]) -> Response:
+def conditional(
+    record: RunRecord, representation: str, body: Callable[[], bytes], headers: tuple[tuple[str, str], ...]
+) -> Response:
     """A done run's representation with a strong ETag, or ``304`` when the client has it.
 
     A done run's transcript never changes, so its digest and the representation's name make
-    a validator for the bytes at this URL; ``make`` runs only when they are needed.
+    a validator for the bytes at this URL; ``body`` runs only when they are needed, and the
+    answer carries ``headers`` (its type first) besides the ETag.
     """
-    etag = f"{record.events_sha256[:40]}-{representation}"
-    quoted = f'"{etag}"'
+    quoted = f'"{record.events_sha256[:40]}-{representation}"'
     if_none_match = request.environ.get("HTTP_IF_NONE_MATCH")
     # A client revalidating sends back the one ETag it was given: compared as a string first,
     # and parsed (lists, weak tags, *) only when it is something else.
     if if_none_match is not None and (
-        if_none_match == quoted or request.if_none_match.contains(etag) or request.if_none_match.star_tag
+        if_none_match == quoted or request.if_none_match.contains(quoted[1:-1]) or request.if_none_match.star_tag
     ):
         return Response(status=304, headers=(("ETag", quoted),))
-    response = make()
-    response.headers["ETag"] = quoted
-    return response
+    return Response(body(), headers=(*headers, ("ETag", quoted)))
 
 
 def client_address() -> str:

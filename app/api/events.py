@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -15,6 +16,7 @@ from app.api import answered_with
 from app.api import conditional
 from app.api import preferred_wait
 from app.api import run_service
+from app.models import RunIdentity
 from app.models import run_description
 from app.schemas import ReplayQuery
 from app.schemas import load_or_bad_input
@@ -23,6 +25,9 @@ bp = Blueprint("events", __name__)
 _replay_query = ReplayQuery()
 _NO_REPLAY_PARAMETERS = _replay_query.load({})
 EVENT_STREAM = "text/event-stream"
+_JSON_ONLY = (("Content-Type", "application/json"),)
+_JSON_HEADERS = (("Content-Type", "application/json"), ("Vary", "Accept-Encoding"))
+_GZIP_JSON_HEADERS = (*_JSON_HEADERS, ("Content-Encoding", "gzip"))
 _EVENT_STREAM_HEADERS = (
     ("Content-Type", "text/event-stream; charset=utf-8"),
     ("Cache-Control", "no-cache"),
@@ -44,14 +49,14 @@ def show_run(run_id: str) -> Response:
         '503': Unavailable
     """
     state = run_service().run(run_id)
-    body: dict[str, Any] = {**run_description(state.identity), "status": state.status, "count": state.count}
+    # The status and a known word, counts and the digest need no escaping; the rest is memoised.
+    body = f'{_description_json(state.identity)},"status":"{state.status}","count":{state.count}'
     if state.record is not None:
-        body["eventsSha256"] = state.record.events_sha256
-        body["expiresAt"] = state.expires_at
-    body["hits"] = state.hits
+        body += f',"eventsSha256":"{state.record.events_sha256}","expiresAt":{state.expires_at}'
+    body += f',"hits":{state.hits}'
     if state.error is not None:
-        body["error"] = {"type": state.error.type, "message": state.error.message}
-    return _json(body)
+        body += f',"error":{_json({"type": state.error.type, "message": state.error.message})}'
+    return Response(body + "}", headers=_JSON_ONLY)
 
 
 @bp.get("/runs/<run_id>/events")
@@ -92,14 +97,8 @@ def list_events(run_id: str) -> Response:
     record = service.done_run(run_id, wait.seconds)
     gzip_ok = "HTTP_ACCEPT_ENCODING" in environ and request.accept_encodings.quality("gzip") > 0
 
-    def make() -> Response:
-        response = Response(service.events_body(record, gzip_ok), mimetype="application/json")
-        if gzip_ok:
-            response.content_encoding = "gzip"
-        return response
-
-    response = conditional(record, "json-gzip" if gzip_ok else "json", make)
-    response.headers.add("Vary", "Accept-Encoding")
+    response = conditional(record, "json-gzip" if gzip_ok else "json", lambda: service.events_body(record, gzip_ok),
+                           _GZIP_JSON_HEADERS if gzip_ok else _JSON_HEADERS)
     return answered_with(wait, response)
 
 
@@ -110,6 +109,12 @@ def _wants_event_stream(accept: str) -> bool:
     return request.accept_mimetypes.best_match(["application/json", EVENT_STREAM]) == EVENT_STREAM
 
 
-def _json(body: dict[str, Any]) -> Response:
-    # Straight to json.dumps: Flask's JSON provider does the same with more steps around it.
-    return Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")), mimetype="application/json")
+@functools.lru_cache(maxsize=1024)
+def _description_json(identity: RunIdentity) -> str:
+    """What never changes about a run, as JSON without its closing brace: read on every request
+    for the run's metadata, encoded once."""
+    return _json(run_description(identity))[:-1]
+
+
+def _json(body: dict[str, Any]) -> str:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))

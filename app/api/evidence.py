@@ -148,6 +148,5 @@ def _download_done_run(
     record = service.done_run(run_id, wait.seconds)
     # runIds are letters, digits and ._- (the scenarioId's alphabet): safe in a quoted filename.
     disposition = f'attachment; filename="{record.run_id}.{extension}"'
-    return answered_with(wait, conditional(record, extension, lambda: Response(
-        encode(service, record), content_type=content_type, headers={"Content-Disposition": disposition}
-    )))
+    headers = (("Content-Type", content_type), ("Content-Disposition", disposition))
+    return answered_with(wait, conditional(record, extension, lambda: encode(service, record), headers))
