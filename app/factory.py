@@ -86,5 +86,5 @@ def register_blueprints(app: Flask) -> None:
     from app.api import ops
 
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    for blueprint in (lookup.bp, events.bp, evidence.bp, compare.bp, ops.bp):
+    for blueprint in (lookup.bp, events.bp, evidence.bp, evidence.verification_bp, compare.bp, ops.bp):
         app.register_blueprint(blueprint)

@@ -104,6 +104,8 @@ def list_events(run_id: str) -> Response:
 
 def _wants_event_stream(accept: str) -> bool:
     """Whether the client prefers Server-Sent Events to JSON (parsing Accept only when it could)."""
+    if accept == EVENT_STREAM:  # what EventSource sends: nothing to weigh
+        return True
     if EVENT_STREAM not in accept:
         return False
     return request.accept_mimetypes.best_match(["application/json", EVENT_STREAM]) == EVENT_STREAM
