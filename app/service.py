@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 # answer stays small however many scenarios a registry holds.
 STATS_TOP_SCENARIOS = 20
 # Encoded replays, CSVs and packs of done runs kept per process: the default engine's three come
-# to about 50 KB a run, so this holds the few hundred runs being read at any time.
+# to about 40 KB a run, so this holds the 800 or so runs being read at any time.
 ENCODED_REPLAYS_BYTES = 32 * 1024 * 1024
 T = TypeVar("T")
 
