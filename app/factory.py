@@ -51,7 +51,6 @@ def create_app(
         if settings.execution == "queue" else None  # None: local, the service's own default
     )
     service = RunService(registry, engine, settings, new_run_limit, execution=execution)
-    app.extensions["settings"] = settings
     app.extensions["run_service"] = service
     app.extensions["metrics"] = metrics
     register_error_handlers(app)
