@@ -55,16 +55,15 @@ from app.runner import Slots
 from app.single_flight import SingleFlight
 from app.text import printable
 from app.transcripts import CorruptTranscript
-from app.transcripts import EncodedReplays
 from app.transcripts import TranscriptCache
 
 log = logging.getLogger(__name__)
 # /registry/stats lists this many scenarios by entries; the rest are counted, not named, so the
 # answer stays small however many scenarios a registry holds.
 STATS_TOP_SCENARIOS = 20
-# Encoded replays, CSVs and packs of done runs kept per process: the default engine's three come
-# to about 40 KB a run, so this holds the 800 or so runs being read at any time.
-ENCODED_REPLAYS_BYTES = 32 * 1024 * 1024
+# Done runs' bodies, replays, CSVs and packs kept per process: the default engine's four come to
+# about 48 KB a run, so this holds the 700 or so runs being read at any time.
+TRANSCRIPT_CACHE_BYTES = 32 * 1024 * 1024
 T = TypeVar("T")
 
 
@@ -91,8 +90,7 @@ class RunService:
         self._backend = "redis" if settings.shared_registry else "memory"
         self.engine_code_hash = engine_code_hash(engine, settings)
         self._execution = execution or LocalExecution(registry, engine, settings)
-        self._transcripts = TranscriptCache(capacity=128)
-        self._encoded = EncodedReplays(ENCODED_REPLAYS_BYTES)
+        self._transcripts = TranscriptCache(TRANSCRIPT_CACHE_BYTES)
         self._defects = DefectLog(log)
         self._new_runs = new_run_limit or NewRunLimit(settings.new_runs_per_minute)
         self._verifications: SingleFlight[Verification] = SingleFlight()
@@ -220,16 +218,17 @@ class RunService:
 
     def export_csv(self, record: RunRecord) -> bytes:
         """A done run's transcript as spreadsheet-safe CSV."""
-        return self._encoded.get(record, "csv", lambda: events_csv(self._transcripts.events(record)))
+        return self._transcripts.representation(record, "csv", lambda: events_csv(self._transcripts.events(record)))
 
     def snapshot(self, record: RunRecord) -> bytes:
         """A done run's ZIP evidence pack; the same bytes every time for the same run."""
-        return self._encoded.get(record, "zip", lambda: snapshot_zip(
+        return self._transcripts.representation(record, "zip", lambda: snapshot_zip(
             record, self._transcripts.events_json(record), self.export_csv(record)
         ))
 
     def _sse_replay(self, record: RunRecord) -> SseReplay:
-        return self._encoded.get(record, "sse", lambda: SseReplay.encode(self._transcripts.encoded_events(record)))
+        transcripts = self._transcripts
+        return transcripts.representation(record, "sse", lambda: SseReplay.encode(transcripts.encoded_events(record)))
 
     def _checked(self, record: RunRecord) -> None:
         try:

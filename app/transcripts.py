@@ -17,8 +17,8 @@ from app.models import RunRecord
 from app.models import canonical_json
 from app.runner import MAX_TRANSCRIPT_BYTES
 
-Encoded = bytes | SseReplay
-E = TypeVar("E", bytes, SseReplay)
+Kept = bytes | SseReplay
+K = TypeVar("K", bytes, SseReplay)
 
 
 class CorruptTranscript(Exception):
@@ -27,35 +27,53 @@ class CorruptTranscript(Exception):
 
 
 class TranscriptCache:
-    """The plain /events bodies of the most recently read runs, so a hot run is not
-    decompressed on every request; bounded, so memory stays that of the compressed store.
+    """Done runs read back: the plain /events body of each, and its encoded representations
+    (the SSE replay, the CSV, the ZIP pack), kept once made. A done run never changes, so each is
+    made once per process and served as it is after that; least recently used out first, and
+    bounded by the bytes held, so memory stays bounded whatever runs are read. One item larger
+    than the whole bound is served but not kept.
 
     A body is checked against its record's digest when it is decompressed, so a record that
     a shared backend holds damaged (or that someone wrote there) is never served.
     """
 
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._bodies: OrderedDict[tuple[str, bytes], bytes] = OrderedDict()
+        self._kept: OrderedDict[tuple[str, bytes, str], tuple[Kept, int]] = OrderedDict()
+        self._bytes = 0
+
+    @property
+    def bytes_held(self) -> int:
+        return self._bytes
 
     def body(self, record: RunRecord) -> bytes:
         """The plain /events body of ``record``.
 
         :raises CorruptTranscript: the stored transcript is not what the record says.
         """
-        key = (record.run_id, record.events_digest)
+        return self.representation(record, "json", lambda: _checked_body(record))
+
+    def representation(self, record: RunRecord, name: str, encode: Callable[[], K]) -> K:
+        """``record``'s representation ``name``, made by ``encode`` the first time it is asked for."""
+        key = (record.run_id, record.events_digest, name)
         with self._lock:
-            body = self._bodies.get(key)
-            if body is not None:
-                self._bodies.move_to_end(key)
-                return body
-        body = _checked_body(record)
+            entry = self._kept.get(key)
+            if entry is not None:
+                self._kept.move_to_end(key)
+                return entry[0]  # type: ignore[return-value]
+        value = encode()  # outside the lock: two first readers may both make it; the bytes are the same
+        size = value.size if isinstance(value, SseReplay) else len(value)
+        if size > self.max_bytes:
+            return value
         with self._lock:
-            self._bodies[key] = body
-            if len(self._bodies) > self._capacity:
-                self._bodies.popitem(last=False)
-        return body
+            if key not in self._kept:
+                self._kept[key] = (value, size)
+                self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, dropped) = self._kept.popitem(last=False)
+                self._bytes -= dropped
+        return value
 
     def events_json(self, record: RunRecord) -> bytes:
         """The events' canonical JSON: the bytes eventsSha256 digests."""
@@ -68,47 +86,6 @@ class TranscriptCache:
     def encoded_events(self, record: RunRecord) -> list[EncodedEvent]:
         """The events as they were recorded: type, and their data's canonical JSON."""
         return [(event["type"], canonical_json(event["data"])) for event in self.events(record)]
-
-
-class EncodedReplays:
-    """Done runs' encoded representations (the SSE replay, the CSV, the ZIP pack), least recently
-    used out first, and bounded by the bytes they hold: a done run never changes, so each is
-    encoded once per process and served as it is after that.
-
-    Keyed by runId, the transcript's digest and the representation's name. One representation
-    larger than the whole bound is served but not kept.
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[str, bytes, str], tuple[Encoded, int]] = OrderedDict()
-        self._bytes = 0
-
-    @property
-    def bytes_held(self) -> int:
-        return self._bytes
-
-    def get(self, record: RunRecord, name: str, encode: Callable[[], E]) -> E:
-        """``record``'s representation ``name``, encoded by ``encode`` the first time it is asked for."""
-        key = (record.run_id, record.events_digest, name)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-                return entry[0]  # type: ignore[return-value]
-        value = encode()  # outside the lock: two first readers may both encode; the bytes are the same
-        size = value.size if isinstance(value, SseReplay) else len(value)
-        if size > self.max_bytes:
-            return value
-        with self._lock:
-            if key not in self._entries:
-                self._entries[key] = (value, size)
-                self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, (_, dropped) = self._entries.popitem(last=False)
-                self._bytes -= dropped
-        return value
 
 
 def _checked_body(record: RunRecord) -> bytes:

@@ -12,7 +12,6 @@ from app.models import RunIdentity
 from app.models import RunKey
 from app.models import RunRecord
 from app.transcripts import CorruptTranscript
-from app.transcripts import EncodedReplays
 from app.transcripts import TranscriptCache
 
 EVENTS = [("start", b'{"seed":1}'), ("token", '{"text":"é"}'.encode()), ("done", b"{}")]
@@ -24,7 +23,7 @@ def record(events=EVENTS) -> RunRecord:
 
 
 def test_a_record_reads_back_as_its_events_and_their_canonical_json():
-    cache = TranscriptCache(capacity=2)
+    cache = TranscriptCache(max_bytes=100_000)
     assert cache.encoded_events(record()) == EVENTS
     assert cache.events_json(record()) == '[{"data":{"seed":1},"type":"start"},{"data":{"text":"é"},"type":"token"},' \
                                           '{"data":{},"type":"done"}]'.encode()
@@ -35,7 +34,7 @@ def test_a_transcript_that_does_not_match_its_digest_is_refused():
     damaged = dataclasses.replace(record(), body_gzip=gzip.compress(
         gzip.decompress(record().body_gzip).replace(b"seed", b"sied"), mtime=0))
     with pytest.raises(CorruptTranscript, match="do not match its eventsSha256"):
-        TranscriptCache(capacity=2).body(damaged)
+        TranscriptCache(max_bytes=100_000).body(damaged)
 
 
 @pytest.mark.parametrize(
@@ -45,19 +44,22 @@ def test_a_transcript_that_does_not_match_its_digest_is_refused():
 )
 def test_a_transcript_that_does_not_decompress_within_bounds_is_refused(body_gzip):
     with pytest.raises(CorruptTranscript):
-        TranscriptCache(capacity=2).body(dataclasses.replace(record(), body_gzip=body_gzip))
+        TranscriptCache(max_bytes=100_000).body(dataclasses.replace(record(), body_gzip=body_gzip))
 
 
-def test_the_cache_keeps_the_most_recently_read_bodies_only():
-    cache = TranscriptCache(capacity=1)
+def test_the_cache_keeps_the_most_recently_read_bodies_within_its_bytes():
     first, second = record(), record(EVENTS[:1])
-    assert cache.body(first) is cache.body(first)  # kept
-    cache.body(second)
-    assert cache.body(first) is not cache.body(second)
+    cache = TranscriptCache(max_bytes=len(TranscriptCache(max_bytes=100_000).body(first)) + 1)
+    kept = cache.body(first)
+    assert cache.body(first) is kept
+    cache.body(second)  # both do not fit: the least recently read goes
+    assert cache.bytes_held == len(cache.body(second))
+    again = cache.body(first)  # decompressed and checked again
+    assert again == kept and again is not kept
 
 
-def test_encoded_replays_are_made_once_and_stay_within_their_bytes():
-    replays = EncodedReplays(max_bytes=100)
+def test_representations_are_made_once_and_stay_within_the_bytes():
+    cache = TranscriptCache(max_bytes=100)
     made = []
 
     def encode(size):
@@ -65,17 +67,17 @@ def test_encoded_replays_are_made_once_and_stay_within_their_bytes():
         return b"x" * size
 
     first, second = record(), record(EVENTS[:1])
-    assert replays.get(first, "csv", lambda: encode(60)) == b"x" * 60
-    assert replays.get(first, "csv", lambda: encode(60)) == b"x" * 60 and made == [60]  # kept, not made again
-    replays.get(second, "csv", lambda: encode(50))  # 110 bytes: the least recently used goes
-    assert replays.bytes_held == 50
-    replays.get(first, "csv", lambda: encode(60))
-    assert made == [60, 50, 60] and replays.bytes_held == 60
-    assert replays.get(second, "zip", lambda: encode(101)) == b"x" * 101  # larger than the bound: served, not kept
-    assert replays.bytes_held == 60
+    assert cache.representation(first, "csv", lambda: encode(60)) == b"x" * 60
+    assert cache.representation(first, "csv", lambda: encode(60)) == b"x" * 60 and made == [60]  # kept
+    cache.representation(second, "csv", lambda: encode(50))  # 110 bytes: the least recently used goes
+    assert cache.bytes_held == 50
+    cache.representation(first, "csv", lambda: encode(60))
+    assert made == [60, 50, 60] and cache.bytes_held == 60
+    assert cache.representation(second, "zip", lambda: encode(101)) == b"x" * 101  # too large: served, not kept
+    assert cache.bytes_held == 60
 
 
 def test_an_sse_replay_counts_its_bytes_against_the_bound():
-    replays = EncodedReplays(max_bytes=10_000)
-    replay = replays.get(record(), "sse", lambda: SseReplay.encode(EVENTS))
-    assert replays.bytes_held == replay.size > len(replay.body)
+    cache = TranscriptCache(max_bytes=10_000)
+    replay = cache.representation(record(), "sse", lambda: SseReplay.encode(EVENTS))
+    assert cache.bytes_held == replay.size > len(replay.body)
