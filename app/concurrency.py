@@ -12,6 +12,7 @@ Patched ``threading`` locks, conditions and events work across a native thread a
 
 from __future__ import annotations
 
+import functools
 import select
 import threading
 import time
@@ -62,11 +63,16 @@ def readable_now(sock: Any) -> bool:
     The kernel's own poll(), not gevent's cooperative one (which the patched ``select`` module
     gives): a question that never waits needs no event loop, and gevent's costs about 35 µs.
     """
-    poll = select.poll
+    poller = _kernel_poll()()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+@functools.cache
+def _kernel_poll() -> Callable[[], Any]:
+    """Looked up once: gevent patches a worker before it serves, never after."""
     if gevent_active():
         from gevent import monkey
 
-        poll = monkey.get_original("select", "poll")
-    poller = poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
+        return monkey.get_original("select", "poll")
+    return select.poll

@@ -37,10 +37,6 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("req
 # else (a path, markup, a header-splitting attempt) is replaced rather than echoed.
 _accepted_request_id = re.compile(r"[A-Za-z0-9._-]{1,128}").fullmatch
 _LOG_FIELDS = "run_registry.log_fields"
-
-
-def _new_request_id() -> str:
-    return secrets.token_hex(16)  # 32 hex digits, as nginx's $request_id
 # A hostile query string must not become a hostile log line: one escaped character is up to six
 # bytes, and these bounds keep a whole request line under PIPE_BUF (4 KiB), written atomically.
 MAX_LOGGED_PATH = 400
@@ -170,7 +166,7 @@ class RequestLog:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
         incoming = environ.get("HTTP_X_REQUEST_ID")
-        request_id = incoming if incoming is not None and _accepted_request_id(incoming) else _new_request_id()
+        request_id = incoming if incoming is not None and _accepted_request_id(incoming) else secrets.token_hex(16)
         token = request_id_var.set(request_id)
 
         def answered(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:

@@ -26,10 +26,9 @@ from werkzeug.test import EnvironBuilder
 
 from app.config import load_settings
 from app.factory import create_app
+from bench.run import KEPT_HEADERS
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
-_KEPT_HEADERS = ("Content-Type", "Content-Encoding", "Content-Disposition", "Cache-Control", "X-Accel-Buffering",
-                 "X-Content-Type-Options", "Vary")
 
 
 def call(app: WSGIApp, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -87,21 +86,29 @@ def measure(calls: int) -> list[tuple[str, float, float]]:
     lookup = "/runs/lookup?scenarioId=pricing-v1&seed=42"
     run_id = json.loads(call(service, environ_for(lookup))[2])["runId"]
     etag = dict(call(service, environ_for(f"/runs/{run_id}/events"))[1])["ETag"]
-    requests = {  # name: (path, headers, the floor's recorded answer)
-        "lookup hit": (lookup, (), "lookup"),
-        "events JSON": (f"/runs/{run_id}/events", (), "events"),
-        "events JSON, 304": (f"/runs/{run_id}/events", (("If-None-Match", etag),), "events"),
-        "GET /runs/<runId>": (f"/runs/{run_id}", (), "metadata"),
-        "events SSE (done run)": (f"/runs/{run_id}/events", (("Accept", "text/event-stream"),), "sse"),
-        "CSV export": (f"/runs/{run_id}/export.csv", (), "csv"),
-        "snapshot ZIP": (f"/runs/{run_id}/snapshot", (), "snapshot"),
+    sse = (("Accept", "text/event-stream"),)
+    answers = {  # what the floor repeats, as bench.run records it: name -> (path, headers)
+        "lookup": (lookup, ()),
+        "events": (f"/runs/{run_id}/events", ()),
+        "metadata": (f"/runs/{run_id}", ()),
+        "sse": (f"/runs/{run_id}/events", sse),
+        "csv": (f"/runs/{run_id}/export.csv", ()),
+        "snapshot": (f"/runs/{run_id}/snapshot", ()),
     }
-    recorded: dict[str, dict[str, object]] = {}
-    for path, headers, name in requests.values():
-        if (name not in recorded and not headers) or name == "sse":
-            _, answer_headers, body = call(service, environ_for(path, headers))
-            kept = {key: value for key, value in answer_headers if key in _KEPT_HEADERS}
-            recorded[name] = {"body": body.hex(), "headers": kept}
+    requests = {  # name: (path, headers, the floor's answer to compare with)
+        "lookup hit": (*answers["lookup"], "lookup"),
+        "events JSON": (*answers["events"], "events"),
+        "events JSON, 304": (answers["events"][0], (("If-None-Match", etag),), "events"),
+        "GET /runs/<runId>": (*answers["metadata"], "metadata"),
+        "events SSE (done run)": (*answers["sse"], "sse"),
+        "CSV export": (*answers["csv"], "csv"),
+        "snapshot ZIP": (*answers["snapshot"], "snapshot"),
+    }
+    recorded = {}
+    for name, (path, headers) in answers.items():
+        _, answer_headers, body = call(service, environ_for(path, headers))
+        recorded[name] = {"body": body.hex(), "headers": {key: value for key, value in answer_headers
+                                                          if key in KEPT_HEADERS}}
     recorded["events_gzip"] = recorded["events"]
     with tempfile.TemporaryDirectory() as scratch:
         (Path(scratch) / "floor.json").write_text(json.dumps(recorded))
@@ -111,10 +118,8 @@ def measure(calls: int) -> list[tuple[str, float, float]]:
         rows = []
         for name, (path, headers, floor_name) in requests.items():
             n = calls // 10 if floor_name in ("sse", "csv", "snapshot") else calls
-            floor_path = requests[next(key for key, value in requests.items() if value[2] == floor_name)][0]
-            floor_headers = (("Accept", "text/event-stream"),) if floor_name == "sse" else ()
             rows.append((name, per_request_us(service, environ_for(path, headers), n),
-                         per_request_us(floor, environ_for(floor_path, floor_headers), n)))
+                         per_request_us(floor, environ_for(*answers[floor_name]), n)))
     return rows
 
 

@@ -37,7 +37,7 @@ from harness.servers import http
 from harness.servers import require_binary
 
 # Headers the floor repeats; the rest (Date, Content-Length, X-Request-ID...) are per response.
-_KEPT_HEADERS = ("Content-Type", "Content-Encoding", "Content-Disposition", "Cache-Control", "X-Accel-Buffering",
+KEPT_HEADERS = ("Content-Type", "Content-Encoding", "Content-Disposition", "Cache-Control", "X-Accel-Buffering",
                  "X-Content-Type-Options", "Vary")
 _NEW_KEYS_SCRIPT = """
 local counter = 0
@@ -222,7 +222,7 @@ def record_floor_responses(url: str, run_id: str) -> dict[str, dict[str, object]
     for name, (path, headers) in requests.items():
         reply = http("GET", url + path, headers=headers)
         assert reply.status == 200, (path, reply.status)
-        kept = {key: value for key, value in reply.headers.items() if key in _KEPT_HEADERS}
+        kept = {key: value for key, value in reply.headers.items() if key in KEPT_HEADERS}
         recorded[name] = {"body": reply.body.hex(), "headers": kept}
     return recorded
 

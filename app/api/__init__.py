@@ -22,6 +22,7 @@ from app.models import RunRecord
 from app.service import RunService
 
 MAX_BODY_BYTES = 64 * 1024
+JSON_TYPE = ("Content-Type", "application/json")  # the header, for answers built with their headers at once
 
 
 def run_service() -> RunService:

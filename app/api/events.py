@@ -12,6 +12,7 @@ from flask import request
 from werkzeug.datastructures import CombinedMultiDict
 from werkzeug.datastructures import MultiDict
 
+from app.api import JSON_TYPE
 from app.api import answered_with
 from app.api import conditional
 from app.api import preferred_wait
@@ -25,8 +26,7 @@ bp = Blueprint("events", __name__)
 _replay_query = ReplayQuery()
 _NO_REPLAY_PARAMETERS = _replay_query.load({})
 EVENT_STREAM = "text/event-stream"
-_JSON_ONLY = (("Content-Type", "application/json"),)
-_JSON_HEADERS = (("Content-Type", "application/json"), ("Vary", "Accept-Encoding"))
+_JSON_HEADERS = (JSON_TYPE, ("Vary", "Accept-Encoding"))
 _GZIP_JSON_HEADERS = (*_JSON_HEADERS, ("Content-Encoding", "gzip"))
 _EVENT_STREAM_HEADERS = (
     ("Content-Type", "text/event-stream; charset=utf-8"),
@@ -49,14 +49,14 @@ def show_run(run_id: str) -> Response:
         '503': Unavailable
     """
     state = run_service().run(run_id)
-    # The status and a known word, counts and the digest need no escaping; the rest is memoised.
+    # The status is a known word, and counts and the digest need no escaping; the rest is memoised.
     body = f'{_description_json(state.identity)},"status":"{state.status}","count":{state.count}'
     if state.record is not None:
         body += f',"eventsSha256":"{state.record.events_sha256}","expiresAt":{state.expires_at}'
     body += f',"hits":{state.hits}'
     if state.error is not None:
         body += f',"error":{_json({"type": state.error.type, "message": state.error.message})}'
-    return Response(body + "}", headers=_JSON_ONLY)
+    return Response(body + "}", headers=(JSON_TYPE,))
 
 
 @bp.get("/runs/<run_id>/events")

@@ -6,6 +6,7 @@ from flask import Blueprint
 from flask import Response
 from flask import request
 
+from app.api import JSON_TYPE
 from app.api import answered_with
 from app.api import client_address
 from app.api import preferred_wait
@@ -18,7 +19,7 @@ bp = Blueprint("lookup", __name__)
 # RFC 9211, with this service as the cache: a hit, or a miss that was forwarded to the engine.
 _CACHE_STATUS = {"cache": "run-registry; hit", "new": "run-registry; fwd=miss"}
 _DONE_HEADERS = {
-    source: (("Content-Type", "application/json"), ("Cache-Status", cache_status))
+    source: (JSON_TYPE, ("Cache-Status", cache_status))
     for source, cache_status in _CACHE_STATUS.items()
 }
 
