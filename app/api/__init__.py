@@ -12,8 +12,9 @@ from flask import current_app
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from app.api.prefer import Wait
-from app.api.prefer import requested_wait
+from app.api.negotiation import Wait
+from app.api.negotiation import etag_matches
+from app.api.negotiation import requested_wait
 from app.config import MAX_LOOKUP_WAIT_S
 from app.errors import BadInput
 from app.errors import CrossSiteRequest
@@ -37,9 +38,10 @@ def preferred_wait(service: RunService) -> Wait:
 
     Answers say so with ``answered_with(wait, response)``.
     """
-    if "HTTP_PREFER" not in request.environ:  # the common case, without parsing anything
+    prefer = request.environ.get("HTTP_PREFER")
+    if prefer is None:  # the common case, without parsing anything
         return Wait(service.lookup_wait_s, ())
-    return requested_wait(service.lookup_wait_s, MAX_LOOKUP_WAIT_S)
+    return requested_wait(prefer, service.lookup_wait_s, MAX_LOOKUP_WAIT_S)
 
 
 def answered_with(wait: Wait, response: Response) -> Response:
@@ -64,9 +66,7 @@ def conditional(
     if_none_match = request.environ.get("HTTP_IF_NONE_MATCH")
     # A client revalidating sends back the one ETag it was given: compared as a string first,
     # and parsed (lists, weak tags, *) only when it is something else.
-    if if_none_match is not None and (
-        if_none_match == quoted or request.if_none_match.contains(quoted[1:-1]) or request.if_none_match.star_tag
-    ):
+    if if_none_match is not None and (if_none_match == quoted or etag_matches(if_none_match, quoted)):
         return Response(status=304, headers=(("ETag", quoted),))
     return Response(body(), headers=(*headers, ("ETag", quoted)))
 

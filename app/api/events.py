@@ -17,6 +17,9 @@ from app.api import answered_with
 from app.api import conditional
 from app.api import preferred_wait
 from app.api import run_service
+from app.api.negotiation import EVENT_STREAM
+from app.api.negotiation import accepts_gzip
+from app.api.negotiation import prefers_event_stream
 from app.models import RunIdentity
 from app.models import run_description
 from app.schemas import ReplayQuery
@@ -25,7 +28,6 @@ from app.schemas import load_or_bad_input
 bp = Blueprint("events", __name__)
 _replay_query = ReplayQuery()
 _NO_REPLAY_PARAMETERS = _replay_query.load({})
-EVENT_STREAM = "text/event-stream"
 _JSON_HEADERS = (JSON_TYPE, ("Vary", "Accept-Encoding"))
 _GZIP_JSON_HEADERS = (*_JSON_HEADERS, ("Content-Encoding", "gzip"))
 _EVENT_STREAM_HEADERS = (
@@ -95,7 +97,7 @@ def list_events(run_id: str) -> Response:
         return Response(stream, headers=_EVENT_STREAM_HEADERS)
     wait = preferred_wait(service)
     record = service.done_run(run_id, wait.seconds)
-    gzip_ok = "HTTP_ACCEPT_ENCODING" in environ and request.accept_encodings.quality("gzip") > 0
+    gzip_ok = accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", ""))
 
     response = conditional(record, "json-gzip" if gzip_ok else "json", lambda: service.events_body(record, gzip_ok),
                            _GZIP_JSON_HEADERS if gzip_ok else _JSON_HEADERS)
@@ -106,9 +108,7 @@ def _wants_event_stream(accept: str) -> bool:
     """Whether the client prefers Server-Sent Events to JSON (parsing Accept only when it could)."""
     if accept == EVENT_STREAM:  # what EventSource sends: nothing to weigh
         return True
-    if EVENT_STREAM not in accept:
-        return False
-    return request.accept_mimetypes.best_match(["application/json", EVENT_STREAM]) == EVENT_STREAM
+    return EVENT_STREAM in accept and prefers_event_stream(accept)
 
 
 @functools.lru_cache(maxsize=1024)
