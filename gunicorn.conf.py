@@ -64,7 +64,7 @@ bind = [f"0.0.0.0:{_port}"] if _port else ["127.0.0.1:3001"]
 # Evented: an idle, slow or streaming connection costs a greenlet, not a thread, so none of them
 # can stop the service from answering others; engines run on real threads of their own
 # (app/concurrency.py). gevent also answered about twice gthread's requests a second here.
-worker_class = "gevent"
+worker_class = "app.web_worker.WebWorker"  # gevent's, with deadlines for clients that never finish
 graceful_timeout = 30  # SIGTERM: stop accepting, let in-flight requests finish
 timeout = 60
 # With the gevent worker this also bounds how long a connection may take to send a request's

@@ -17,9 +17,9 @@ import select
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from typing import Protocol
 
 
 def gevent_active() -> bool:
@@ -31,13 +31,58 @@ def gevent_active() -> bool:
     return bool(monkey.is_module_patched("threading"))
 
 
-def real_thread_pool(max_workers: int, name: str) -> Executor:
-    """An executor whose workers are OS threads, whatever gevent patched."""
-    if gevent_active():
-        from gevent.threadpool import ThreadPoolExecutor as NativeThreadPoolExecutor
+class RealThreads(Protocol):
+    """OS threads for calls that compute; ``submit`` never waits, whatever is running."""
 
-        return NativeThreadPoolExecutor(max_workers=max_workers)
-    return ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name)
+    def submit(self, call: Callable[..., Any], /, *args: Any) -> None: ...
+
+
+def real_threads(max_threads: int, name: str) -> RealThreads:
+    """At most ``max_threads`` OS threads, whatever gevent patched; calls beyond them queue.
+
+    The caller bounds how many it queues (``Runner.slots``): here nothing refuses, and nothing waits.
+    """
+    if gevent_active():
+        return _FedNativeThreads(max_threads)
+    return _PlainThreads(ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix=name))
+
+
+class _PlainThreads:
+    def __init__(self, executor: ThreadPoolExecutor) -> None:
+        self._executor = executor
+
+    def submit(self, call: Callable[..., Any], /, *args: Any) -> None:
+        self._executor.submit(call, *args)
+
+
+class _FedNativeThreads:
+    """gevent's pool of native threads, fed by a greenlet of its own.
+
+    The pool's ``spawn`` waits, in the caller's greenlet, until one of its threads is free: a
+    request that only meant to start a run (a lookup with ``Prefer: respond-async``) then waited
+    for a run to end, 7 s, 26 s, and past 40 s behind long runs. Here the call is queued and
+    ``submit`` returns; the feeder is the one that waits for a thread.
+    """
+
+    def __init__(self, max_threads: int) -> None:
+        from gevent.queue import SimpleQueue
+        from gevent.threadpool import ThreadPool
+
+        self._pool = ThreadPool(max_threads)
+        self._queued: SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = SimpleQueue()
+        self._feeder: Any = None
+
+    def submit(self, call: Callable[..., Any], /, *args: Any) -> None:
+        self._queued.put((call, args))
+        if self._feeder is None:  # started on first use: in the worker, after gunicorn forked it
+            import gevent
+
+            self._feeder = gevent.spawn(self._feed)
+
+    def _feed(self) -> None:
+        while True:
+            call, args = self._queued.get()
+            self._pool.spawn(call, *args)  # waits here, for a free thread, in order
 
 
 def spawn(target: Callable[..., Any], *args: Any, name: str) -> threading.Thread:

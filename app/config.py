@@ -46,6 +46,8 @@ class Settings:
     lookup_wait_s: float = DEFAULT_LOOKUP_WAIT_S
     keepalive_s: float = 15.0
     max_waiting: int = 800
+    max_waiting_per_client: int = 100
+    client_timeout_s: float = 10.0
     execution: str = "local"  # "local": the web process runs the engine; "queue": workers do
     queue_wait_s: float = 60.0
     lease_s: float = 10.0
@@ -93,6 +95,8 @@ def _read_settings(environ: Mapping[str, str]) -> Settings:
         lookup_wait_s=_wait_seconds(environ, "RUN_REGISTRY_LOOKUP_WAIT_S", DEFAULT_LOOKUP_WAIT_S),
         keepalive_s=positive_number(environ, "RUN_REGISTRY_KEEPALIVE_S", 15.0, "seconds", 300),
         max_waiting=positive_int(environ, "RUN_REGISTRY_MAX_WAITING", default=800),
+        max_waiting_per_client=positive_int(environ, "RUN_REGISTRY_MAX_WAITING_PER_CLIENT", default=100),
+        client_timeout_s=positive_number(environ, "RUN_REGISTRY_CLIENT_TIMEOUT_S", 10.0, "seconds", 300),
         execution=_execution(environ),
         queue_wait_s=positive_number(environ, "RUN_REGISTRY_QUEUE_WAIT_S", 60.0, "seconds", 3600),
         lease_s=positive_number(environ, "RUN_REGISTRY_LEASE_S", 10.0, "seconds", 50),

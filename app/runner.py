@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from app.concurrency import native_sleep
-from app.concurrency import real_thread_pool
+from app.concurrency import real_threads
 from app.config import Settings
 from app.engine.base import Engine
 from app.engine.base import Event
@@ -104,7 +104,7 @@ class Runner:
         self._engine = engine
         self._timeout_s = settings.engine_timeout_s
         self._delay_s = settings.engine_event_delay_ms / 1000
-        self._threads = real_thread_pool(settings.engine_threads, "engine")
+        self._threads = real_threads(settings.engine_threads, "engine")
         # Runs beyond the threads wait in the pool's queue, up to engine_queue; beyond that a
         # request that would start one is refused at once (503), not left to time out.
         self.slots = Slots(settings.engine_threads + settings.engine_queue)
