@@ -8,6 +8,8 @@ exact, so a client never gets twice its share across a window boundary.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import math
 import time
 
@@ -49,3 +51,29 @@ class NewRunLimit:
             retry_after=math.floor(reset_at - time.time()) + 1,
             client=client,
         )
+
+
+def client_network(address: str) -> str:
+    """What one client is, for the limits: an IPv4 address; an IPv6 address' /64, the least a host
+    or a site is given (each of its 2**64 addresses is otherwise a budget of its own); all of
+    loopback (127.0.0.0/8, ::1) as one; an IPv4 address mapped into IPv6 as that IPv4 address.
+    Anything else (not an address, as a misconfigured proxy may forward) counts as itself.
+    """
+    if len(address) > 64:  # no address is this long: counted, but not kept in the memo below
+        return address[:64]
+    return _network(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _network(address: str) -> str:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return "loopback"
+    if isinstance(ip, ipaddress.IPv4Address):
+        return str(ip)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))

@@ -51,11 +51,11 @@ from app.registry.base import Registry
 from app.registry.base import RegistryFull
 from app.registry.base import RegistryUnavailable
 from app.runner import EngineFault
-from app.runner import Slots
 from app.single_flight import SingleFlight
 from app.text import printable
 from app.transcripts import CorruptTranscript
 from app.transcripts import TranscriptCache
+from app.waiting import WaitingRoom
 
 log = logging.getLogger(__name__)
 # /registry/stats lists this many scenarios by entries; the rest are counted, not named, so the
@@ -95,8 +95,9 @@ class RunService:
         self._new_runs = new_run_limit or NewRunLimit(settings.new_runs_per_minute)
         self._verifications: SingleFlight[Verification] = SingleFlight()
         # Connections that wait (on a run, or streaming one) hold a greenlet each: cheap, but
-        # bounded, so that past it the service says so (503) instead of running out of room.
-        self._waiting = Slots(settings.max_waiting)
+        # bounded, in all and per client, so that past it the service says so (503, or a 202 at
+        # once) instead of running out of room.
+        self._waiting = WaitingRoom(settings.max_waiting, settings.max_waiting_per_client)
 
     # Lookups.
 
@@ -118,7 +119,7 @@ class RunService:
             else:
                 run_id, status, started = found.run_id, found.status, False
         source: Source = "new" if started else "cache"
-        ending: str | RunError = self._wait_for_end(run_id, wait_s) if status == "running" else status
+        ending: str | RunError = self._wait_for_end(run_id, wait_s, client) if status == "running" else status
         if ending == "failed" or isinstance(ending, RunError):
             raise self._failure(run_id, ending if isinstance(ending, RunError) else None)
         return Lookup(run_id, source, done=ending == "done")
@@ -148,10 +149,11 @@ class RunService:
         with _registry_errors:
             self._new_runs.admit(client)
 
-    def _wait_for_end(self, run_id: str, wait_s: float) -> str | RunError:
-        """How the run stands after waiting up to ``wait_s`` for it to end (no waiting past
-        capacity): ``running``, ``done``, ``failed``, or the error it ended with."""
-        if wait_s <= 0 or not self._waiting.take():
+    def _wait_for_end(self, run_id: str, wait_s: float, client: str | None) -> str | RunError:
+        """How the run stands after waiting up to ``wait_s`` for it to end (no waiting past the
+        capacity, or ``client``'s share of it): ``running``, ``done``, ``failed``, or the error it
+        ended with."""
+        if wait_s <= 0 or not self._waiting.take(client):
             return "running"
         try:
             with _registry_errors:
@@ -162,7 +164,7 @@ class RunService:
             with _registry_errors:
                 state = self._registry.get(run_id)
         finally:
-            self._waiting.give_back()
+            self._waiting.give_back(client)
         # It ended before we looked; if it is gone already (a tiny TTL, a full registry), it was done.
         return state.status if state is not None else "done"
 
@@ -197,14 +199,15 @@ class RunService:
             self._checked(state.record)
         return state
 
-    def done_run(self, run_id: str, wait_s: float) -> RunRecord:
-        """The run's record, waiting up to ``wait_s`` for a run that is not done.
+    def done_run(self, run_id: str, wait_s: float, client: str | None = None) -> RunRecord:
+        """The run's record, waiting up to ``wait_s`` for a run that is not done (within ``client``'s
+        share of the waiting room when it is given).
 
         :raises RunPending: it is still running.
         :raises EngineFailed: it failed.
         """
         state = self.run(run_id)
-        if state.status == "running" and self._wait_for_end(run_id, wait_s) != "running":
+        if state.status == "running" and self._wait_for_end(run_id, wait_s, client) != "running":
             state = self.run(run_id)
         if state.status == "running":
             raise RunPending(state.identity.run_id, state.count)
@@ -241,12 +244,14 @@ class RunService:
 
     # Server-Sent Events, live or replayed.
 
-    def stream(self, run_id: str, last_event_id: int | None, pace_ms: int) -> Iterable[bytes]:
+    def stream(
+        self, run_id: str, last_event_id: int | None, pace_ms: int, client: str | None = None
+    ) -> Iterable[bytes]:
         """The run as Server-Sent Events after ``last_event_id``: a done run's transcript (paced
         if asked), or a running run's events so far and then each as it is recorded.
 
         :raises BadInput: ``last_event_id`` is not a position the run has reached.
-        :raises Unavailable: too many connections are waiting already.
+        :raises Unavailable: too many connections are waiting already, or too many of ``client``'s.
         """
         state = self.run(run_id)
         if last_event_id is not None and not 1 <= last_event_id <= state.count:
@@ -255,13 +260,13 @@ class RunService:
         after = last_event_id or 0
         if state.record is not None and not pace_ms:  # a done run, all at once: nothing waits
             return self._sse_replay(state.record).after(after)
-        if not self._waiting.take():
+        if not self._waiting.take(client):
             raise Unavailable("Too many connections are waiting on runs; retry shortly")
         if state.record is not None:
             messages = self._paced(state.record, after, pace_ms)
         else:
             messages = self._live(state.identity.run_id, after)
-        return _ReleasingStream(messages, self._waiting.give_back)
+        return _ReleasingStream(messages, lambda: self._waiting.give_back(client))
 
     def _paced(self, record: RunRecord, after: int, pace_ms: int) -> Iterator[bytes]:
         yield RETRY
@@ -313,8 +318,8 @@ class RunService:
         left_lookup = self.lookup(*left, client, wait_s=0)
         right_lookup = self.lookup(*right, client, wait_s=0)
         deadline = time.monotonic() + wait_s
-        left_record = self.done_run(left_lookup.run_id, wait_s)
-        right_record = self.done_run(right_lookup.run_id, max(0.0, deadline - time.monotonic()))
+        left_record = self.done_run(left_lookup.run_id, wait_s, client)
+        right_record = self.done_run(right_lookup.run_id, max(0.0, deadline - time.monotonic()), client)
         return Comparison(
             left_record, left_lookup.source, right_record, right_lookup.source,
             diff_transcripts(self._transcripts.events(left_record), self._transcripts.events(right_record)),

@@ -101,6 +101,19 @@ def test_behind_a_proxy_the_client_is_the_forwarded_address_only_when_trusted(tr
     assert second.status_code == (429 if limited_on == "the proxy" else 200)
 
 
+@pytest.mark.parametrize(
+    ("first", "second", "shared"),
+    [("2001:db8:1:2::1", "2001:db8:1:2:ffff::9", True), ("2001:db8:1:2::1", "2001:db8:1:3::1", False),
+     ("127.0.0.1", "127.0.0.2", True), ("::1", "127.0.0.9", True), ("192.0.2.1", "::ffff:192.0.2.1", True),
+     ("192.0.2.1", "192.0.2.2", False)],
+    ids=["one-ipv6-64", "two-ipv6-64s", "loopback-8", "loopback-both", "ipv4-mapped", "two-ipv4"],
+)
+def test_a_client_is_its_ipv4_address_or_its_ipv6_64_and_all_of_loopback_is_one(first, second, shared):
+    client = limited_client(1).test_client()
+    assert lookup(client, "s", 1, address=first).status_code == 200
+    assert lookup(client, "s", 2, address=second).status_code == (429 if shared else 200)
+
+
 def test_a_waiter_on_another_clients_refused_run_tries_on_its_own_limit():
     """Two clients ask for one new key at once; the one that leads is over its limit."""
     gate = threading.Event()

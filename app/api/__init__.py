@@ -19,6 +19,7 @@ from app.config import MAX_LOOKUP_WAIT_S
 from app.errors import BadInput
 from app.errors import CrossSiteRequest
 from app.errors import UnsupportedMediaType
+from app.limits import client_network
 from app.models import RunRecord
 from app.service import RunService
 
@@ -72,8 +73,9 @@ def conditional(
 
 
 def client_address() -> str:
-    """Who is asking: the peer's address, or the one trusted proxies forwarded (ProxyFix)."""
-    return request.remote_addr or "unknown"
+    """Who is asking, for the limits: the network of the peer's address, or of the one trusted
+    proxies forwarded (ProxyFix); see ``client_network``."""
+    return client_network(request.remote_addr or "unknown")
 
 
 def bound_request_body() -> None:

@@ -14,6 +14,7 @@ from werkzeug.datastructures import MultiDict
 
 from app.api import JSON_TYPE
 from app.api import answered_with
+from app.api import client_address
 from app.api import conditional
 from app.api import preferred_wait
 from app.api import run_service
@@ -93,10 +94,10 @@ def list_events(run_id: str) -> Response:
         query = load_or_bad_input(_replay_query, CombinedMultiDict(sources))
     service = run_service()
     if _wants_event_stream(environ.get("HTTP_ACCEPT", "")):
-        stream = service.stream(run_id, query["last_event_id"], query["pace"])
+        stream = service.stream(run_id, query["last_event_id"], query["pace"], client_address())
         return Response(stream, headers=_EVENT_STREAM_HEADERS)
     wait = preferred_wait(service)
-    record = service.done_run(run_id, wait.seconds)
+    record = service.done_run(run_id, wait.seconds, client_address())
     gzip_ok = accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", ""))
 
     response = conditional(record, "json-gzip" if gzip_ok else "json", lambda: service.events_body(record, gzip_ok),

@@ -148,7 +148,7 @@ def _download_done_run(
     """A done run's file, ``<runId>.<extension>``, with its ETag (202 while the run runs)."""
     service = run_service()
     wait = preferred_wait(service)
-    record = service.done_run(run_id, wait.seconds)
+    record = service.done_run(run_id, wait.seconds, client_address())
     # runIds are letters, digits and ._- (the scenarioId's alphabet): safe in a quoted filename.
     disposition = f'attachment; filename="{record.run_id}.{extension}"'
     headers = (("Content-Type", content_type), ("Content-Disposition", disposition))

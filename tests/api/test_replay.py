@@ -142,6 +142,25 @@ def test_streams_past_the_waiting_capacity_are_503_and_give_their_slot_back(fake
     assert client.get(f"/runs/{run_id}/events?pace=1", headers=SSE).status_code == 200
 
 
+def test_one_client_has_only_its_share_of_the_waiting_room(fake_engine):
+    client = create_app(test_settings(max_waiting=10, max_waiting_per_client=3), engine=fake_engine).test_client()
+    run_id = new_run(client)
+
+    def stream(address: str):
+        return client.get(f"/runs/{run_id}/events?pace=1", headers=SSE, buffered=False,
+                          environ_base={"REMOTE_ADDR": address})
+
+    hogs = [stream("2001:db8::1"), stream("2001:db8::2"), stream("2001:db8::3")]  # one /64: one client
+    refused = stream("2001:db8::4")
+    assert refused.status_code == 503 and refused.get_json()["type"] == "UNAVAILABLE"
+    others = [stream("192.0.2.7"), stream("192.0.2.8")]
+    assert [answer.status_code for answer in others] == [200, 200]  # everyone else still streams
+    hogs[0].close()
+    assert stream("2001:db8::5").status_code == 200
+    for answer in [*hogs, *others]:
+        answer.close()
+
+
 def test_a_replay_does_not_renew_the_run(fake_client):
     run_id = new_run(fake_client)
     before = fake_client.get(f"/runs/{run_id}").get_json()
