@@ -10,13 +10,18 @@ REDIS_PORT ?= 6390
 run: $(STAMP)
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-# The fleet on one machine: a private redis-server (nothing kept on disk), a worker executing the
-# runs from the job queue, and gunicorn with WEB_CONCURRENCY web workers (default: two per core)
-# on http://127.0.0.1:3001; Ctrl-C stops all three.
+# The fleet on one machine: a private redis-server (nothing kept on disk) that requires a password
+# (made once, kept in .redis-$(REDIS_PORT).conf, readable by you alone), a worker executing the runs
+# from the job queue, and gunicorn with WEB_CONCURRENCY web workers (default: two per core) on
+# http://127.0.0.1:3001; Ctrl-C stops all three.
+REDIS_CONF := $(CURDIR)/.redis-$(REDIS_PORT).conf
 run-redis: $(STAMP)
-	redis-server --port $(REDIS_PORT) --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+	test -s $(REDIS_CONF) || (umask 077; printf 'requirepass %s\n' \
+		"$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(24))')" > $(REDIS_CONF))
+	redis-server $(REDIS_CONF) --port $(REDIS_PORT) --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
 		--pidfile $(CURDIR)/.redis-$(REDIS_PORT).pid --logfile $(CURDIR)/.redis-$(REDIS_PORT).log
-	export RUN_REGISTRY_URL=redis://127.0.0.1:$(REDIS_PORT)/0 RUN_REGISTRY_EXECUTION=queue; \
+	export RUN_REGISTRY_URL="redis://:$$(sed -n 's/^requirepass //p' $(REDIS_CONF))@127.0.0.1:$(REDIS_PORT)/0" \
+		RUN_REGISTRY_EXECUTION=queue; \
 		$(BIN)/python -m app.worker & worker=$$!; \
 		trap 'kill $$worker; kill $$(cat $(CURDIR)/.redis-$(REDIS_PORT).pid)' EXIT; \
 		$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app

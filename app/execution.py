@@ -85,6 +85,7 @@ class QueuedExecution:
 
     def __init__(self, registry: Registry, settings: Settings, engine_code_hash: str) -> None:
         from rq import Queue
+        from rq.serializers import JSONSerializer
 
         from app.registry.redis_registry import RedisRegistry
         from app.registry.redis_registry import redis_client
@@ -95,7 +96,9 @@ class QueuedExecution:
         self._registry = registry
         self._settings = settings
         url, timeout_ms = settings.registry_url, settings.redis_timeout_ms
-        self._queue = Queue(queue_name(settings, engine_code_hash), connection=redis_client(url, timeout_ms))
+        # JSON, not RQ's default pickle: a worker reading a job must not run what its bytes say.
+        self._queue = Queue(queue_name(settings, engine_code_hash), connection=redis_client(url, timeout_ms),
+                            serializer=JSONSerializer)
         # Waiting for a verification's result blocks on Redis for up to the engine timeout.
         self._results = redis_client(url, timeout_ms, blocking_read_s=settings.engine_timeout_s + 10)
 
@@ -125,6 +128,7 @@ class QueuedExecution:
     def reproduce(self, key: RunKey) -> Reproduction:
         from rq.job import Job
         from rq.job import JobStatus
+        from rq.serializers import JSONSerializer
 
         from app.worker import reproduce_run
 
@@ -134,7 +138,7 @@ class QueuedExecution:
                 timeout=round(self._settings.engine_timeout_s) + 30,
                 ttl=round(self._settings.queue_wait_s), result_ttl=60, failure_ttl=600,
             )
-            result = Job.fetch(job.id, connection=self._results).latest_result(
+            result = Job.fetch(job.id, connection=self._results, serializer=JSONSerializer).latest_result(
                 timeout=round(self._settings.queue_wait_s + self._settings.engine_timeout_s)
             )
         if result is None or result.type != result.Type.SUCCESSFUL:
@@ -143,9 +147,9 @@ class QueuedExecution:
                 raise EngineFault(f"No worker took the verification of scenario {key.scenario_id} seed"
                                   f" {key.seed} in time")
             raise EngineFault(f"The engine failed to run scenario {key.scenario_id} seed {key.seed}")
-        returned: tuple[list[tuple[str, bytes]], float] = result.return_value  # type: ignore[assignment]
+        returned: tuple[list[tuple[str, str]], float] = result.return_value  # type: ignore[assignment]
         events, seconds = returned
-        return Reproduction([(event_type, data) for event_type, data in events], seconds)
+        return Reproduction([(event_type, data.encode()) for event_type, data in events], seconds)
 
     def in_use(self) -> int:
         with _unavailable_on_queue_errors():

@@ -11,6 +11,13 @@ Exactly once is the registry's, not the queue's (no queue deduplicates by job id
 executes only a run that is still running, holds the job's owner token and has no executor yet,
 and writes its events and its end only with that token, so a job delivered twice, or a zombie
 horse, can neither execute a run twice nor write over it.
+
+Anyone who can write to the Redis can put a job on the queue, and RQ runs whatever function a
+job names (``os.system`` too) and, with its default pickle serializer, whatever a job's bytes
+unpickle to. So jobs are JSON (RQ's ``JSONSerializer``: reading one runs nothing), and this
+worker executes a job only when it is one of this module's two, with arguments of their shape
+and nothing else a job can ask of a worker (callbacks, webhooks, dependencies); anything else
+is logged and deleted unread. The Redis still needs a password (docs/deploying.md).
 """
 
 from __future__ import annotations
@@ -19,11 +26,13 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import signal
 import socket
 import sys
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 from app.code_hash import engine_code_hash
 from app.config import ConfigError
@@ -37,9 +46,26 @@ from app.models import RunKey
 from app.registry import make_registry
 from app.registry.redis_registry import RedisRegistry
 from app.runner import Runner
+from app.schemas import MAX_SAFE_INTEGER
+from app.schemas import SCENARIO_ID_PATTERN
+from app.text import printable
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
+# How often an idle worker tells Redis it is alive (RQ's default is every 405 s): after a Redis
+# restart it registers again within this, so /readyz counts it (docs/operations.md).
+HEARTBEAT_S = 10
+_RUN_ID = re.compile(r"run_[A-Za-z0-9][A-Za-z0-9._-]{0,127}_-?[0-9]{1,16}_[0-9]{1,16}").fullmatch
+_OWNER = re.compile(r"[0-9a-f]{32}").fullmatch
+_NAME = re.compile(r"[\x21-\x7e]{1,128}").fullmatch  # an engineCodeHash, an engine's name or version
+# The fields of a job hash as this service's enqueue writes them (rq 3); a job with any other
+# asks something of the worker that ours never do.
+_JOB_FIELDS = frozenset({
+    "created_at", "data", "description", "ended_at", "enqueued_at", "failure_callback_name", "failure_ttl",
+    "group_id", "last_heartbeat", "origin", "result_ttl", "started_at", "status", "stopped_callback_name",
+    "success_callback_name", "timeout", "ttl", "worker_name",
+})
+_CALLBACK_FIELDS = ("success_callback_name", "failure_callback_name", "stopped_callback_name")
 
 
 @dataclass(frozen=True)
@@ -84,8 +110,9 @@ def execute_run(run_id: str, owner: str, engine_code_hash: str, engine_name: str
     return "executed"
 
 
-def reproduce_run(scenario_id: str, seed: int, engine_code_hash: str) -> tuple[list[tuple[str, bytes]], float]:
-    """The job of a verification: the engine's events for the key again, and its time."""
+def reproduce_run(scenario_id: str, seed: int, engine_code_hash: str) -> tuple[list[tuple[str, str]], float]:
+    """The job of a verification: the engine's events for the key again (type and data JSON,
+    as JSON can carry them), and its time."""
     _die_with_the_worker()
     horse = _horse()
     if engine_code_hash != horse.engine_code_hash:
@@ -93,7 +120,45 @@ def reproduce_run(scenario_id: str, seed: int, engine_code_hash: str) -> tuple[l
     if not horse.runner.slots.take():
         raise RuntimeError("no room for a verification")
     reproduction = horse.runner.reproduce(RunKey(scenario_id, seed, engine_code_hash))
-    return reproduction.events, reproduction.seconds
+    return [(event_type, data.decode()) for event_type, data in reproduction.events], reproduction.seconds
+
+
+def _execute_run_arguments(args: list[Any]) -> bool:
+    return (len(args) == 5 and all(isinstance(arg, str) for arg in args) and bool(_RUN_ID(args[0]))
+            and bool(_OWNER(args[1])) and all(_NAME(arg) for arg in args[2:]))
+
+
+def _reproduce_run_arguments(args: list[Any]) -> bool:
+    return (len(args) == 3 and isinstance(args[0], str) and bool(SCENARIO_ID_PATTERN.match(args[0]))
+            and type(args[1]) is int and -MAX_SAFE_INTEGER <= args[1] <= MAX_SAFE_INTEGER
+            and isinstance(args[2], str) and bool(_NAME(args[2])))
+
+
+# By their import path: the worker runs as __main__ (python -m app.worker), the web enqueues by path.
+_JOBS = {"app.worker.execute_run": _execute_run_arguments, "app.worker.reproduce_run": _reproduce_run_arguments}
+
+
+def job_refusal(fields: dict[Any, Any], job: Any) -> str | None:
+    """Why a job from the queue is not this service's to execute, or ``None`` if it is.
+
+    ``fields`` is the job's hash as Redis holds it; ``job`` the job RQ read from it (with the JSON
+    serializer, which runs nothing).
+    """
+    names = {name.decode(errors="replace") for name in fields}
+    if not names <= _JOB_FIELDS:
+        return f"it asks for more than a run (fields {', '.join(sorted(names - _JOB_FIELDS))})"
+    if any(fields.get(name.encode()) for name in _CALLBACK_FIELDS):
+        return "it names callbacks"
+    try:
+        function, instance, args, kwargs = job.func_name, job.instance, job.args, job.kwargs
+    except Exception:
+        return "its data is not a JSON job"
+    check = _JOBS.get(function) if isinstance(function, str) else None
+    if check is None:
+        return f"it calls {printable(str(function), limit=80)!r}, not one of this service's jobs"
+    if instance is not None or kwargs or not isinstance(args, list | tuple) or not check(list(args)):
+        return f"its arguments are not those of {function}"
+    return None
 
 
 def _scenario_and_seed(run_id: str) -> tuple[str, int]:
@@ -113,7 +178,7 @@ def main() -> None:
     """Run an RQ worker on this deploy's queue until SIGTERM (a warm shutdown, as Heroku sends it)."""
     from redis import Redis
     from rq import Queue
-    from rq.worker import HerokuWorker
+    from rq.serializers import JSONSerializer
 
     configure_json_logging()
     try:
@@ -125,11 +190,64 @@ def main() -> None:
     except ConfigError as err:
         sys.exit(f"run-registry worker: refusing to start: {err}")
     connection = Redis.from_url(horse.settings.registry_url)  # RQ blocks on its queue: no short read timeout
-    queue = Queue(queue_name(horse.settings, horse.engine_code_hash), connection=connection)
+    queue = Queue(queue_name(horse.settings, horse.engine_code_hash), connection=connection, serializer=JSONSerializer)
     log.info("run-registry worker: executing runs of %s %s (engineCodeHash %s) from queue %s",
              horse.engine.name, horse.engine.version, horse.engine_code_hash, queue.name)
-    worker = HerokuWorker([queue], connection=connection, name=f"run-registry-{socket.gethostname()}-{os.getpid()}")
+    worker = _worker_class()([queue], connection=connection, serializer=JSONSerializer, worker_ttl=HEARTBEAT_S + 15,
+                             name=f"run-registry-{socket.gethostname()}-{os.getpid()}")
     worker.work(with_scheduler=False, logging_level="INFO")
+
+
+def _worker_class() -> type:
+    """RQ's worker for Heroku-style hosts, for this service's own jobs only (defined on first use:
+    the web processes import this module for the job functions, and need no RQ worker)."""
+    from rq import worker_registration
+    from rq.worker import HerokuWorker
+
+    class OwnJobsWorker(HerokuWorker):
+        def execute_job(self, job: Any, queue: Any) -> None:
+            refusal = job_refusal(self.connection.hgetall(job.key), job)
+            if refusal is None:
+                super().execute_job(job, queue)
+                return
+            log.error("run-registry worker: job %s refused and deleted: %s", printable(job.id, limit=80), refusal)
+            _delete_job(self.connection, job.id, queue.intermediate_queue_key)
+
+        def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+            while True:
+                try:
+                    return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+                except Exception as err:
+                    # A job RQ cannot even read (a pickled one, a hash not RQ's): RQ would stop
+                    # the worker, and the next worker would meet it again.
+                    job_id, queue = getattr(err, "job_id", None), getattr(err, "queue", None)
+                    if job_id is None or queue is None:
+                        raise
+                    log.error("run-registry worker: job %s refused and deleted: RQ cannot read it (%s)",
+                              printable(str(job_id), limit=80), err.__class__.__name__)
+                    _delete_job(self.connection, job_id, queue.intermediate_queue_key)
+
+        def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+            # A Redis restarted without its data forgot this worker; RQ's heartbeat would only
+            # extend a key that is no longer there, and the fleet would count no workers.
+            if pipeline is None and not self.connection.sismember(
+                worker_registration.WORKERS_BY_QUEUE_KEY % self.queue_names()[0], self.key
+            ):
+                with self.connection.pipeline() as registering:
+                    registering.hset(self.key, mapping=self.serialize())
+                    worker_registration.register(self, registering)
+                    registering.execute()
+                log.warning("run-registry worker: registered again (Redis had forgotten this worker)")
+            super().heartbeat(timeout, pipeline)
+
+    return OwnJobsWorker
+
+
+def _delete_job(connection: Any, job_id: str, intermediate_queue_key: str) -> None:
+    with connection.pipeline() as pipeline:
+        pipeline.lrem(intermediate_queue_key, 1, job_id)
+        pipeline.delete(f"rq:job:{job_id}")
+        pipeline.execute()
 
 
 def queue_name(settings: Settings, code_hash: str) -> str:

@@ -157,3 +157,60 @@ def test_in_local_mode_a_killed_web_process_fails_its_run_and_another_web_proces
         assert watched and b"event: error\n" in watched[0]
         metadata = http("GET", f"{watcher.url}/runs/{run_id}").json()
         assert metadata["status"] == "failed" and "stopped before it ended" in metadata["error"]["message"]
+
+
+def test_a_worker_executes_only_the_services_own_jobs_and_deletes_the_rest(tmp_path, redis_url):
+    import redis
+    from rq import Callback
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    env = fleet_env(redis_url, tmp_path / "executions")
+    marker = tmp_path / "owned"
+    connection = redis.Redis.from_url(redis_url)
+    name = "run-registry:runs:procfile-test"  # the hash is public at /readyz: so is the queue's name
+    with (ProcfileProcess("worker", tmp_path / "worker.log", env) as worker,
+          ProcfileProcess("web", tmp_path / "web.log", env) as web):
+        pickled, json_jobs = Queue(name, connection=connection), Queue(name, connection=connection,
+                                                                      serializer=JSONSerializer)
+        foreign = [
+            pickled.enqueue("os.system", f"touch {marker}-pickled"),  # RQ's default serializer
+            json_jobs.enqueue("os.system", f"touch {marker}-json"),
+            json_jobs.enqueue_call("app.worker.execute_run", args=(f"run_x_1_1; touch {marker}", "a" * 32, "h",
+                                                                    "e", "1")),
+            json_jobs.enqueue_call("app.worker.reproduce_run", args=("a", 1, "procfile-test"),
+                                   on_success=Callback("os.system")),
+            json_jobs.enqueue_call("app.worker.reproduce_run", args=("a", True, "procfile-test")),
+        ]
+        wait_until(lambda: worker.log().count("refused and deleted") == len(foreign), timeout=30, every=0.05)
+        # Its own jobs still run: a queued run, and a verification.
+        run_id = http("GET", f"{web.url}/runs/lookup?scenarioId=own&seed=1", timeout=30).json()["runId"]
+        assert http("POST", f"{web.url}/runs/{run_id}/verify", timeout=30).json()["reproducible"] is True
+        assert worker.process.poll() is None
+        log = worker.log()
+    assert not list(tmp_path.glob("owned*"))
+    assert "it calls 'os.system', not one of this service's jobs" in log and "its data is not a JSON job" in log
+    assert "it asks for more than a run (fields success_callback_timeout)" in log
+    assert log.count("its arguments are not those of app.worker") == 2
+    assert all(not connection.exists(f"rq:job:{job.id}") for job in foreign)
+    assert [row[1:3] for row in executions(tmp_path / "executions")] == [("own", 1), ("own", 1)]
+
+
+def test_a_worker_registers_again_after_redis_restarts_without_its_data(tmp_path):
+    from harness.servers import RedisServer
+
+    redis_server = RedisServer(tmp_path).start()
+    env = fleet_env(redis_server.url, tmp_path / "executions")
+    try:
+        with (ProcfileProcess("worker", tmp_path / "worker.log", env) as worker,
+              ProcfileProcess("web", tmp_path / "web.log", env) as web):
+            assert http("GET", f"{web.url}/readyz").json()["workers"] == 1
+            redis_server.stop()
+            redis_server = RedisServer(tmp_path, port=redis_server.port).start()  # empty: nothing kept on disk
+            wait_until(lambda: http("GET", f"{web.url}/readyz").json().get("workers") == 1, timeout=30, every=0.2)
+            assert http("GET", f"{web.url}/registry/stats").json()["workers"] == 1
+            assert "run_registry_workers 1.0" in http("GET", f"{web.url}/metrics").body.decode()
+            assert http("GET", f"{web.url}/runs/lookup?scenarioId=after&seed=1", timeout=30).json()["source"] == "new"
+            assert "registered again" in worker.log()
+    finally:
+        redis_server.stop()
