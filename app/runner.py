@@ -209,6 +209,10 @@ class Runner:
                 if not appended:
                     log.error("run %s is no longer this process's to record; its engine's events are dropped", run_id)
                     handoff.abandon()
+                    # Failed, if it is still ours at all (a registry that did not answer for
+                    # REGISTRY_RETRY_S), rather than left running on a lease this process renews.
+                    self._with_retries(lambda: self._registry.fail(
+                        run_id, owner, RunError("ENGINE_ERROR", f"Run {run_id} could not be recorded")))
                     return
                 events.extend(batch)
             if closed:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -13,6 +15,7 @@ from app.registry import redis_registry
 from harness.fakes import FakeEngine
 from harness.fakes import ScenarioPacedEngine
 from harness.fakes import SteppedEngine
+from harness.servers import RedisServer
 from harness.servers import free_port
 from harness.servers import wait_until
 from tests.conftest import test_settings
@@ -84,7 +87,7 @@ def test_the_new_run_limit_holds_across_the_fleet_under_its_own_prefix(redis_url
     statuses = [web[seed % 2].get(f"/runs/lookup?scenarioId=s&seed={seed}").status_code for seed in range(5)]
     assert statuses == [200, 200, 200, 429, 429]
     limit_keys = redis_server.client().keys("run-registry:limits*")
-    assert limit_keys and all(b"127.0.0.1" in name for name in limit_keys)
+    assert limit_keys and all(b"loopback" in name for name in limit_keys)  # 127.0.0.1: one client, loopback
 
 
 def test_a_transcript_that_does_not_match_its_digest_is_not_served_and_the_key_runs_anew(
@@ -144,3 +147,22 @@ def test_a_lookup_waiting_on_a_run_redis_lost_is_a_503_to_look_it_up_again(redis
                                  "message": "The run is no longer in the registry; look it up again"}
     again = client.get(lookup, headers={"Prefer": "respond-async"}).get_json()
     assert again["source"] == "new" and again["runId"] != first
+
+
+def test_a_redis_that_stalls_for_a_second_and_a_half_fails_no_run(tmp_path):
+    """kill -STOP of redis-server mid-run: appends time out, and land once Redis goes on; their
+    retries must be recognised, and the run end done, whole, as if nothing happened."""
+    with RedisServer(tmp_path) as server:
+        client = redis_app(server.url, engine=ScenarioPacedEngine()).test_client()
+        lookup = "/runs/lookup?scenarioId=paced-20-100&seed=1"  # about 2 s
+        run_id = client.get(lookup, headers={"Prefer": "respond-async"}).get_json()["runId"]
+        wait_until(lambda: client.get(f"/runs/{run_id}").get_json()["count"] >= 10)
+        server.stop(signal.SIGSTOP)
+        time.sleep(1.5)  # the stall itself: Redis's own clock, which nothing here can move
+        server.stop(signal.SIGCONT)
+        wait_until(lambda: client.get(f"/runs/{run_id}").get_json()["status"] != "running", timeout=30, every=0.05)
+        run = client.get(f"/runs/{run_id}").get_json()
+        events = client.get(f"/runs/{run_id}/events").get_json()["events"]
+    assert (run["status"], run["count"]) == ("done", 103)
+    assert [event["data"].get("tokenIndex") for event in events[1:101]] == list(range(1, 101))
+    assert [event["type"] for event in events] == ["start"] + ["token"] * 100 + ["report", "done"]

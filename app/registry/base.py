@@ -80,20 +80,26 @@ class Registry(Protocol):
     def append(self, run_id: str, owner: str, first_position: int, events: Sequence[EncodedEvent]) -> bool:
         """Record ``events`` at positions ``first_position``, ``first_position + 1``, ...
 
+        Idempotent: the same events at the same positions again (a retry of an append whose
+        answer was lost) are recognised, and recorded once.
+
         :returns: ``False`` if the run is not ``owner``'s to write (it failed meanwhile, or
-            another owner holds it) or a position is not the next one: nothing was recorded.
+            another owner holds it), or a position is neither the next one nor holds these
+            events already: nothing was recorded.
         """
         ...
 
     def finish(self, run_id: str, owner: str, record: RunRecord) -> bool:
-        """Make the run done with its transcript; its TTL starts now.
+        """Make the run done with its transcript; its TTL starts now. Idempotent: finishing a
+        run that is done with this transcript already is ``True`` and changes nothing.
 
         :returns: ``False`` if the run is not ``owner``'s running run: nothing changed.
         """
         ...
 
     def fail(self, run_id: str, owner: str, error: RunError) -> bool:
-        """Make the run failed with ``error``, and free its key.
+        """Make the run failed with ``error``, and free its key. Idempotent: failing a run that
+        failed with this error already is ``True`` and changes nothing.
 
         :returns: ``False`` if the run is not ``owner``'s running run: nothing changed.
         """

@@ -51,6 +51,10 @@ class LiveLog:
         """Every event recorded so far (a copy)."""
         return list(self._events)
 
+    def holds(self, first_position: int, events: Sequence[EncodedEvent]) -> bool:
+        """Whether these events are recorded already, at these positions (a retried append)."""
+        return self._events[first_position - 1:first_position - 1 + len(events)] == list(events)
+
     def extend(self, events: Sequence[EncodedEvent]) -> None:
         if self._ending is None:
             self._events.extend(events)

@@ -121,7 +121,11 @@ class MemoryRegistry:
     def append(self, run_id: str, owner: str, first_position: int, events: Sequence[EncodedEvent]) -> bool:
         with self._lock:
             running = self._owned(run_id, owner)
-            if running is None or first_position != running.log.count + 1:
+            if running is None:
+                return False
+            if first_position <= running.log.count:  # a retry of an append that landed, or a clash
+                return running.log.holds(first_position, events)
+            if first_position != running.log.count + 1:
                 return False
             running.log.extend(events)
             return True
@@ -130,8 +134,10 @@ class MemoryRegistry:
         now = now_ms()
         with self._lock:
             running = self._owned(run_id, owner)
-            if running is None:
-                return False
+            if running is None:  # or done already, by a finish with this transcript
+                cache_key_of_run = self._keys_by_run_id.get(run_id)
+                done = self._done.get(cache_key_of_run) if cache_key_of_run is not None else None
+                return done is not None and done.record.run_id == run_id and done.record.events_digest == record.events_digest
             cache_key = running.identity.cache_key
             del self._running[cache_key]
             # Time passed while the engine ran: make room from expired entries first.
@@ -144,8 +150,9 @@ class MemoryRegistry:
         now = now_ms()
         with self._lock:
             running = self._owned(run_id, owner)
-            if running is None:
-                return False
+            if running is None:  # or failed already, with this error
+                failed = self._failed.get(run_id)
+                return failed is not None and failed.error == error
             del self._running[running.identity.cache_key]
             self._forget(running.identity)
             self._failed[run_id] = _Failed(running, error, now)

@@ -83,6 +83,30 @@ class RegistryContract:
         assert registry.append(run_id, "owner-1", 3, EVENTS[2:])
         assert registry.open_log(run_id).read(0, timeout=1).events == EVENTS
 
+    def test_a_retried_write_that_landed_is_recognised_and_recorded_once(self, registry):
+        """A write whose answer was lost (a timeout, on Redis) is retried: the retry must be told
+        it landed, or the run is given up though nothing is wrong."""
+        run_id = start(registry).run_id
+        assert registry.append(run_id, "owner-1", 1, EVENTS[:2])
+        assert registry.append(run_id, "owner-1", 1, EVENTS[:2])  # the same batch again
+        assert registry.append(run_id, "owner-1", 2, EVENTS[1:2])  # or the tail of it
+        assert not registry.append(run_id, "owner-1", 2, EVENTS[2:])  # another event at a taken position
+        assert not registry.append(run_id, "owner-1", 2, EVENTS[1:])  # partly past what is there
+        assert not registry.append(run_id, "intruder", 1, EVENTS[:2])  # the same events, not its run
+        assert registry.get(run_id).count == 2
+        assert registry.append(run_id, "owner-1", 3, EVENTS[2:])
+        record = RunRecord.create(identity(key(), run_id), EVENTS)
+        assert registry.finish(run_id, "owner-1", record)
+        assert registry.finish(run_id, "owner-1", record)  # a retried finish
+        assert not registry.finish(run_id, "owner-1", RunRecord.create(identity(key(), run_id), EVENTS[:1]))
+        assert registry.get(run_id).record == record
+        failing = start(registry, key("k2")).run_id
+        error = RunError("ENGINE_ERROR", "engine exploded")
+        assert registry.fail(failing, "owner-1", error)
+        assert registry.fail(failing, "owner-1", error)  # a retried fail
+        assert not registry.fail(failing, "owner-1", RunError("ENGINE_ERROR", "another"))
+        assert registry.get(failing).error == error
+
     def test_finishing_makes_the_run_done_and_starts_its_ttl(self, registry, ttl_ms):
         run_id = create(registry)
         state = registry.get(run_id)

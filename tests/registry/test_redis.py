@@ -168,7 +168,21 @@ def test_a_queued_run_is_executed_by_one_job_only_however_often_it_is_delivered(
     assert not redelivered.take_over(run_id, "owner-1", executor="worker-2")  # the same job again
     assert not worker.take_over(run_id, "another-token", executor="worker-3")  # not its job
     assert worker.append(run_id, "owner-1", 1, EVENTS[:1])
-    assert not worker.append(run_id, "owner-1", 1, EVENTS[:1])  # a position recorded already
+    assert not worker.append(run_id, "owner-1", 1, EVENTS[1:2])  # a position recorded already, otherwise
+
+
+def test_a_retried_start_or_take_over_that_landed_is_the_callers_own(make_registry):
+    """A start or a take-over whose answer was lost (a timeout) is retried: the retry must find
+    the run its caller's, or nobody executes it."""
+    web, worker = make_registry(), make_registry()
+    first = start(web)
+    again = start(web)  # the same owner token: the very start, retried
+    assert (again.started, again.run_id) == (True, first.run_id)
+    assert not start(make_registry(), owner="owner-2").started  # anyone else finds it
+    assert web.hand_over(first.run_id, "owner-1", wait_ms=10_000)
+    assert worker.take_over(first.run_id, "owner-1", executor="worker-1")
+    assert worker.take_over(first.run_id, "owner-1", executor="worker-1")  # retried by the same executor
+    assert not make_registry().take_over(first.run_id, "owner-1", executor="worker-2")
 
 
 def test_a_zombie_job_can_neither_append_nor_overwrite_after_its_run_failed(make_registry):

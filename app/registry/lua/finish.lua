@@ -1,10 +1,13 @@
 -- ARGV: prefix, runId, owner, ttl_ms, eventsDigest, bodyGzip, count, stream_grace_ms, sweep_slice.
 -- Makes the owner's running run done: its transcript stored, its TTL started, its stream ended
 -- (and kept a little while for readers still on it). Returns 1, or 0 if it is not the owner's.
+-- A retry of a finish that landed (done, with this transcript) is 1 and changes nothing.
 local run_id = ARGV[2]
 local run = prefix .. 'run:' .. run_id
-local f = redis.pcall('HMGET', run, 'status', 'owner', 'count', 'cacheKey', 'scenarioId')
-if f.err or f[1] ~= 'running' or f[2] ~= ARGV[3] or tonumber(f[3]) ~= tonumber(ARGV[7]) then return 0 end
+local f = redis.pcall('HMGET', run, 'status', 'owner', 'count', 'cacheKey', 'scenarioId', 'eventsDigest')
+if f.err then return 0 end
+if f[1] == 'done' and f[6] == ARGV[5] and tonumber(f[3]) == tonumber(ARGV[7]) then return 1 end
+if f[1] ~= 'running' or f[2] ~= ARGV[3] or tonumber(f[3]) ~= tonumber(ARGV[7]) then return 0 end
 local now = now_ms()
 sweep(now, tonumber(ARGV[9]))
 local expires = now + tonumber(ARGV[4])

@@ -3,6 +3,12 @@
 -- sweep_slice.
 -- Returns {'found', runId, status} (a hit), {'started', runId} or {'full'}.
 local cache_key, ttl, max_entries = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[8])
+-- The key's run started by this very owner (its token is secret and new): a retry of a start
+-- whose answer was lost. The run is this caller's to execute.
+local claimed = string_at(prefix .. 'key:' .. cache_key)
+if claimed and redis.pcall('HGET', prefix .. 'run:' .. claimed, 'owner') == ARGV[6] then
+  return {'started', claimed}
+end
 local found = touch(cache_key, ttl)
 if found then return {'found', found[1], found[2]} end
 local now = now_ms()
