@@ -135,9 +135,7 @@ class MemoryRegistry:
         with self._lock:
             running = self._owned(run_id, owner)
             if running is None:  # or done already, by a finish with this transcript
-                cache_key_of_run = self._keys_by_run_id.get(run_id)
-                done = self._done.get(cache_key_of_run) if cache_key_of_run is not None else None
-                return done is not None and done.record.run_id == run_id and done.record.events_digest == record.events_digest
+                return self._done_with(run_id, record)
             cache_key = running.identity.cache_key
             del self._running[cache_key]
             # Time passed while the engine ran: make room from expired entries first.
@@ -145,6 +143,11 @@ class MemoryRegistry:
             self._done[cache_key] = _Done(record, now + self.ttl_ms, running.hits)
         running.log.end("done")  # readers finish from the log they hold; the registry keeps the record
         return True
+
+    def _done_with(self, run_id: str, record: RunRecord) -> bool:
+        cache_key = self._keys_by_run_id.get(run_id)
+        done = self._done.get(cache_key) if cache_key is not None else None
+        return done is not None and done.record.run_id == run_id and done.record.events_digest == record.events_digest
 
     def fail(self, run_id: str, owner: str, error: RunError) -> bool:
         now = now_ms()
