@@ -153,6 +153,16 @@ def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
         )
 
 
+def when_ready(server):  # noqa: ARG001 - gunicorn's hook signature
+    """Behind a Heroku-style router every client's connection comes from the router: without
+    trusting its X-Forwarded-For, all of them would share one client's limits."""
+    if os.environ.get("DYNO") and not _settings.trusted_proxies:
+        logging.getLogger("gunicorn.error").warning(
+            "run-registry: DYNO is set but RUN_REGISTRY_TRUSTED_PROXIES is 0: behind the host's router every"
+            " client shares the router's new-run limit and waiting room; set RUN_REGISTRY_TRUSTED_PROXIES=1"
+        )
+
+
 def child_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
     """A dead worker's live gauges must not be summed any more."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -48,6 +48,7 @@ class Settings:
     max_waiting: int = 800
     max_waiting_per_client: int = 100
     client_timeout_s: float = 10.0
+    transcript_cache_mb: int = 32
     execution: str = "local"  # "local": the web process runs the engine; "queue": workers do
     queue_wait_s: float = 60.0
     lease_s: float = 10.0
@@ -97,6 +98,7 @@ def _read_settings(environ: Mapping[str, str]) -> Settings:
         max_waiting=positive_int(environ, "RUN_REGISTRY_MAX_WAITING", default=800),
         max_waiting_per_client=positive_int(environ, "RUN_REGISTRY_MAX_WAITING_PER_CLIENT", default=100),
         client_timeout_s=positive_number(environ, "RUN_REGISTRY_CLIENT_TIMEOUT_S", 10.0, "seconds", 300),
+        transcript_cache_mb=positive_int(environ, "RUN_REGISTRY_TRANSCRIPT_CACHE_MB", default=32),
         execution=_execution(environ),
         queue_wait_s=positive_number(environ, "RUN_REGISTRY_QUEUE_WAIT_S", 60.0, "seconds", 3600),
         lease_s=positive_number(environ, "RUN_REGISTRY_LEASE_S", 10.0, "seconds", 50),

@@ -61,9 +61,6 @@ log = logging.getLogger(__name__)
 # /registry/stats lists this many scenarios by entries; the rest are counted, not named, so the
 # answer stays small however many scenarios a registry holds.
 STATS_TOP_SCENARIOS = 20
-# Done runs' bodies, replays, CSVs and packs kept per process: the default engine's four come to
-# about 48 KB a run, so this holds the 700 or so runs being read at any time.
-TRANSCRIPT_CACHE_BYTES = 32 * 1024 * 1024
 T = TypeVar("T")
 
 
@@ -90,7 +87,10 @@ class RunService:
         self._backend = "redis" if settings.shared_registry else "memory"
         self.engine_code_hash = engine_code_hash(engine, settings)
         self._execution = execution or LocalExecution(registry, engine, settings)
-        self._transcripts = TranscriptCache(TRANSCRIPT_CACHE_BYTES)
+        # Done runs' bodies, replays, CSVs and packs kept per process (RUN_REGISTRY_TRANSCRIPT_CACHE_MB):
+        # the default engine's four come to about 48 KB a run, so 32 MiB holds the 700 or so runs
+        # being read at any time.
+        self._transcripts = TranscriptCache(settings.transcript_cache_mb * 2**20)
         self._defects = DefectLog(log)
         self._new_runs = new_run_limit or NewRunLimit(settings.new_runs_per_minute)
         self._verifications: SingleFlight[Verification] = SingleFlight()

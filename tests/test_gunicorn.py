@@ -53,6 +53,14 @@ def test_errors_are_json(server, path, status, body):
     assert reply.headers["Content-Type"] == "application/json"
 
 
+@pytest.mark.parametrize(("trusted", "warned"), [("0", True), ("1", False)])
+def test_on_a_heroku_style_host_forgetting_the_router_is_a_warning(tmp_path, trusted, warned):
+    env = {"DYNO": "web.1", "RUN_REGISTRY_TRUSTED_PROXIES": trusted}
+    with Gunicorn(tmp_path / "gunicorn.log", env=env, bind=False) as running:  # PORT, as the host sets it
+        log = running.log()
+    assert ("set RUN_REGISTRY_TRUSTED_PROXIES=1" in log) is warned
+
+
 def test_one_worker_whatever_web_concurrency_says(server):
     log = server.log()
     assert log.count("Booting worker") == 1
