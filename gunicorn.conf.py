@@ -5,7 +5,6 @@ start-up with one line naming it, instead of a worker traceback.
 """
 
 import glob
-import json
 import logging
 import os
 import resource
@@ -24,6 +23,7 @@ from app.config import load_settings
 from app.config import positive_int
 from app.config import registry_url_for_display
 from app.engine import load_engine
+from app.web_worker import write_json_error
 
 # Connections one worker holds at once (gevent: a greenlet each). Waiting connections (live
 # streams, waiting lookups) may take RUN_REGISTRY_MAX_WAITING of them; the rest stay free for
@@ -107,19 +107,7 @@ logger_class = _WithoutAccessLog
 # gunicorn answers a request it cannot parse (a request line over 4094 bytes, a header too
 # large, a malformed line) itself, before the app sees it, with an HTML page that echoes the
 # input. Every answer of this service is JSON and echoes nothing, so its writer is replaced.
-_GUNICORN_ERROR_TYPES = {400: "BAD_INPUT", 403: "FORBIDDEN", 414: "URI_TOO_LONG", 417: "EXPECTATION_FAILED",
-                         431: "HEADERS_TOO_LARGE", 500: "INTERNAL", 501: "NOT_IMPLEMENTED"}
-
-
-def _write_json_error(sock, status_int, reason, mesg):  # noqa: ARG001 - mesg echoes the input: not sent
-    body = json.dumps({"type": _GUNICORN_ERROR_TYPES.get(status_int, "BAD_INPUT"), "message": reason})
-    gunicorn.util.write_nonblock(sock, (
-        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nX-Content-Type-Options: nosniff\r\n\r\n{body}"
-    ).encode("latin-1"))
-
-
-gunicorn.util.write_error = _write_json_error
+gunicorn.util.write_error = write_json_error
 errorlog = "-"
 loglevel = "info"
 # Everything to stdout as JSON, one object a line; app loggers propagate to root.

@@ -21,6 +21,7 @@ DEFAULT_NEW_RUNS_PER_MINUTE = 30
 # How long a lookup (or a read of a run) waits for a run that is not done: the README says why.
 DEFAULT_LOOKUP_WAIT_S = 20.0
 MAX_LOOKUP_WAIT_S = 25.0
+MAX_BODY_BYTES = 64 * 1024  # the largest request body taken (the contract's 413 past it)
 _ENGINE_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 

@@ -19,7 +19,6 @@ _HTTP_ERROR_TYPES = {
     400: "BAD_INPUT",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
-    408: "REQUEST_TIMEOUT",
     413: "PAYLOAD_TOO_LARGE",
     415: "UNSUPPORTED_MEDIA_TYPE",
     500: "INTERNAL",
@@ -28,7 +27,6 @@ _HTTP_ERROR_MESSAGES = {
     400: "The request could not be understood",
     404: "No such endpoint",
     405: "Method not allowed for this endpoint",
-    408: "The request's body did not arrive in time; send it whole within the client timeout",
     413: "The request body is larger than 64 KiB",
     500: "Internal error",
 }

@@ -9,6 +9,7 @@ from flask import Response
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.code_hash import engine_code_hash
+from app.config import MAX_BODY_BYTES
 from app.config import Settings
 from app.config import load_settings
 from app.engine import load_engine
@@ -77,7 +78,6 @@ class RegistryFlask(Flask):
 def register_blueprints(app: Flask) -> None:
     """Attach every endpoint; imported here so nothing else imports the blueprints. The routes
     that take a body (compare, verify) check it first (their blueprints' before_request)."""
-    from app.api import MAX_BODY_BYTES
     from app.api import compare
     from app.api import events
     from app.api import evidence

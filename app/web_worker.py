@@ -6,8 +6,10 @@ connection (a greenlet, and one of the worker's ``GUNICORN_WORKER_CONNECTIONS``)
 client likes; 2,000 such bodies kept /healthz from answering at all. This worker adds three
 bounds, all of ``RUN_REGISTRY_CLIENT_TIMEOUT_S`` (default 10 s):
 
-- a request's body must be whole that long after its head: past it the request is answered
-  ``408 REQUEST_TIMEOUT`` and its connection closed;
+- a request's body must be whole that long after its head, or it is answered
+  ``408 REQUEST_TIMEOUT`` and its connection closed. The worker reads it (at most 64 KiB and a
+  byte) before the app sees the request, as a buffering proxy would: the app only ever meets
+  whole requests, and a client that never finishes costs no more than its connection;
 - a write that the client leaves unread that long closes the connection: no progress at all for
   the timeout, so a slow reader of a big transcript is served, and a reader that stopped is not
   (gevent's own ``sendall`` would time out the whole write instead);
@@ -22,22 +24,38 @@ pywsgi has no body deadline either, and a proxy that buffers (nginx) is not alwa
 from __future__ import annotations
 
 import contextlib
-import heapq
+import io
+import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections import OrderedDict
 from typing import Any
 
 import gevent
+import gunicorn.util
 from gevent import getcurrent
+from gunicorn.http.body import LengthReader
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
-from werkzeug.exceptions import BadRequest
-from werkzeug.exceptions import RequestTimeout
 
+from app.config import MAX_BODY_BYTES
 from app.config import load_settings
+
+# The answers gunicorn (and this worker) give themselves, before the app sees a request.
+_ERROR_TYPES = {400: "BAD_INPUT", 403: "FORBIDDEN", 408: "REQUEST_TIMEOUT", 414: "URI_TOO_LONG",
+                417: "EXPECTATION_FAILED", 431: "HEADERS_TOO_LARGE", 500: "INTERNAL", 501: "NOT_IMPLEMENTED"}
+
+
+def write_json_error(sock: Any, status: int, reason: str, message: str) -> None:  # noqa: ARG001
+    """An error answered before the app sees the request, as JSON like every answer, and with
+    nothing of the input echoed (gunicorn's own page echoes ``message``: it is not sent)."""
+    body = json.dumps({"type": _ERROR_TYPES.get(status, "BAD_INPUT"), "message": reason})
+    gunicorn.util.write_nonblock(sock, (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nX-Content-Type-Options: nosniff\r\n\r\n{body}"
+    ).encode("latin-1"))
 
 
 class WebWorker(GeventWorker):
@@ -48,8 +66,10 @@ class WebWorker(GeventWorker):
         self.client_timeout_s = load_settings(os.environ).client_timeout_s  # valid: the master checked
         self.spare_connections = max(10, self.worker_connections // 20)
         self._connections: dict[Any, socket.socket] = {}  # greenlet -> its connection
-        self._unfinished: dict[Any, float] = {}  # greenlet -> since when its request is on its way
-        self.closed_unfinished = 0
+        # The greenlets of connections waiting for a request's head or body, longest waiting first.
+        self._unfinished: OrderedDict[Any, None] = OrderedDict()
+        self._closed = {"to make room": 0, "for a body that did not arrive in time": 0}
+        self._said_at = 0.0
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         # gevent's worker makes the socket blocking without a timeout; this one has one, which
@@ -66,10 +86,12 @@ class WebWorker(GeventWorker):
 
     def timeout_ctx(self) -> _Unfinished:
         """Around the wait for the next request's head: the connection has given nothing whole yet."""
-        return _Unfinished(self._unfinished, time.monotonic(), gevent.Timeout(self.cfg.keepalive, False))
+        return _Unfinished(self._unfinished, gevent.Timeout(self.cfg.keepalive, False))
 
     def handle_request(self, listener_name: Any, req: Any, sock: socket.socket, addr: Any) -> Any:
-        req.body = _DeadlineBody(req, self, time.monotonic())
+        reader = req.body.reader
+        if not (isinstance(reader, LengthReader) and reader.length == 0) and not self._read_body(req, sock):
+            raise StopIteration()  # answered here, or the client is gone: the connection closes
         try:
             return super().handle_request(listener_name, req, sock, addr)
         except TimeoutError:  # a send the client left unread: nothing more can be said to it
@@ -77,22 +99,55 @@ class WebWorker(GeventWorker):
                           self.client_timeout_s)
             raise StopIteration() from None
 
-    def unfinished_request(self, since: float, deadline_s: float) -> _Unfinished:
-        """Around a read of a request's body: still unfinished, and bounded by ``deadline_s``."""
-        return _Unfinished(self._unfinished, since, gevent.Timeout(deadline_s, TimeoutError))
+    def _read_body(self, req: Any, sock: socket.socket) -> bool:
+        """Read the request's body whole, within the client timeout, into memory for the app.
+
+        :returns: ``False`` when the request was answered here (408) or its client went away.
+        """
+        reader = req.body.reader
+        if isinstance(reader, LengthReader) and reader.length > MAX_BODY_BYTES:
+            req.must_close = True  # the app refuses it (413) unread; the rest is not read either
+            return True
+        if req._expected_100_continue:  # the client waits for this before it sends the body
+            sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            req._expected_100_continue = False  # so gunicorn does not say it again
+        try:
+            with _Unfinished(self._unfinished, gevent.Timeout(self.client_timeout_s, TimeoutError)):
+                # One byte past the limit: a chunked body that long is the app's to refuse (413).
+                body = req.body.read(MAX_BODY_BYTES + 1)
+        except TimeoutError:
+            self._count_closed("for a body that did not arrive in time")
+            write_json_error(sock, 408, "Request Timeout",
+                             f"The request's body did not arrive within {self.client_timeout_s:g} s of its head")
+            return False
+        except (NoMoreData, OSError):  # the client went away, or was closed to make room
+            return False
+        if len(body) > MAX_BODY_BYTES:
+            req.must_close = True
+        req.body = io.BytesIO(body)
+        return True
 
     def _make_room(self) -> None:
         """Close unfinished connections, the longest waiting first, until enough are free."""
         excess = len(self._connections) + 1 + self.spare_connections - self.worker_connections
-        if excess <= 0:
-            return
-        for greenlet, _ in heapq.nsmallest(excess, self._unfinished.items(), key=lambda item: item[1]):
+        while excess > 0 and self._unfinished:
+            greenlet, _ = self._unfinished.popitem(last=False)
+            excess -= 1
             connection = self._connections.get(greenlet)
-            del self._unfinished[greenlet]
             if connection is not None:
-                self.closed_unfinished += 1
+                self._count_closed("to make room")
                 with contextlib.suppress(OSError):
                     connection.shutdown(socket.SHUT_RDWR)  # its greenlet wakes to an end of stream
+
+    def _count_closed(self, why: str) -> None:
+        """Count a connection closed; say how many, once a minute at most (an attack is thousands)."""
+        self._closed[why] += 1
+        if time.monotonic() - self._said_at > 60:
+            self.log.warning("run-registry: connections closed that had sent no whole request: %s (limit %d)",
+                             ", ".join(f"{count} {reason}" for reason, count in self._closed.items()),
+                             self.worker_connections)
+            self._closed = dict.fromkeys(self._closed, 0)
+            self._said_at = time.monotonic()
 
 
 class _Connection:
@@ -119,60 +174,16 @@ class _Unfinished:
     costs several times as much.
     """
 
-    def __init__(self, unfinished: dict[Any, float], since: float, timeout: gevent.Timeout) -> None:
+    def __init__(self, unfinished: OrderedDict[Any, None], timeout: gevent.Timeout) -> None:
         self._unfinished = unfinished
-        self._since = since
         self._timeout = timeout
         self._greenlet: Any = None
 
     def __enter__(self) -> None:
         self._greenlet = getcurrent()
-        self._unfinished[self._greenlet] = self._since
+        self._unfinished[self._greenlet] = None
         self._timeout.__enter__()
 
     def __exit__(self, *exc_info: Any) -> bool | None:
         self._unfinished.pop(self._greenlet, None)
         return self._timeout.__exit__(*exc_info)
-
-
-class _DeadlineBody:
-    """A request's body (``wsgi.input``) that must arrive within the client timeout of its head.
-
-    Past the deadline a read raises ``RequestTimeout`` (the app answers 408), and the connection
-    closes after the answer: the rest of the body would have to be read before the next request.
-    """
-
-    def __init__(self, req: Any, worker: WebWorker, started: float) -> None:
-        self._req = req
-        self._body = req.body
-        self._worker = worker
-        self._started = started
-        self._deadline = started + worker.client_timeout_s
-
-    def read(self, size: int | None = None) -> bytes:
-        return self._within_deadline(self._body.read, size)
-
-    def readline(self, size: int | None = None) -> bytes:
-        return self._within_deadline(self._body.readline, size)
-
-    def readlines(self, size: int | None = None) -> list[bytes]:
-        return self._within_deadline(self._body.readlines, size)
-
-    def __iter__(self) -> Iterator[bytes]:
-        while line := self.readline():
-            yield line
-
-    def _within_deadline(self, read: Any, size: int | None) -> Any:
-        remaining = self._deadline - time.monotonic()
-        try:
-            if remaining <= 0:
-                raise TimeoutError
-            with self._worker.unfinished_request(self._started, remaining):
-                return read(size)
-        except TimeoutError:
-            self._req.must_close = True
-            raise RequestTimeout(f"The request's body did not arrive within {self._worker.client_timeout_s:g} s"
-                                 " of its head") from None
-        except NoMoreData:  # the client went away, or the worker closed it to make room
-            self._req.must_close = True
-            raise BadRequest("The request's body ended before its length") from None

@@ -69,3 +69,33 @@ def answers_until_closed(sock: socket.socket, timeout: float = 10) -> int:
     except OSError:
         pass
     return received.count(b"HTTP/1.1 ")
+
+
+def probe(urls: list[str], seconds: float, every: float = 0.05, timeout: float = 2) -> dict[str, object]:
+    """Ask each of ``urls`` every ``every`` seconds for ``seconds``: how long each answer took,
+    and what went wrong. Run in a process of its own (``python -m harness.hostile``), so that an
+    attacker's busy loop in the test's process does not slow the probe instead of the server."""
+    from harness.servers import http
+
+    seconds_taken: list[float] = []
+    failures: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for url in urls:
+            started = time.monotonic()
+            try:
+                status = http("GET", url, timeout=timeout).status
+                if status != 200:
+                    failures.append(f"{url}: {status}")
+            except OSError as err:
+                failures.append(f"{url}: {err.__class__.__name__}")
+            seconds_taken.append(time.monotonic() - started)
+        time.sleep(every)
+    return {"seconds": seconds_taken, "failures": failures}
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(probe(sys.argv[2:], float(sys.argv[1]))))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -20,6 +23,7 @@ from app.registry.memory import MemoryRegistry
 from app.service import RunService
 from harness.fakes import FakeEngine
 from harness.load import MixedLoad
+from harness.servers import ROOT
 from harness.servers import Gunicorn
 from harness.servers import http
 
@@ -371,3 +375,101 @@ def _sse(url: str, run_id: str) -> bytes:
         return connection.getresponse().read()
     finally:
         connection.close()
+
+
+def hostile_clients(directory: Path, seconds: float, slow_bodies: int, readers: int, costly_heads: int,
+                    client_timeout_s: float = 2.0) -> Outcome:
+    """Bodies sent a byte a second, readers that pipeline requests and never read, and heads built
+    to cost a parser CPU, all at once against one web process, while /healthz and lookup hits are
+    asked every 50 ms. Each must answer within 2 s, every slow body must be answered 408 (or
+    closed) within the client timeout plus a second, and every stalled reader dropped."""
+    import collections
+    import resource
+    import selectors
+
+    from harness import hostile
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    env = {"RUN_REGISTRY_ENGINE": "harness.fakes:ScenarioPacedEngine", "RUN_REGISTRY_ACCESS_LOG": "off",
+           "RUN_REGISTRY_CLIENT_TIMEOUT_S": f"{client_timeout_s:g}"}
+    errors: list[str] = []
+    with Gunicorn(directory / "hostile-clients.log", env=env) as server:
+        lookup = f"{server.url}/runs/lookup?scenarioId=paced-0-2000&seed=1"
+        run_id = http("GET", lookup).json()["runId"]  # about 130 KB of events: 40 of them fill any buffer
+        stop = threading.Event()
+        # The probe runs in a process of its own: in this one it would wait for the attacker's loop.
+        prober = subprocess.Popen([sys.executable, "-m", "harness.hostile", str(seconds), f"{server.url}/healthz",
+                                   lookup], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+
+        def costly() -> int:
+            sent = 0
+            while not stop.is_set() and sent < costly_heads:
+                request = (b"GET /runs/lookup?scenarioId=paced-0-2000&seed=1 HTTP/1.1\r\nHost: x\r\n"
+                           + hostile.COSTLY_HEAD + b"Connection: close\r\n\r\n")
+                with hostile.connect(server.port) as sock:
+                    sock.sendall(request)
+                    if not sock.recv(64).startswith(b"HTTP/1.1 200"):
+                        errors.append("a costly head was not answered 200")
+                sent += 1
+            return sent
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            heads = pool.submit(costly)
+            stalled = [hostile.start_pipelined_reader(server.port, f"/runs/{run_id}/events") for _ in range(readers)]
+            answered, held_too_long, opened, longest = 0, 0, 0, 0.0
+            # When each slow body is opened: all at once, then each a second after it was answered
+            # or closed, as a slowloris keeps its connections up.
+            due = collections.deque([time.monotonic()] * slow_bodies)
+            selector = selectors.DefaultSelector()
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                while due and due[0] <= time.monotonic():  # a slot whose turn it is: opened (again)
+                    due.popleft()
+                    sock = hostile.start_slow_body(server.port)
+                    sock.setblocking(False)
+                    selector.register(sock, selectors.EVENT_READ, time.monotonic())
+                    opened += 1
+                for key, _ in selector.select(timeout=0.5):
+                    sock = key.fileobj
+                    try:
+                        answer = sock.recv(65536)  # type: ignore[union-attr]
+                    except OSError:
+                        answer = b""
+                    answered += answer.startswith(b"HTTP/1.1 408")
+                    longest = max(longest, time.monotonic() - key.data)
+                    due.append(time.monotonic() + 1)
+                    selector.unregister(sock)
+                    sock.close()  # type: ignore[union-attr]
+                now = time.monotonic()
+                for key in list(selector.get_map().values()):
+                    if now - key.data > client_timeout_s + 1:
+                        held_too_long += 1
+                        due.append(now + 1)
+                        selector.unregister(key.fileobj)
+                        key.fileobj.close()  # type: ignore[union-attr]
+                        continue
+                    with contextlib.suppress(OSError):
+                        key.fileobj.send(b" ")  # type: ignore[union-attr]
+            for key in list(selector.get_map().values()):
+                key.fileobj.close()  # type: ignore[union-attr]
+            dropped = sum(hostile.answers_until_closed(reader, timeout=5) < 40 for reader in stalled)
+            for reader in stalled:
+                reader.close()
+            stop.set()
+            sent_heads = heads.result(timeout=60)
+        probed = json.loads(prober.communicate(timeout=60)[0])
+    probe_seconds = probed["seconds"]
+    errors += probed["failures"][:3]
+    if held_too_long:
+        errors.append(f"{held_too_long} slow bodies held past the client timeout")
+    if dropped != readers:
+        errors.append(f"{readers - dropped} of {readers} stalled readers were never dropped")
+    p99 = sorted(probe_seconds)[int(len(probe_seconds) * 0.99)] if probe_seconds else float("nan")
+    return Outcome(
+        "hostile clients: slow bodies, stalled pipelined readers, heads built to backtrack",
+        f"{opened:,} slow bodies ({answered:,} answered 408, the last {longest:.1f} s after its head; timeout "
+        f"{client_timeout_s:g} s), "
+        f"{dropped} of {readers} stalled readers dropped, {sent_heads} costly heads; /healthz and hits "
+        f"p99 {p99 * 1000:.0f} ms over {len(probe_seconds):,} probes",
+        errors[:5])

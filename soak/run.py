@@ -33,6 +33,9 @@ def main() -> None:
         outcomes.append(scenarios.mixed_load(directory, seconds=90 if long else 8))
         outcomes.append(scenarios.faults_on_redis(directory, seconds=45 if long else 9))
         outcomes.append(scenarios.fleet_under_chaos(directory, seconds=90 if long else 12))
+        outcomes.append(scenarios.hostile_clients(directory, seconds=60 if long else 6,
+                                                  slow_bodies=2000 if long else 200, readers=300 if long else 20,
+                                                  costly_heads=200 if long else 20))
     outcomes.append(scenarios.flood(keys=1_000_000 if long else 20_000, max_entries=10_000 if long else 1_000,
                                     hot_every=500 if long else 50))
     outcomes.append(scenarios.expiry_churn(seconds=30 if long else 2, ttl_minutes=0.05 if long else 0.005))

@@ -103,3 +103,19 @@ def test_past_busy_engine_threads_a_run_queues_without_waiting_and_past_the_queu
         for reply in started:  # and the queued ones run, in their turn
             run = f"{server.url}/runs/{reply.json()['runId']}"
             wait_until(lambda run=run: http("GET", run).json()["status"] == "done", timeout=20, every=0.1)
+
+
+def test_a_client_that_expects_100_continue_is_told_to_send_its_body(tmp_path):
+    body = json.dumps({"left": {"scenarioId": "a", "seed": 1}, "right": {"scenarioId": "a", "seed": 2},
+                       "padding": "x" * 2000}).encode()  # curl asks first for bodies over 1 KiB
+    with Gunicorn(tmp_path / "gunicorn.log") as server:
+        sock = hostile.connect(server.port)
+        sock.sendall(b"POST /compare HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue"
+                     b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+        assert sock.recv(64) == b"HTTP/1.1 100 Continue\r\n\r\n"  # before the body, or curl waits a second
+        sock.sendall(body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"100 Continue") == 0

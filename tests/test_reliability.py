@@ -22,6 +22,11 @@ def test_mixed_load_on_gunicorn(tmp_path):
     assert outcome.errors == [], outcome
 
 
+def test_slow_bodies_stalled_readers_and_costly_heads_take_no_service_away(tmp_path):
+    outcome = scenarios.hostile_clients(tmp_path, seconds=6, slow_bodies=200, readers=20, costly_heads=20)
+    assert outcome.errors == [], outcome
+
+
 def test_flood_of_distinct_keys_keeps_the_cap_and_the_hot_keys():
     outcome = scenarios.flood(keys=20_000, max_entries=1_000)
     assert outcome.errors == [], outcome

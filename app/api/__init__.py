@@ -15,6 +15,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from app.api.negotiation import Wait
 from app.api.negotiation import etag_matches
 from app.api.negotiation import requested_wait
+from app.config import MAX_BODY_BYTES
 from app.config import MAX_LOOKUP_WAIT_S
 from app.errors import BadInput
 from app.errors import CrossSiteRequest
@@ -23,7 +24,6 @@ from app.limits import client_network
 from app.models import RunRecord
 from app.service import RunService
 
-MAX_BODY_BYTES = 64 * 1024
 JSON_TYPE = ("Content-Type", "application/json")  # the header, for answers built with their headers at once
 
 
