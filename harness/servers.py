@@ -114,10 +114,13 @@ class Gunicorn:
         said = re.search(r"run-registry: (\d+) worker process", self.log())
         return int(said.group(1)) if said else 1
 
-    def stop(self, timeout: float = 30) -> int | None:
+    def stop(self, sig: int = signal.SIGQUIT, timeout: float = 30) -> int | None:
+        """Stop it, by default at once (SIGQUIT): a graceful SIGTERM makes each gevent worker wait
+        up to a second for its next look at whether it should stop, a second on every one of
+        the suite's servers. Tests of the graceful stop send SIGTERM."""
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else None
-        self.process.send_signal(signal.SIGTERM)
+        self.process.send_signal(sig)
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -376,9 +379,13 @@ class ProcfileProcess:
                 pids.append(int(stat.parent.name))
         return pids
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    def stop(self, sig: int | None = None, timeout: float = 30) -> None:
+        """Stop it: a web process at once (SIGQUIT, as ``Gunicorn.stop``), a worker warmly (SIGTERM,
+        as a host stops it); or with ``sig``."""
         if self.process is None or self.process.poll() is not None:
             return
+        if sig is None:
+            sig = signal.SIGQUIT if self.kind == "web" else signal.SIGTERM
         self.process.send_signal(sig)
         try:
             self.process.wait(timeout=timeout)

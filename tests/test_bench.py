@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from bench.run import SMOKE_ROWS
 from harness.servers import ROOT
 from harness.servers import require_binary
 
@@ -20,9 +21,7 @@ def test_the_benchmark_runs_and_prints_its_table(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = report.read_text()
-    for row in ("lookup hit", "lookup miss (new runs)", "events JSON", "events JSON, 304 (If-None-Match)",
-                "events SSE (done run)", "GET /runs/<runId>", "CSV export", "snapshot ZIP",
-                "lookup hit, Redis, 1 worker", "lookup hit, Redis, 4 workers"):
+    for row in SMOKE_ROWS:
         assert f"| {row} |" in text, row
     assert "ratio to peer" in text and "µs of CPU more than an in-memory one" in text
     for figure in ("memory per cached run, tracemalloc", "memory per cached run, RSS growth",

@@ -6,6 +6,7 @@ import http.client as http_client
 import json
 import os
 import random
+import signal
 import string
 import subprocess
 
@@ -194,7 +195,7 @@ def test_refused_setting_stops_start_up_with_one_line(name, value):
 
 def test_sigterm_stops_gracefully(tmp_path):
     running = Gunicorn(tmp_path / "stop.log").start()
-    assert running.stop() == 0
+    assert running.stop(signal.SIGTERM) == 0
     assert "Shutting down: Master" in running.log()
 
 

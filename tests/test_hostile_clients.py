@@ -17,32 +17,39 @@ from harness.servers import wait_until
 pytestmark = pytest.mark.server
 
 
-def test_headers_built_to_backtrack_neither_stall_nor_kill_the_worker(tmp_path):
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One web process for the tests that need nothing else: a client timeout of a second, a
+    gunicorn timeout of three, and an engine whose scenarioIds say how long their runs are."""
+    env = {"RUN_REGISTRY_CLIENT_TIMEOUT_S": "1", "RUN_REGISTRY_ENGINE": "harness.fakes:ScenarioPacedEngine"}
+    with Gunicorn(tmp_path_factory.mktemp("hostile") / "gunicorn.log", env=env,
+                  extra_args=("--timeout", "3")) as running:
+        yield running
+
+
+def test_headers_built_to_backtrack_neither_stall_nor_kill_the_worker(server):
     # Ten Prefer and ten Accept headers of 8,000 spaces: 8 s of CPU for the old parsers, past this
     # gunicorn's timeout, which killed the worker and, in memory, every run with it.
-    with Gunicorn(tmp_path / "gunicorn.log", extra_args=("--timeout", "3")) as server:
-        lookup = f"{server.url}/runs/lookup?scenarioId=kept&seed=1"
-        run_id = http("GET", lookup).json()["runId"]
-        for path in (b"/runs/lookup?scenarioId=kept&seed=1", f"/runs/{run_id}/events".encode()):
-            status, _, _ = raw_exchange(server.port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n"
-                                        + hostile.COSTLY_HEAD + b"Connection: close\r\n\r\n")
-            assert status == 200
-        assert http("GET", lookup).json() == {"runId": run_id, "source": "cache"}
-        assert "WORKER TIMEOUT" not in server.log()
+    lookup = f"{server.url}/runs/lookup?scenarioId=kept&seed=1"
+    run_id = http("GET", lookup).json()["runId"]
+    for path in (b"/runs/lookup?scenarioId=kept&seed=1", f"/runs/{run_id}/events".encode()):
+        status, _, _ = raw_exchange(server.port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n"
+                                    + hostile.COSTLY_HEAD + b"Connection: close\r\n\r\n")
+        assert status == 200
+    assert http("GET", lookup).json() == {"runId": run_id, "source": "cache"}
+    assert "WORKER TIMEOUT" not in server.log()
 
 
-def test_a_head_of_more_than_32_lines_is_a_json_431(tmp_path):
-    with Gunicorn(tmp_path / "gunicorn.log") as server:
-        head = b"".join(b"X-Line-%d: x\r\n" % index for index in range(33))
-        status, headers, body = raw_exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
+def test_a_head_of_more_than_32_lines_is_a_json_431(server):
+    head = b"".join(b"X-Line-%d: x\r\n" % index for index in range(33))
+    status, headers, body = raw_exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
     assert (status, headers["Content-Type"]) == (431, "application/json") and b"HEADERS_TOO_LARGE" in body
 
 
-def test_a_body_that_does_not_arrive_within_the_client_timeout_is_408_and_its_connection_closed(tmp_path):
-    with Gunicorn(tmp_path / "gunicorn.log", env={"RUN_REGISTRY_CLIENT_TIMEOUT_S": "1"}) as server:
-        sock = hostile.start_slow_body(server.port)
-        answer, closed = hostile.trickle(sock, seconds=8)  # a byte every 0.2 s: no single read waits 1 s
-        sock.close()
+def test_a_body_that_does_not_arrive_within_the_client_timeout_is_408_and_its_connection_closed(server):
+    sock = hostile.start_slow_body(server.port)
+    answer, closed = hostile.trickle(sock, seconds=8)  # a byte every 0.2 s: no single read waits 1 s
+    sock.close()
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line.upper() == b"HTTP/1.1 408 REQUEST TIMEOUT" and closed
     assert b"Connection: close" in rest and json.loads(rest.partition(b"\r\n\r\n")[2])["type"] == "REQUEST_TIMEOUT"
@@ -65,34 +72,32 @@ def test_slow_bodies_and_idle_connections_filling_the_worker_leave_room_for_ever
                 hog.close()
 
 
-def test_a_client_that_stops_reading_its_answers_is_dropped(tmp_path):
-    env = {"RUN_REGISTRY_CLIENT_TIMEOUT_S": "1", "RUN_REGISTRY_ENGINE": "harness.fakes:ScenarioPacedEngine"}
-    with Gunicorn(tmp_path / "gunicorn.log", env=env) as server:
-        run_id = http("GET", f"{server.url}/runs/lookup?scenarioId=paced-0-20000&seed=1").json()["runId"]
-        # Forty answers of 1.3 MB each, none read: far more than any socket buffers.
-        reader = hostile.start_pipelined_reader(server.port, f"/runs/{run_id}/events")
-        wait_until(lambda: "left an answer unread for 1 s" in server.log(), timeout=15)
-        assert hostile.answers_until_closed(reader) < 40
-        reader.close()
-        # A slow reader that keeps reading is served whole: no progress for the timeout is what counts.
-        slow = hostile.connect(server.port, receive_buffer=4096)
-        slow.sendall(f"GET /runs/{run_id}/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        received = b""
-        while chunk := slow.recv(16384):
-            received += chunk
-            time.sleep(0.0005)
-        slow.close()
+def test_a_client_that_stops_reading_its_answers_is_dropped(server):
+    run_id = http("GET", f"{server.url}/runs/lookup?scenarioId=paced-0-20000&seed=1").json()["runId"]
+    # Forty answers of 1.3 MB each, none read: far more than any socket buffers.
+    reader = hostile.start_pipelined_reader(server.port, f"/runs/{run_id}/events")
+    wait_until(lambda: "left an answer unread for 1 s" in server.log(), timeout=15)
+    assert hostile.answers_until_closed(reader) < 40
+    reader.close()
+    # A slow reader that keeps reading is served whole: no progress for the timeout is what counts.
+    slow = hostile.connect(server.port, receive_buffer=4096)
+    slow.sendall(f"GET /runs/{run_id}/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    received = b""
+    while chunk := slow.recv(16384):
+        received += chunk
+        time.sleep(0.0005)
+    slow.close()
     assert json.loads(received.partition(b"\r\n\r\n")[2])["count"] == 20_003
 
 
 def test_past_busy_engine_threads_a_run_queues_without_waiting_and_past_the_queue_is_503_at_once(tmp_path):
     env = {"RUN_REGISTRY_ENGINE": "harness.fakes:FileCountingEngine", "RUN_REGISTRY_ENGINE_THREADS": "2",
            "RUN_REGISTRY_ENGINE_QUEUE": "3", "RUN_REGISTRY_TEST_EXECUTIONS": str(tmp_path / "executions"),
-           "RUN_REGISTRY_TEST_ENGINE_DELAY_S": "3"}
+           "RUN_REGISTRY_TEST_ENGINE_DELAY_S": "1.5"}
     with Gunicorn(tmp_path / "gunicorn.log", env=env) as server:
         def start(seed: int):
             return http("GET", f"{server.url}/runs/lookup?scenarioId=busy&seed={seed}",
-                        headers={"Prefer": "respond-async"}, timeout=1.5)
+                        headers={"Prefer": "respond-async"}, timeout=0.75)
 
         # Two runs take the threads, three wait for one: each lookup answered 202 at once, none of
         # them waiting in the request for a thread to free (that took the whole of a run before).
@@ -105,17 +110,16 @@ def test_past_busy_engine_threads_a_run_queues_without_waiting_and_past_the_queu
             wait_until(lambda run=run: http("GET", run).json()["status"] == "done", timeout=20, every=0.1)
 
 
-def test_a_client_that_expects_100_continue_is_told_to_send_its_body(tmp_path):
+def test_a_client_that_expects_100_continue_is_told_to_send_its_body(server):
     body = json.dumps({"left": {"scenarioId": "a", "seed": 1}, "right": {"scenarioId": "a", "seed": 2},
                        "padding": "x" * 2000}).encode()  # curl asks first for bodies over 1 KiB
-    with Gunicorn(tmp_path / "gunicorn.log") as server:
-        sock = hostile.connect(server.port)
-        sock.sendall(b"POST /compare HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue"
-                     b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
-        assert sock.recv(64) == b"HTTP/1.1 100 Continue\r\n\r\n"  # before the body, or curl waits a second
-        sock.sendall(body)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-        sock.close()
+    sock = hostile.connect(server.port)
+    sock.sendall(b"POST /compare HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue"
+                 b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+    assert sock.recv(64) == b"HTTP/1.1 100 Continue\r\n\r\n"  # before the body, or curl waits a second
+    sock.sendall(body)
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    sock.close()
     assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"100 Continue") == 0

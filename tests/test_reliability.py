@@ -23,7 +23,7 @@ def test_mixed_load_on_gunicorn(tmp_path):
 
 
 def test_slow_bodies_stalled_readers_and_costly_heads_take_no_service_away(tmp_path):
-    outcome = scenarios.hostile_clients(tmp_path, seconds=6, slow_bodies=200, readers=20, costly_heads=20)
+    outcome = scenarios.hostile_clients(tmp_path, seconds=4, slow_bodies=200, readers=20, costly_heads=20)
     assert outcome.errors == [], outcome
 
 
