@@ -46,9 +46,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check app tests harness bench soak wsgi.py gunicorn.conf.py
 	$(BIN)/mypy
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .  # the run-registry command
 	touch $(STAMP)
 
 clean:

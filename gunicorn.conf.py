@@ -5,6 +5,7 @@ start-up with one line naming it, instead of a worker traceback.
 """
 
 import glob
+import ipaddress
 import logging
 import os
 import resource
@@ -141,11 +142,29 @@ def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
         )
 
 
-def when_ready(server):  # noqa: ARG001 - gunicorn's hook signature
-    """Behind a Heroku-style router every client's connection comes from the router: without
-    trusting its X-Forwarded-For, all of them would share one client's limits."""
+def _loopback(address: str) -> bool:
+    if address.startswith(("unix:", "fd://")):
+        return True  # a socket of this host: whoever reaches it is on it
+    host = address.rsplit(":", 1)[0].strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: whatever it resolves to, not only this host
+
+
+def when_ready(server):
+    """Say what is open to whom: without keys, on an address others reach, everything is
+    (docs/operations.md, "Keys and scopes"); behind a Heroku-style router every client's connection
+    comes from the router, and without trusting its X-Forwarded-For all would share one client's limits."""
+    log = logging.getLogger("gunicorn.error")
+    exposed = [address for address in server.cfg.bind if not _loopback(address)]
+    if exposed and not _settings.api_keys:
+        log.warning(
+            "run-registry: no RUN_REGISTRY_API_KEYS, and listening on %s: anyone who reaches it may start runs and"
+            " read every transcript", ", ".join(exposed)
+        )
     if os.environ.get("DYNO") and not _settings.trusted_proxies:
-        logging.getLogger("gunicorn.error").warning(
+        log.warning(
             "run-registry: DYNO is set but RUN_REGISTRY_TRUSTED_PROXIES is 0: behind the host's router every"
             " client shares the router's new-run limit and waiting room; set RUN_REGISTRY_TRUSTED_PROXIES=1"
         )

@@ -6,12 +6,16 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from typing import Any
 from urllib.parse import parse_qs
 from urllib.parse import unquote
 from urllib.parse import urlparse
 
 from app.text import printable
+
+if TYPE_CHECKING:
+    from app.access import ApiKey
 
 DEFAULT_ENGINE = "app.engine.pricing:PricingEngine"
 MAX_TTL_MINUTES = 10 * 365 * 24 * 60  # ten years: beyond that a typo is likelier than intent
@@ -50,6 +54,8 @@ class Settings:
     max_waiting_per_client: int = 100
     client_timeout_s: float = 10.0
     transcript_cache_mb: int = 32
+    api_keys: tuple[ApiKey, ...] = ()  # none: the service is open (docs/operations.md)
+    anonymous_scopes: frozenset[str] = frozenset()  # what a request without a key may do, with keys
     execution: str = "local"  # "local": the web process runs the engine; "queue": workers do
     queue_wait_s: float = 60.0
     lease_s: float = 10.0
@@ -100,6 +106,8 @@ def _read_settings(environ: Mapping[str, str]) -> Settings:
         max_waiting_per_client=positive_int(environ, "RUN_REGISTRY_MAX_WAITING_PER_CLIENT", default=100),
         client_timeout_s=positive_number(environ, "RUN_REGISTRY_CLIENT_TIMEOUT_S", 10.0, "seconds", 300),
         transcript_cache_mb=positive_int(environ, "RUN_REGISTRY_TRANSCRIPT_CACHE_MB", default=32),
+        api_keys=_api_keys(environ),
+        anonymous_scopes=_anonymous_scopes(environ),
         execution=_execution(environ),
         queue_wait_s=positive_number(environ, "RUN_REGISTRY_QUEUE_WAIT_S", 60.0, "seconds", 3600),
         lease_s=positive_number(environ, "RUN_REGISTRY_LEASE_S", 10.0, "seconds", 50),
@@ -224,6 +232,25 @@ def _redis_url_parts(url: str) -> tuple[str, dict[str, Any]] | None:
     if not re.fullmatch(r"/?[0-9]*", parts.path):
         return None
     return scheme, {"host": host, "port": port, "db": int(db_text)}
+
+
+def _api_keys(environ: Mapping[str, str]) -> tuple[ApiKey, ...]:
+    """``RUN_REGISTRY_API_KEYS``: no entry shown on error, only what is wrong with it (and its keyId)."""
+    from app.access import KeyEntryError
+    from app.access import parse_keys
+
+    try:
+        return parse_keys(environ.get("RUN_REGISTRY_API_KEYS", ""))
+    except KeyEntryError as err:
+        raise ConfigError(f"RUN_REGISTRY_API_KEYS: {err} (hashes are not shown)") from None
+
+
+def _anonymous_scopes(environ: Mapping[str, str]) -> frozenset[str]:
+    name = "RUN_REGISTRY_ANONYMOUS"
+    raw = environ.get(name, "").strip().lower() or "none"
+    if raw not in ("none", "read"):
+        raise ConfigError(f"{name} must be none or read, got {_shown(raw)}")
+    return frozenset() if raw == "none" else frozenset({"read"})
 
 
 def _execution(environ: Mapping[str, str]) -> str:

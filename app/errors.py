@@ -90,6 +90,18 @@ class RateLimited(ServiceError):
         self.client = client  # whose limit it is: callers sharing a flight may be other clients
 
 
+class Unauthorized(ServiceError):
+    """No usable key: none sent, another scheme, or a secret no key has."""
+
+    error_type, status = "UNAUTHORIZED", 401
+
+
+class Forbidden(ServiceError):
+    """A key without the scope a request needs."""
+
+    error_type, status = "FORBIDDEN", 403
+
+
 class CrossSiteRequest(ServiceError):
     error_type, status = "FORBIDDEN", 403
 
@@ -129,6 +141,8 @@ def register_error_handlers(app: Flask) -> None:
             annotate_request(cause=str(error.__cause__))
         if error.retry_after is not None:
             response.headers["Retry-After"] = str(error.retry_after)
+        if isinstance(error, Unauthorized):  # RFC 6750: which scheme, and for what
+            response.headers["WWW-Authenticate"] = 'Bearer realm="run-registry"'
         return response
 
     @app.errorhandler(RunPending)

@@ -8,6 +8,7 @@ from flask import Flask
 from flask import Response
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from app.access import Access
 from app.code_hash import engine_code_hash
 from app.config import MAX_BODY_BYTES
 from app.config import Settings
@@ -53,6 +54,7 @@ def create_app(
     )
     service = RunService(registry, engine, settings, new_run_limit, execution=execution)
     app.extensions["run_service"] = service
+    app.extensions["access"] = Access(settings.api_keys, settings.anonymous_scopes)
     app.extensions["metrics"] = metrics
     register_error_handlers(app)
     register_blueprints(app)
@@ -85,5 +87,9 @@ def register_blueprints(app: Flask) -> None:
     from app.api import ops
 
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    if app.extensions["access"].enabled:  # without keys the door costs a request nothing
+        from app.api import authorize
+
+        app.before_request(authorize)
     for blueprint in (lookup.bp, events.bp, evidence.bp, evidence.verification_bp, compare.bp, ops.bp):
         app.register_blueprint(blueprint)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
+from app.access import Caller
 from app.code_hash import engine_code_hash
 from app.config import Settings
 from app.engine.base import Engine
@@ -101,13 +102,15 @@ class RunService:
 
     # Lookups.
 
-    def lookup(self, scenario_id: str, seed: int, client: str, wait_s: float) -> Lookup:
+    def lookup(self, scenario_id: str, seed: int, caller: Caller, wait_s: float) -> Lookup:
         """The runId of the key's run, starting one if there is none; waits up to ``wait_s`` for it.
 
-        ``client`` is who asks: a lookup that would start a run counts against its new-run limit.
+        ``caller`` is who asks: a lookup that would start a run needs its ``run`` scope, and counts
+        against its new-run limit.
 
         :raises EngineFailed: the run failed while this lookup waited for it.
-        :raises RateLimited: the run would start, and ``client`` has started its share this minute.
+        :raises Unauthorized, Forbidden: the run would start, and ``caller`` may not start runs.
+        :raises RateLimited: the run would start, and ``caller`` has started its share this minute.
         :raises Unavailable: the run would start, and the engine or the registry has no room
             for it (or the backend is down).
         """
@@ -115,17 +118,18 @@ class RunService:
         with _registry_errors:
             found = self._registry.touch(cache_key(key))
             if found is None:
-                run_id, status, started = self._start(key, client)
+                run_id, status, started = self._start(key, caller)
             else:
                 run_id, status, started = found.run_id, found.status, False
         source: Source = "new" if started else "cache"
-        ending: str | RunError = self._wait_for_end(run_id, wait_s, client) if status == "running" else status
+        ending: str | RunError = self._wait_for_end(run_id, wait_s, caller.client) if status == "running" else status
         if ending == "failed" or isinstance(ending, RunError):
             raise self._failure(run_id, ending if isinstance(ending, RunError) else None)
         return Lookup(run_id, source, done=ending == "done")
 
-    def _start(self, key: RunKey, client: str) -> tuple[str, str, bool]:
-        self._admit(client)
+    def _start(self, key: RunKey, caller: Caller) -> tuple[str, str, bool]:
+        caller.require("run")  # before anything is counted or started
+        self._admit(caller.limit_key)
         with _registry_errors:
             if not self._execution.reserve():
                 raise Unavailable("The engine is running and queueing all it can; retry shortly")
@@ -144,10 +148,10 @@ class RunService:
         self._execution.execute(started.identity, owner)
         return started.run_id, started.status, True
 
-    def _admit(self, client: str) -> None:
-        """Count one engine execution against ``client``'s limit, before anything starts."""
+    def _admit(self, limit_key: str) -> None:
+        """Count one engine execution against a caller's limit (``Caller.limit_key``), before anything starts."""
         with _registry_errors:
-            self._new_runs.admit(client)
+            self._new_runs.admit(limit_key)
 
     def _wait_for_end(self, run_id: str, wait_s: float, client: str | None) -> str | RunError:
         """How the run stands after waiting up to ``wait_s`` for it to end (no waiting past the
@@ -199,14 +203,15 @@ class RunService:
             self._checked(state.record)
         return state
 
-    def done_run(self, run_id: str, wait_s: float, client: str | None = None) -> RunRecord:
-        """The run's record, waiting up to ``wait_s`` for a run that is not done (within ``client``'s
-        share of the waiting room when it is given).
+    def done_run(self, run_id: str, wait_s: float, caller: Caller | None = None) -> RunRecord:
+        """The run's record, waiting up to ``wait_s`` for a run that is not done (within the
+        ``caller``'s client's share of the waiting room when it is given).
 
         :raises RunPending: it is still running.
         :raises EngineFailed: it failed.
         """
         state = self.run(run_id)
+        client = caller.client if caller is not None else None
         if state.status == "running" and self._wait_for_end(run_id, wait_s, client) != "running":
             state = self.run(run_id)
         if state.status == "running":
@@ -245,13 +250,13 @@ class RunService:
     # Server-Sent Events, live or replayed.
 
     def stream(
-        self, run_id: str, last_event_id: int | None, pace_ms: int, client: str | None = None
+        self, run_id: str, last_event_id: int | None, pace_ms: int, caller: Caller | None = None
     ) -> Iterable[bytes]:
         """The run as Server-Sent Events after ``last_event_id``: a done run's transcript (paced
         if asked), or a running run's events so far and then each as it is recorded.
 
         :raises BadInput: ``last_event_id`` is not a position the run has reached.
-        :raises Unavailable: too many connections are waiting already, or too many of ``client``'s.
+        :raises Unavailable: too many connections are waiting already, or too many of the caller's client's.
         """
         state = self.run(run_id)
         if last_event_id is not None and not 1 <= last_event_id <= state.count:
@@ -260,6 +265,7 @@ class RunService:
         after = last_event_id or 0
         if state.record is not None and not pace_ms:  # a done run, all at once: nothing waits
             return self._sse_replay(state.record).after(after)
+        client = caller.client if caller is not None else None
         if not self._waiting.take(client):
             raise Unavailable("Too many connections are waiting on runs; retry shortly")
         if state.record is not None:
@@ -307,36 +313,46 @@ class RunService:
 
     # Comparing and verifying.
 
-    def compare(self, left: tuple[str, int], right: tuple[str, int], client: str, wait_s: float) -> Comparison:
+    def compare(self, left: tuple[str, int], right: tuple[str, int], caller: Caller, wait_s: float) -> Comparison:
         """Look both runs up (get or start, renewing them), wait for them, and diff their transcripts.
 
-        Each side that starts a run counts against ``client``'s new-run limit.
+        Each side that starts a run needs the caller's ``run`` scope and counts against its
+        new-run limit; a caller without it is refused before either side is renewed.
 
         :raises RunPending: a side is still running after the wait.
+        :raises Unauthorized, Forbidden: a side would start a run, and ``caller`` may not.
         """
+        if "run" not in caller.scopes:
+            with _registry_errors:
+                missing = not all(self._registry.peek(cache_key(RunKey(*side, self.engine_code_hash)))
+                                  for side in (left, right))
+            if missing:
+                caller.require("run")
         # Both started first, then waited for together: the wait is the lookup's, not twice it.
-        left_lookup = self.lookup(*left, client, wait_s=0)
-        right_lookup = self.lookup(*right, client, wait_s=0)
+        left_lookup = self.lookup(*left, caller, wait_s=0)
+        right_lookup = self.lookup(*right, caller, wait_s=0)
         deadline = time.monotonic() + wait_s
-        left_record = self.done_run(left_lookup.run_id, wait_s, client)
-        right_record = self.done_run(right_lookup.run_id, max(0.0, deadline - time.monotonic()), client)
+        left_record = self.done_run(left_lookup.run_id, wait_s, caller)
+        right_record = self.done_run(right_lookup.run_id, max(0.0, deadline - time.monotonic()), caller)
         return Comparison(
             left_record, left_lookup.source, right_record, right_lookup.source,
             diff_transcripts(self._transcripts.events(left_record), self._transcripts.events(right_record)),
         )
 
-    def verify(self, run_id: str, client: str) -> Verification:
+    def verify(self, run_id: str, caller: Caller) -> Verification:
         """Execute the engine again and check the new transcript against the recorded bytes.
 
         Verifications of one run asked for at once share one execution (and its answer); the
-        one that executes counts against ``client``'s new-run limit.
+        one that executes needs the caller's ``run`` scope and counts against its new-run limit.
 
         :raises RunRunning: the run is not done: there is nothing to verify yet.
         :raises EngineMismatch: the run was recorded by other engine code than this one.
         :raises EngineFailed: the run failed, or the engine failed this time.
-        :raises RateLimited: ``client`` has started its share of executions this minute.
+        :raises Unauthorized, Forbidden: ``caller`` may not start executions.
+        :raises RateLimited: ``caller`` has started its share of executions this minute.
         :raises Unavailable: the engine has no room for another execution.
         """
+        caller.require("run")
         state = self.run(run_id)
         if state.status == "running":
             raise RunRunning(f"Run {printable(run_id)} is still running; verify it once it is done")
@@ -347,12 +363,12 @@ class RunService:
                 f" this service runs {self.engine_code_hash}"
             )
         verification, _ = _as_own_client(
-            client, lambda: self._verifications.run(record.run_id, lambda: self._reproduce(record, client))
+            caller.limit_key, lambda: self._verifications.run(record.run_id, lambda: self._reproduce(record, caller))
         )
         return verification
 
-    def _reproduce(self, record: RunRecord, client: str) -> Verification:
-        self._admit(client)
+    def _reproduce(self, record: RunRecord, caller: Caller) -> Verification:
+        self._admit(caller.limit_key)
         with _registry_errors:
             if not self._execution.reserve():
                 raise Unavailable("The engine is running and queueing all it can; retry shortly")
@@ -488,16 +504,16 @@ class _ReleasingStream:
             self._release()
 
 
-def _as_own_client(client: str, attempt: Callable[[], T]) -> T:
-    """Run ``attempt``, and once more if it failed on another client's limit.
+def _as_own_client(limit_key: str, attempt: Callable[[], T]) -> T:
+    """Run ``attempt``, and once more if it failed on another caller's limit.
 
     A caller that waited on another caller's flight (of the same run) shares that flight's
-    outcome; but another client's limit is not this one's, so it tries on its own.
+    outcome; but another caller's limit is not this one's, so it tries on its own.
     """
     try:
         return attempt()
     except RateLimited as err:
-        if err.client == client:
+        if err.client == limit_key:
             raise
     return attempt()
 

@@ -9,6 +9,7 @@ import time
 import tracemalloc
 from concurrent.futures import ProcessPoolExecutor
 
+from app.access import open_caller
 from app.clock import now_ms
 from app.config import Settings
 from app.engine.pricing import PricingEngine
@@ -21,6 +22,7 @@ from app.registry.memory import MemoryRegistry
 from app.service import RunService
 
 CODE_HASH = "bench-code-hash"
+BENCH = open_caller("bench")  # every scope: the service without keys
 WAIT_S = 10.0
 
 
@@ -71,11 +73,11 @@ def _rss_growth_of_runs(runs: int, first_seed: int) -> int:
     """In a pool worker: RSS growth from caching ``runs`` runs made by the service itself."""
     registry = MemoryRegistry(ttl_ms=3_600_000, max_entries=runs)
     service = RunService(registry, PricingEngine(), Settings(new_runs_per_minute=0, engine_code_hash=CODE_HASH))
-    service.lookup("pricing-v1", -1, "bench", WAIT_S)  # warm every code path before measuring
+    service.lookup("pricing-v1", -1, BENCH, WAIT_S)  # warm every code path before measuring
     gc.collect()
     before = _rss_bytes()
     for seed in range(first_seed, first_seed + runs):
-        service.lookup("pricing-v1", seed, "bench", WAIT_S)
+        service.lookup("pricing-v1", seed, BENCH, WAIT_S)
     gc.collect()
     return _rss_bytes() - before
 
@@ -110,7 +112,7 @@ def lookup_time_by_entries(few: int, many: int, repeats: int) -> dict[str, str]:
         for _ in range(repeats):
             started = time.perf_counter()
             for seed in range(0, 10_000):
-                service.lookup("bench-entries", seed % few, "bench", WAIT_S)
+                service.lookup("bench-entries", seed % few, BENCH, WAIT_S)
             batches.append((time.perf_counter() - started) / 10_000)
         timings[entries] = statistics.median(batches)
     return {

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.access import open_caller
 from app.config import Settings
 from app.errors import Unavailable
 from app.registry.memory import MemoryRegistry
@@ -27,6 +28,7 @@ from harness.servers import ROOT
 from harness.servers import Gunicorn
 from harness.servers import http
 
+SOAK = open_caller("soak")  # every scope: the service without keys
 WAIT_S = 10.0  # what lookups and reads wait for a run here; the engines are fast
 
 
@@ -83,12 +85,12 @@ def flood(keys: int, max_entries: int, hot_every: int = 50) -> Outcome:
     service = RunService(registry, _QuickEngine(), Settings(new_runs_per_minute=0, engine_code_hash="flood"))
     errors: list[str] = []
     hot = [f"hot-{index}" for index in range(10)]
-    hot_ids = {key: service.lookup(key, 1, "soak", WAIT_S).run_id for key in hot}
+    hot_ids = {key: service.lookup(key, 1, SOAK, WAIT_S).run_id for key in hot}
     for index in range(keys):
-        service.lookup("flood", index, "soak", WAIT_S)
+        service.lookup("flood", index, SOAK, WAIT_S)
         if index % hot_every == 0:
             for key in hot:
-                answer = service.lookup(key, 1, "soak", WAIT_S)
+                answer = service.lookup(key, 1, SOAK, WAIT_S)
                 if (answer.run_id, answer.source) != (hot_ids[key], "cache"):
                     errors.append(f"hot key {key} fell out after {index:,} flooding keys")
         if index % 10_000 == 0 and registry.held_entries() > max_entries:
@@ -129,7 +131,7 @@ def expiry_churn(seconds: float, ttl_minutes: float = 0.005, threads: int = 8, k
             # Most lookups on a few busy keys (renewed all the time), the rest on many cold ones,
             # which sit idle past their TTL between lookups and expire under the load.
             seed = rng.randrange(keys) if rng.random() < 0.7 else keys + rng.randrange(50 * keys)
-            answer = service.lookup("churn", seed, "soak", WAIT_S)
+            answer = service.lookup("churn", seed, SOAK, WAIT_S)
             run_id = answer.run_id
             answered[answer.source] += 1
             seen.add(run_id)
@@ -167,7 +169,7 @@ def racing_threads(seconds: float, threads: int = 32, keys: int = 16) -> Outcome
         while not stop.is_set():
             seed = rng.randrange(keys)
             try:
-                run_id = service.lookup("race", seed, "soak", WAIT_S).run_id
+                run_id = service.lookup("race", seed, SOAK, WAIT_S).run_id
             except Unavailable:  # every entry a running run: refused, and nothing started
                 with lock:
                     refused += 1

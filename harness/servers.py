@@ -179,19 +179,6 @@ def require_binary(name: str) -> str:
     return path
 
 
-def chromium_dom(url: str, profile: Path, budget_ms: int = 20_000) -> str:
-    """Load ``url`` in headless Chromium, let its scripts run, and return the resulting DOM."""
-    chromium = require_binary("chromium")
-    result = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
-        capture_output=True, text=True, timeout=60, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
-
-
 class RedisServer:
     """A private redis-server on a free port (or a given one, to restart it in place)."""
 

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from app.access import open_caller
 from app.errors import BadInput
 from app.errors import EngineFailed
 from app.errors import RunNotFound
@@ -23,7 +24,7 @@ from harness.fakes import SteppedEngine
 from harness.servers import wait_until
 from tests.conftest import test_settings
 
-CLIENT = "test-client"
+CLIENT = open_caller("test-client")  # every scope: the service without keys
 WAIT = 10.0
 
 

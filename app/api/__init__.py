@@ -6,12 +6,16 @@ import io
 import json
 from collections.abc import Callable
 from typing import Any
+from typing import TypeVar
 
 from flask import Response
 from flask import current_app
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from app.access import Access
+from app.access import Caller
+from app.access import open_caller
 from app.api.negotiation import Wait
 from app.api.negotiation import etag_matches
 from app.api.negotiation import requested_wait
@@ -21,10 +25,13 @@ from app.errors import BadInput
 from app.errors import CrossSiteRequest
 from app.errors import UnsupportedMediaType
 from app.limits import client_network
+from app.logs import annotate_request
 from app.models import RunRecord
 from app.service import RunService
 
 JSON_TYPE = ("Content-Type", "application/json")  # the header, for answers built with their headers at once
+_CALLER = "run_registry.caller"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def run_service() -> RunService:
@@ -76,6 +83,50 @@ def client_address() -> str:
     """Who is asking, for the limits: the network of the peer's address, or of the one trusted
     proxies forwarded (ProxyFix); see ``client_network``."""
     return client_network(request.remote_addr or "unknown")
+
+
+def requires(*scopes: str) -> Callable[[F], F]:
+    """The scopes a route needs at the door when keys are configured (none: it is open).
+
+    What a lookup or a compare needs beyond ``read`` (``run``, when it would start a run) only
+    the service knows: it checks the caller it is given.
+    """
+
+    def mark(view: F) -> F:
+        view.required_scopes = scopes  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
+def authorize() -> None:
+    """Before every request when keys are configured: who the caller is (once), and whether the
+    route lets it in. A route that declares no scopes lets no one in: new routes are closed
+    until they say otherwise."""
+    view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
+    if view is None:
+        return  # no such route: 404 or 405, as without keys
+    scopes = getattr(view, "required_scopes", ("ops", "read", "run"))
+    if not scopes:
+        return  # open to all (/healthz, /readyz, the pages): whoever asks
+    access: Access = current_app.extensions["access"]
+    caller = access.caller(request.environ.get("HTTP_AUTHORIZATION"), client_address())
+    request.environ[_CALLER] = caller
+    if caller.key_id is not None:
+        annotate_request(keyId=caller.key_id)
+    caller.require(*scopes)
+
+
+def keys_configured() -> bool:
+    """Whether the service has keys: with them, what is open to all must say nothing of any run."""
+    access: Access = current_app.extensions["access"]
+    return access.enabled
+
+
+def caller() -> Caller:
+    """This request's caller: as the door found it, or (without keys) its client, with every scope."""
+    found: Caller | None = request.environ.get(_CALLER)
+    return found if found is not None else open_caller(client_address())
 
 
 def bound_request_body() -> None:

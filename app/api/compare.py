@@ -10,10 +10,11 @@ from flask import jsonify
 
 from app.api import answered_with
 from app.api import bound_request_body
-from app.api import client_address
+from app.api import caller
 from app.api import json_body
 from app.api import preferred_wait
 from app.api import refuse_cross_site_posts
+from app.api import requires
 from app.api import run_service
 from app.evidence.diff import MetricDelta
 from app.models import RunRecord
@@ -27,6 +28,7 @@ _compare_body = CompareBody()
 
 
 @bp.post("/compare")
+@requires("read")
 def compare() -> Response:
     """Look both runs up (get or create) and diff their transcripts and reports.
     ---
@@ -54,7 +56,7 @@ def compare() -> Response:
     result = service.compare(
         (body["left"]["scenario_id"], body["left"]["seed"]),
         (body["right"]["scenario_id"], body["right"]["seed"]),
-        client_address(),
+        caller(),
         wait.seconds,
     )
     diff = result.diff

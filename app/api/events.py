@@ -14,9 +14,10 @@ from werkzeug.datastructures import MultiDict
 
 from app.api import JSON_TYPE
 from app.api import answered_with
-from app.api import client_address
+from app.api import caller
 from app.api import conditional
 from app.api import preferred_wait
+from app.api import requires
 from app.api import run_service
 from app.api.negotiation import EVENT_STREAM
 from app.api.negotiation import accepts_gzip
@@ -39,6 +40,7 @@ _EVENT_STREAM_HEADERS = (
 
 
 @bp.get("/runs/<run_id>")
+@requires("read")
 def show_run(run_id: str) -> Response:
     """The run's metadata, in whatever state; reading it neither renews nor refreshes the run.
     ---
@@ -63,6 +65,7 @@ def show_run(run_id: str) -> Response:
 
 
 @bp.get("/runs/<run_id>/events")
+@requires("read")
 def list_events(run_id: str) -> Response:
     """The transcript: JSON from its stored bytes once the run is done, or Server-Sent Events
     (live while it runs) when the client asks.
@@ -94,10 +97,10 @@ def list_events(run_id: str) -> Response:
         query = load_or_bad_input(_replay_query, CombinedMultiDict(sources))
     service = run_service()
     if _wants_event_stream(environ.get("HTTP_ACCEPT", "")):
-        stream = service.stream(run_id, query["last_event_id"], query["pace"], client_address())
+        stream = service.stream(run_id, query["last_event_id"], query["pace"], caller())
         return Response(stream, headers=_EVENT_STREAM_HEADERS)
     wait = preferred_wait(service)
-    record = service.done_run(run_id, wait.seconds, client_address())
+    record = service.done_run(run_id, wait.seconds, caller())
     gzip_ok = accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", ""))
 
     response = conditional(record, "json-gzip" if gzip_ok else "json", lambda: service.events_body(record, gzip_ok),

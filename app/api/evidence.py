@@ -14,11 +14,13 @@ from flask import Response
 
 from app.api import answered_with
 from app.api import bound_request_body
-from app.api import client_address
+from app.api import caller
 from app.api import conditional
+from app.api import keys_configured
 from app.api import optional_json_body
 from app.api import preferred_wait
 from app.api import refuse_cross_site_posts
+from app.api import requires
 from app.api import run_service
 from app.models import RunRecord
 from app.service import RunService
@@ -50,8 +52,9 @@ REPLAY_PAGE, REPLAY_PAGE_POLICY = _replay_page()
 
 
 @bp.get("/runs/<run_id>/replay")
+@requires()
 def replay_page(run_id: str) -> Response:
-    """A self-contained page that replays the run in the browser through EventSource.
+    """A self-contained page that replays the run in the browser, live while it runs (with keys, asking for one).
     ---
     get:
       parameters: [run_id]
@@ -62,11 +65,13 @@ def replay_page(run_id: str) -> Response:
         '404': NotFound
         '503': Unavailable
     """
-    run_service().run(run_id)  # an unknown run is the JSON 404, not a page that fails later
+    if not keys_configured():  # else the page, open to all, would say which runIds exist
+        run_service().run(run_id)  # an unknown run is the JSON 404, not a page that fails later
     return Response(REPLAY_PAGE, mimetype="text/html", headers={"Content-Security-Policy": REPLAY_PAGE_POLICY})
 
 
 @bp.get("/runs/<run_id>/snapshot")
+@requires("read")
 def download_snapshot(run_id: str) -> Response:
     """The ZIP evidence pack, byte-identical for the same run (once it is done).
     ---
@@ -86,6 +91,7 @@ def download_snapshot(run_id: str) -> Response:
 
 
 @bp.get("/runs/<run_id>/export.csv")
+@requires("read")
 def export_csv(run_id: str) -> Response:
     """The transcript as CSV, one row per event (once the run is done).
     ---
@@ -106,6 +112,7 @@ def export_csv(run_id: str) -> Response:
 
 
 @verification_bp.post("/runs/<run_id>/verify")
+@requires("read", "run")
 def verify(run_id: str) -> dict[str, Any]:
     """Execute the engine again and say whether the transcript reproduces byte for byte.
 
@@ -129,7 +136,7 @@ def verify(run_id: str) -> dict[str, Any]:
         '503': Unavailable
     """
     optional_json_body()
-    result = run_service().verify(run_id, client_address())
+    result = run_service().verify(run_id, caller())
     return {
         "runId": result.run_id,
         "reproducible": result.reproducible,
@@ -148,7 +155,7 @@ def _download_done_run(
     """A done run's file, ``<runId>.<extension>``, with its ETag (202 while the run runs)."""
     service = run_service()
     wait = preferred_wait(service)
-    record = service.done_run(run_id, wait.seconds, client_address())
+    record = service.done_run(run_id, wait.seconds, caller())
     # runIds are letters, digits and ._- (the scenarioId's alphabet): safe in a quoted filename.
     disposition = f'attachment; filename="{record.run_id}.{extension}"'
     headers = (("Content-Type", content_type), ("Content-Disposition", disposition))

@@ -8,8 +8,9 @@ from flask import request
 
 from app.api import JSON_TYPE
 from app.api import answered_with
-from app.api import client_address
+from app.api import caller
 from app.api import preferred_wait
+from app.api import requires
 from app.api import run_service
 from app.errors import pending_response
 from app.logs import annotate_request
@@ -25,6 +26,7 @@ _DONE_HEADERS = {
 
 
 @bp.get("/runs/lookup")
+@requires("read")
 def lookup() -> Response:
     """Get or start the run for a scenario and seed; 202 if it is not done within the wait.
     ---
@@ -47,7 +49,7 @@ def lookup() -> Response:
     scenario_id, seed = lookup_query(request.query_string)
     service = run_service()
     wait = preferred_wait(service)
-    answer = service.lookup(scenario_id, seed, client_address(), wait.seconds)
+    answer = service.lookup(scenario_id, seed, caller(), wait.seconds)
     annotate_request(source=answer.source)
     if answer.done:
         # The hot path, written directly rather than through a JSON encoder: a runId is letters,

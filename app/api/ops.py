@@ -8,6 +8,7 @@ from flask import Blueprint
 from flask import Response
 from flask import current_app
 
+from app.api import requires
 from app.api import run_service
 from app.metrics import CONTENT_TYPE
 
@@ -15,6 +16,7 @@ bp = Blueprint("ops", __name__)
 
 
 @bp.get("/healthz")
+@requires()
 def healthz() -> dict[str, str]:
     """Alive: the process answers. Asks nothing of the backend.
     ---
@@ -28,6 +30,7 @@ def healthz() -> dict[str, str]:
 
 
 @bp.get("/readyz")
+@requires()
 def readyz() -> dict[str, Any]:
     """Ready: the registry backend answers (503 UNAVAILABLE when it does not).
     ---
@@ -52,6 +55,7 @@ def readyz() -> dict[str, Any]:
 
 
 @bp.get("/registry/stats")
+@requires("ops")
 def registry_stats() -> dict[str, Any]:
     """Entries, lookups and engine runs; with Redis, for every worker and host.
     ---
@@ -87,6 +91,7 @@ def registry_stats() -> dict[str, Any]:
 
 
 @bp.get("/metrics")
+@requires("ops")
 def metrics() -> Response:
     """Prometheus metrics, in the text exposition format.
     ---
@@ -100,6 +105,7 @@ def metrics() -> Response:
 
 
 @bp.get("/openapi.json")
+@requires("read")
 def openapi() -> dict[str, Any]:
     """This document: OpenAPI 3, derived from the routes, their docstrings and the marshmallow schemas.
     ---

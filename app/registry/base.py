@@ -63,6 +63,11 @@ class Registry(Protocol):
         """
         ...
 
+    def peek(self, cache_key: str) -> bool:
+        """Whether the key has a run (running, or done and live), without renewing it or counting
+        a hit: a request that may be refused looks before it touches anything."""
+        ...
+
     def start(self, key: RunKey, engine_name: str, engine_version: str, owner: str) -> Started:
         """The key's run, or a new running run of it, created at once.
 

@@ -96,6 +96,10 @@ class MemoryRegistry:
             self._sweep(now, SWEEP_SLICE)
             return self._hit(cache_key, now)
 
+    def peek(self, cache_key: str) -> bool:
+        with self._lock:
+            return cache_key in self._running or self._live_done(cache_key, now_ms()) is not None
+
     def start(self, key: RunKey, engine_name: str, engine_version: str, owner: str) -> Started:
         now = now_ms()
         cache_key = key.digest

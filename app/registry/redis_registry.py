@@ -95,7 +95,7 @@ class RedisRegistry:
         # Followers block on XREAD for seconds: a client of their own, whose reads may take that long.
         self._follow_client = redis_client(url, timeout_ms, blocking_read_s=FOLLOW_BLOCK_MS / 1000 + timeout_ms / 1000)
         self._scripts = {name: self._client.register_script(_script(name)) for name in (
-            "touch", "start", "append", "finish", "fail", "reap", "renew", "discard", "stats", "engine_run",
+            "touch", "peek", "start", "append", "finish", "fail", "reap", "renew", "discard", "stats", "engine_run",
             "hand_over", "take_over")}
         self._executor = f"{socket.gethostname()}:{os.getpid()}"
         self._defects = DefectLog(log)
@@ -109,6 +109,9 @@ class RedisRegistry:
         self._start_background()
         answer = self._call("touch", cache_key, self.ttl_ms)
         return RunRef(answer[0].decode(), answer[1].decode()) if answer else None
+
+    def peek(self, cache_key: str) -> bool:
+        return bool(self._call("peek", cache_key))
 
     def start(self, key: RunKey, engine_name: str, engine_version: str, owner: str) -> Started:
         self._start_background()

@@ -8,6 +8,7 @@ import pytest
 from flask import Flask
 
 from app import create_app
+from app.access import open_caller
 from app.openapi import build_openapi
 from harness.fakes import FakeEngine
 from harness.servers import free_port
@@ -148,9 +149,9 @@ def test_registry_stats_stay_small_however_many_scenarios():
     app = create_app(test_settings(max_entries=20_000), engine=FakeEngine())
     service = app.extensions["run_service"]
     for index in range(10_000):
-        service.lookup(f"s{index:05d}".ljust(128, "x"), 1, "test-client", 10)
+        service.lookup(f"s{index:05d}".ljust(128, "x"), 1, open_caller("test-client"), 10)
     for seed in range(3):
-        service.lookup("hot", seed, "test-client", 10)
+        service.lookup("hot", seed, open_caller("test-client"), 10)
     response = app.test_client().get("/registry/stats")
     body = response.get_json()
     assert len(response.get_data()) < 5_000  # was 1.3 MB
