@@ -107,7 +107,12 @@ def configure_json_logging(level: int = logging.INFO) -> None:
 
 def annotate_request(**fields: Any) -> None:
     """Add fields to this request's log line (a view's one way to say, e.g., the lookup source)."""
-    request.environ.setdefault(_LOG_FIELDS, {}).update(fields)
+    log_request_fields(request.environ, **fields)
+
+
+def log_request_fields(environ: dict[str, Any], **fields: Any) -> None:
+    """``annotate_request`` for code that holds the request's environ already."""
+    environ.setdefault(_LOG_FIELDS, {}).update(fields)
 
 
 class AccessLog:

@@ -12,6 +12,8 @@ a shared machine add to the full benchmark, so it shows what a change gained.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import statistics
@@ -24,10 +26,12 @@ from typing import Any
 
 from werkzeug.test import EnvironBuilder
 
+from app.access import parse_keys
 from app.config import load_settings
 from app.factory import create_app
 from bench.run import KEPT_HEADERS
 
+KEYED = ("lookup hit", "events JSON")  # measured again with keys on: what the check costs
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
 
 
@@ -78,6 +82,10 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for name, service, floor in rows:
         print(f"| {name} | {service:.1f} | {floor:.1f} | {service - floor:.1f} |")
+    measured = {name: service for name, service, _ in rows}
+    for name in KEYED:
+        print(f"\nThe key check ({name}): {measured[f'{name}, keys on'] - measured[name]:+.1f} µs a request"
+              " (keys on, with one of three keys, minus keys off)")
 
 
 def measure(calls: int) -> list[tuple[str, float, float]]:
@@ -120,6 +128,16 @@ def measure(calls: int) -> list[tuple[str, float, float]]:
             n = calls // 10 if floor_name in ("sse", "csv", "snapshot") else calls
             rows.append((name, per_request_us(service, environ_for(path, headers), n),
                          per_request_us(floor, environ_for(*answers[floor_name]), n)))
+        # The same requests to a service with keys (three, as a rotation has), sent with one of them.
+        keyed = create_app(dataclasses.replace(settings, api_keys=parse_keys(",".join(
+            f"bench-{index}:{hashlib.sha256(f'secret-{index}'.encode()).hexdigest()}:read+run" for index in range(3)))))
+        key = (("Authorization", "Bearer secret-2"),)
+        keyed_run_id = json.loads(call(keyed, environ_for(lookup, key))[2])["runId"]
+        for name in KEYED:
+            path, headers, floor_name = requests[name]
+            path = path.replace(run_id, keyed_run_id)
+            rows.append((f"{name}, keys on", per_request_us(keyed, environ_for(path, (*headers, *key)), calls),
+                         per_request_us(floor, environ_for(*answers[floor_name]), calls)))
     return rows
 
 

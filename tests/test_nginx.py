@@ -8,6 +8,7 @@ test of who may read the operations' figures.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -191,6 +192,21 @@ def test_upstream_down_is_a_json_503(tmp_path):
         reply = http("GET", f"{nginx.url}/runs/lookup?scenarioId=a&seed=1")
     assert reply.status == 503 and reply.headers["Retry-After"] == "1"
     assert reply.json() == {"type": "UNAVAILABLE", "message": "The run registry is unavailable; try again shortly"}
+
+
+def test_a_key_passes_through_nginx_and_a_refusal_comes_back_as_the_service_said(tmp_path):
+    secret = "through-nginx-secret"
+    keys = {"RUN_REGISTRY_API_KEYS": f"proxied:{hashlib.sha256(secret.encode()).hexdigest()}:read+run",
+            "RUN_REGISTRY_TRUSTED_PROXIES": "1"}
+    with Gunicorn(tmp_path / "gunicorn.log", env=keys) as gunicorn, Nginx(tmp_path, gunicorn.port) as nginx:
+        lookup = f"{nginx.url}/runs/lookup?scenarioId=a&seed=1"
+        keyed = http("GET", lookup, headers={"Authorization": f"Bearer {secret}"})
+        refused = http("GET", lookup)
+        log = gunicorn.log()
+    assert keyed.status == 200 and keyed.json()["source"] == "new"
+    assert refused.status == 401 and refused.json()["type"] == "UNAUTHORIZED"
+    assert refused.headers["WWW-Authenticate"] == 'Bearer realm="run-registry"'
+    assert '"keyId":"proxied"' in log
 
 
 def test_server_header_names_nginx_without_its_version(stack):

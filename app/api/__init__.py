@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from collections.abc import Callable
 from typing import Any
 from typing import TypeVar
 
+from flask import Flask
 from flask import Response
 from flask import current_app
 from flask import request
@@ -25,7 +27,7 @@ from app.errors import BadInput
 from app.errors import CrossSiteRequest
 from app.errors import UnsupportedMediaType
 from app.limits import client_network
-from app.logs import annotate_request
+from app.logs import log_request_fields
 from app.models import RunRecord
 from app.service import RunService
 
@@ -99,22 +101,37 @@ def requires(*scopes: str) -> Callable[[F], F]:
     return mark
 
 
-def authorize() -> None:
-    """Before every request when keys are configured: who the caller is (once), and whether the
-    route lets it in. A route that declares no scopes lets no one in: new routes are closed
-    until they say otherwise."""
-    view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
-    if view is None:
-        return  # no such route: 404 or 405, as without keys
-    scopes = getattr(view, "required_scopes", ("ops", "read", "run"))
-    if not scopes:
-        return  # open to all (/healthz, /readyz, the pages): whoever asks
-    access: Access = current_app.extensions["access"]
-    caller = access.caller(request.environ.get("HTTP_AUTHORIZATION"), client_address())
-    request.environ[_CALLER] = caller
-    if caller.key_id is not None:
-        annotate_request(keyId=caller.key_id)
-    caller.require(*scopes)
+def guard_views(app: Flask, access: Access) -> None:
+    """With keys configured, every view of ``app`` first asks who the caller is (once) and whether
+    the route lets it in. A view that declares no scopes lets no one in: a new route is closed
+    until it says otherwise. A route that matches no view (404, 405) is answered as without keys.
+
+    Each view is wrapped where it is registered, rather than checked by a ``before_request``:
+    Flask's round of before-request hooks, the endpoint's lookup and the ``current_app`` proxy
+    cost more than the check itself (bench/overhead.py).
+    """
+    for endpoint, view in list(app.view_functions.items()):
+        scopes: tuple[str, ...] = getattr(view, "required_scopes", ("ops", "read", "run"))
+        if scopes:
+            app.view_functions[endpoint] = _guarded(view, scopes, access)
+
+
+def _guarded(view: F, scopes: tuple[str, ...], access: Access) -> F:
+    needed = frozenset(scopes)
+
+    @functools.wraps(view)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        current = request._get_current_object()  # type: ignore[attr-defined]
+        environ = current.environ
+        found = access.caller(environ.get("HTTP_AUTHORIZATION"), client_network(current.remote_addr or "unknown"))
+        environ[_CALLER] = found
+        if found.key_id is not None:
+            log_request_fields(environ, keyId=found.key_id)
+        if not needed <= found.scopes:
+            found.require(*scopes)  # raises, saying what is missing
+        return view(*args, **kwargs)
+
+    return guarded  # type: ignore[return-value]
 
 
 def keys_configured() -> bool:

@@ -23,6 +23,7 @@ from app.schemas import MAX_PACE_MS
 from app.schemas import MAX_POSITION
 
 JSON = "application/json"
+BEARER = "bearerKey"
 _UNDOCUMENTED_METHODS = frozenset({"HEAD", "OPTIONS"})  # answered alike by every route
 
 
@@ -41,11 +42,29 @@ def build_openapi(app: Flask) -> dict[str, Any]:
     for view in views.values():
         spec.path(view=view, app=app)
     document = spec.to_dict()
+    document["security"] = [{BEARER: []}]  # every operation but those that say otherwise (healthz, readyz, pages)
     for rule in app.url_map.iter_rules():
         if rule.endpoint in views:
-            _check_documented(document, FlaskPlugin.flaskpath2openapi(rule.rule), rule.methods or set(),
-                              views[rule.endpoint])
+            path = FlaskPlugin.flaskpath2openapi(rule.rule)
+            _check_documented(document, path, rule.methods or set(), views[rule.endpoint])
+            _declare_scopes(document, path, rule.methods or set(), views[rule.endpoint])
     return document
+
+
+def _declare_scopes(document: dict[str, Any], path: str, methods: set[str], view: Callable[..., Any]) -> None:
+    """Each operation's scopes (``x-scopes``; OpenAPI 3.0 has scopes for OAuth only), its 401 and
+    403 answers, or ``security: []`` for an open one."""
+    scopes = getattr(view, "required_scopes", None)
+    if scopes is None:
+        raise RuntimeError(f"{path}: {view.__module__}.{view.__name__} declares no scopes (app.api.requires)")
+    for method in methods - _UNDOCUMENTED_METHODS:
+        operation = document["paths"][path][method.lower()]
+        if not scopes:
+            operation["security"] = []
+            continue
+        operation["x-scopes"] = list(scopes)
+        operation["responses"].setdefault("401", {"$ref": "#/components/responses/Unauthorized"})
+        operation["responses"].setdefault("403", {"$ref": "#/components/responses/Forbidden"})
 
 
 def _check_documented(document: dict[str, Any], path: str, methods: set[str], view: Callable[..., Any]) -> None:
@@ -84,7 +103,11 @@ def _add_components(spec: APISpec) -> None:
                          headers={**retry_after, "Location": {"schema": {"type": "string"}, "required": True}}),
         "NotModified": {"description": "If-None-Match matched the strong ETag of this representation"},
         "BadInput": _error("BAD_INPUT: missing, repeated or malformed input, named in the message"),
-        "Forbidden": _error("FORBIDDEN: sent by a page of another site (Sec-Fetch-Site: cross-site)"),
+        "Forbidden": _error("FORBIDDEN: the key lacks a scope this needs (with keys configured), or a page of"
+                            " another site sent it (Sec-Fetch-Site: cross-site)"),
+        "Unauthorized": _error("UNAUTHORIZED: with keys configured, no usable key (none, another scheme, an"
+                               " unknown secret); WWW-Authenticate names the scheme",
+                               headers={"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}}),
         "NotFound": _error('No live run has this runId: `{"type": "BAD_INPUT", ...}`'),
         "TooLarge": _error("PAYLOAD_TOO_LARGE: a body over 64 KiB"),
         "NotJson": _error("UNSUPPORTED_MEDIA_TYPE: a body that is not JSON (a form, text)"),
@@ -96,6 +119,12 @@ def _add_components(spec: APISpec) -> None:
     }
     for name, response in responses.items():
         spec.components.response(name, response)
+    spec.components.security_scheme(BEARER, {
+        "type": "http", "scheme": "bearer",
+        "description": "With RUN_REGISTRY_API_KEYS set: `Authorization: Bearer <secret>` of a key whose scopes"
+                       " (read, run, ops) include each operation's `x-scopes`; a lookup or a compare that would"
+                       " start a run needs `run` as well. Without keys the service is open.",
+    })
 
 
 def _position() -> dict[str, Any]:

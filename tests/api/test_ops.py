@@ -100,6 +100,25 @@ def test_every_route_is_in_the_openapi_document(app, client):
     assert set(document["components"]["schemas"]) >= {"Error", "LookupResponse", "RunMetadata", "CompareBody"}
 
 
+def test_the_openapi_document_declares_the_bearer_scheme_and_each_operations_scopes(client):
+    document = client.get("/openapi.json").get_json()
+    assert document["components"]["securitySchemes"]["bearerKey"] == {**document["components"]["securitySchemes"][
+        "bearerKey"], "type": "http", "scheme": "bearer"}
+    assert document["security"] == [{"bearerKey": []}]
+    scopes = {(path, method): operation.get("x-scopes", operation.get("security"))
+              for path, operations in document["paths"].items() for method, operation in operations.items()}
+    assert scopes == {
+        ("/runs/lookup", "get"): ["read"], ("/runs/{run_id}", "get"): ["read"],
+        ("/runs/{run_id}/events", "get"): ["read"], ("/runs/{run_id}/replay", "get"): [],
+        ("/runs/{run_id}/snapshot", "get"): ["read"], ("/runs/{run_id}/export.csv", "get"): ["read"],
+        ("/runs/{run_id}/verify", "post"): ["read", "run"], ("/compare", "post"): ["read"],
+        ("/healthz", "get"): [], ("/readyz", "get"): [], ("/registry/stats", "get"): ["ops"],
+        ("/metrics", "get"): ["ops"], ("/openapi.json", "get"): ["read"],
+    }
+    secured = document["paths"]["/metrics"]["get"]["responses"]
+    assert secured["401"] == {"$ref": "#/components/responses/Unauthorized"}
+
+
 def test_a_route_without_documentation_stops_the_build():
     app = Flask(__name__)
 
