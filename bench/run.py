@@ -13,6 +13,7 @@ cached run, lookup time against the number of entries, the longest sweep pause.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -50,9 +51,12 @@ end
 """
 
 
+BENCH_KEYS = ",".join(f"bench-{index}:{hashlib.sha256(f'bench-secret-{index}'.encode()).hexdigest()}:read+run"
+                      for index in range(3))
+BENCH_KEY = {"Authorization": "Bearer bench-secret-2"}
 # What `--smoke` runs of the table: each kind of row once, so that every way of measuring runs.
 SMOKE_ROWS = ("lookup hit", "lookup miss (new runs)", "events JSON", "events JSON, 304 (If-None-Match)",
-              "lookup hit, Redis, 1 worker")
+              "lookup hit, keys on", "lookup hit, Redis, 1 worker")
 
 
 @dataclass
@@ -61,8 +65,8 @@ class Row:
     path: str
     headers: dict[str, str] = field(default_factory=dict)
     script: str | None = None
-    target: str = "memory"  # which service answers: memory, redis (one worker) or redis4 (four)
-    floor_of: str | None = None  # the row whose service figure is this row's floor (redis)
+    target: str = "memory"  # which service answers: memory, keyed (with keys), redis (one worker) or redis4 (four)
+    floor_of: str | None = None  # the row whose service figure is this row's floor (Redis; keys on)
     floor_row: str | None = None  # the row whose floor figure is this row's floor (a 304: the full answer)
     peer_path: str | None = None  # the afternoon peer's path for the same request, if it has one
     results: dict[str, list[dict[str, float]]] = field(
@@ -123,11 +127,13 @@ def load_test(scratch: Path, args: argparse.Namespace) -> list[Row]:
         Gunicorn(scratch / "redis4.log", env={**env, "RUN_REGISTRY_URL": redis_server.url, "WEB_CONCURRENCY": "4"})
         as shared,
         Gunicorn(scratch / "peer.log", app="bench.peer:app", defaults=True) as peer,
+        Gunicorn(scratch / "keyed.log", env={**env, "RUN_REGISTRY_API_KEYS": BENCH_KEYS}) as keyed,
     ):
         lookup = "/runs/lookup?scenarioId=pricing-v1&seed=42"
         run_id = http("GET", memory.url + lookup).json()["runId"]
         http("GET", shared.url + lookup)
         peer_run_id = http("GET", peer.url + lookup).json()["runId"]
+        keyed_run_id = http("GET", keyed.url + lookup, headers=BENCH_KEY).json()["runId"]
         etag = http("GET", f"{memory.url}/runs/{run_id}/events").headers["ETag"]
         rows = [
             Row("lookup hit", lookup, peer_path=lookup),
@@ -140,6 +146,10 @@ def load_test(scratch: Path, args: argparse.Namespace) -> list[Row]:
             Row("GET /runs/<runId>", f"/runs/{run_id}"),
             Row("CSV export", f"/runs/{run_id}/export.csv"),
             Row("snapshot ZIP", f"/runs/{run_id}/snapshot"),
+            # With keys (three, one of them sent): the floor is the same request without keys.
+            Row("lookup hit, keys on", lookup, headers=BENCH_KEY, target="keyed", floor_of="lookup hit"),
+            Row("events JSON, keys on", f"/runs/{keyed_run_id}/events", headers=BENCH_KEY, target="keyed",
+                floor_of="events JSON"),
             Row("lookup hit, Redis, 1 worker", lookup, target="redis", floor_of="lookup hit"),
             Row("lookup hit, Redis, 4 workers", lookup, target="redis4", floor_of="lookup hit"),
         ]
@@ -154,6 +164,7 @@ def load_test(scratch: Path, args: argparse.Namespace) -> list[Row]:
             # Redis rows count redis-server's CPU too: a hit's cost is both processes' work.
             targets = {
                 "memory": (memory, memory.cpu_seconds),
+                "keyed": (keyed, keyed.cpu_seconds),
                 "redis": (shared_one, lambda: shared_one.cpu_seconds() + redis_server.cpu_seconds()),
                 "redis4": (shared, lambda: shared.cpu_seconds() + redis_server.cpu_seconds()),
             }
