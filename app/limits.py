@@ -31,7 +31,7 @@ class NewRunLimit:
         self._limiter = MovingWindowRateLimiter(storage or MemoryStorage())
 
     def admit(self, client: str) -> None:
-        """Count one execution for ``client``.
+        """Count one execution for ``client`` (a caller's limit key: its keyId, or its network).
 
         :raises RateLimited: it has had its share this minute; nothing was counted.
         :raises RegistryUnavailable: the shared storage does not answer.
@@ -45,8 +45,9 @@ class NewRunLimit:
         except StorageError as err:
             raise RegistryUnavailable(f"limits storage: {err.storage_error.__class__.__name__}") from err
         limit = self._item.amount
+        who = "This key" if client.startswith("key:") else "This client"  # Caller.limit_key
         raise RateLimited(
-            f"This client may start {limit} engine executions a minute; retry in a moment or use cached runs",
+            f"{who} may start {limit} engine executions a minute; retry in a moment or use cached runs",
             # The window admits again only once strictly past its reset: a whole second later.
             retry_after=math.floor(reset_at - time.time()) + 1,
             client=client,
