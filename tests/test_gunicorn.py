@@ -66,6 +66,7 @@ def test_one_worker_whatever_web_concurrency_says(server):
     log = server.log()
     assert log.count("Booting worker") == 1
     assert "1 worker process (gevent, 2000 connections)" in log and "WEB_CONCURRENCY=4 ignored" in log
+    assert "anyone who reaches it" not in log  # open, but on loopback only: no one else reaches it
 
 
 def log_lines(server):

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.server
 
 
 def test_mixed_load_on_gunicorn(tmp_path):
-    outcome = scenarios.mixed_load(tmp_path, seconds=8)
+    outcome = scenarios.mixed_load(tmp_path, seconds=6)
     assert outcome.errors == [], outcome
 
 
