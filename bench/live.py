@@ -138,13 +138,13 @@ async def _healthz_latencies(port: int, probes: int) -> list[float]:
     return latencies
 
 
-def event_latency(scratch: Path, runs: int = 3) -> dict[str, str]:
+def event_latency(scratch: Path, runs: int = 3, delay_ms: int = 10) -> dict[str, str]:
     """From an event's creation in the engine to its arrival at a live client: in memory (one
     process), and on Redis with the client on another web process than the one executing."""
     figures = {}
     times_file = scratch / "event-times"
     env = {"RUN_REGISTRY_ENGINE": "bench.engines:TimestampingEngine", "BENCH_EVENT_TIMES": str(times_file),
-           "RUN_REGISTRY_ENGINE_EVENT_DELAY_MS": "10", "RUN_REGISTRY_ACCESS_LOG": "off"}
+           "RUN_REGISTRY_ENGINE_EVENT_DELAY_MS": str(delay_ms), "RUN_REGISTRY_ACCESS_LOG": "off"}
     with Gunicorn(scratch / "latency-memory.log", env=env) as server:
         figures["memory"] = _latencies(server, server, times_file, runs, "memory")
     with RedisServer(scratch) as redis_server:

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -94,10 +95,14 @@ def main() -> None:
     require_binary("redis-server")
 
     with tempfile.TemporaryDirectory(prefix="run-registry-bench-") as scratch:
-        table = load_test(Path(scratch), args)
-        settings = compare_settings(Path(scratch), args)
-        live_figures = measure_live(Path(scratch), args)
-        live_figures.update(measure_fleet(Path(scratch), args))
+        parts = (load_test, compare_settings, measure_live, measure_fleet)
+        if args.smoke:  # its figures mean nothing, only that every part runs: all at once, on servers of their own
+            with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+                table, settings, live_figures, fleet_figures = (
+                    future.result() for future in [pool.submit(part, Path(scratch), args) for part in parts])
+        else:
+            table, settings, live_figures, fleet_figures = (part(Path(scratch), args) for part in parts)
+        live_figures.update(fleet_figures)
     figures = inprocess.measure(args.runs, smoke=args.smoke)
     report = render(table, settings, live_figures, figures, args)
     print(report)
@@ -202,10 +207,10 @@ def measure_live(scratch: Path, args: argparse.Namespace) -> dict[str, str]:
         return wrk(server, hits, wrk_args)["rps"]
 
     clients, slow, idle = (20, 5, 5) if args.smoke else (500, 200, 200)
-    figures = live.many_clients_on_one_live_run(scratch, clients, wrk_hits, delay_ms=10 if args.smoke else 50)
+    figures = live.many_clients_on_one_live_run(scratch, clients, wrk_hits, delay_ms=2 if args.smoke else 50)
     figures.update(live.slow_and_idle_connections(scratch, slow, idle, probes=20 if args.smoke else 300,
                                                   settle_s=0.5 if args.smoke else 3))
-    figures.update(live.event_latency(scratch, runs=1 if args.smoke else 3))
+    figures.update(live.event_latency(scratch, runs=1 if args.smoke else 3, delay_ms=2 if args.smoke else 10))
     return figures
 
 

@@ -31,10 +31,21 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+_given_ports: set[int] = set()
+_given_ports_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port nothing listens on now, and that this process has not handed out before: servers
+    started at once (the benchmark's smoke run starts its parts together) never get the same one."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        with _given_ports_lock:
+            if port not in _given_ports:
+                _given_ports.add(port)
+                return port
 
 
 @dataclass

@@ -93,11 +93,11 @@ def test_a_client_that_stops_reading_its_answers_is_dropped(server):
 def test_past_busy_engine_threads_a_run_queues_without_waiting_and_past_the_queue_is_503_at_once(tmp_path):
     env = {"RUN_REGISTRY_ENGINE": "harness.fakes:FileCountingEngine", "RUN_REGISTRY_ENGINE_THREADS": "2",
            "RUN_REGISTRY_ENGINE_QUEUE": "3", "RUN_REGISTRY_TEST_EXECUTIONS": str(tmp_path / "executions"),
-           "RUN_REGISTRY_TEST_ENGINE_DELAY_S": "1.5"}
+           "RUN_REGISTRY_TEST_ENGINE_DELAY_S": "1"}
     with Gunicorn(tmp_path / "gunicorn.log", env=env) as server:
         def start(seed: int):
             return http("GET", f"{server.url}/runs/lookup?scenarioId=busy&seed={seed}",
-                        headers={"Prefer": "respond-async"}, timeout=0.75)
+                        headers={"Prefer": "respond-async"}, timeout=0.5)
 
         # Two runs take the threads, three wait for one: each lookup answered 202 at once, none of
         # them waiting in the request for a thread to free (that took the whole of a run before).

@@ -180,7 +180,7 @@ def test_past_the_waiting_capacity_streams_get_503_while_healthz_and_hits_answer
     with Gunicorn(tmp_path / "capacity.log", env=env) as server:
         cached = http("GET", f"{server.url}/runs/lookup?scenarioId=cached&seed=1", timeout=30)
         assert cached.status == 200
-        run_id = start_async(server, "paced-2000-1").json()["runId"]
+        run_id = start_async(server, "paced-1000-1").json()["runId"]  # 4 s: the streams stay open throughout
         streams = []
         for _ in range(3):
             connection = http_client.HTTPConnection("127.0.0.1", server.port, timeout=30)
@@ -192,7 +192,7 @@ def test_past_the_waiting_capacity_streams_get_503_while_healthz_and_hits_answer
         assert refused.json()["type"] == "UNAVAILABLE"
         assert http("GET", f"{server.url}/healthz").status == 200
         assert http("GET", f"{server.url}/runs/lookup?scenarioId=cached&seed=1").json()["source"] == "cache"
-        pending = http("GET", f"{server.url}/runs/lookup?scenarioId=paced-2000-1&seed=1")  # no room to wait: 202
+        pending = http("GET", f"{server.url}/runs/lookup?scenarioId=paced-1000-1&seed=1")  # no room to wait: 202
         assert pending.status == 202
         for connection in streams:
             connection.close()
