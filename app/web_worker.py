@@ -43,6 +43,8 @@ from gunicorn.workers.ggevent import GeventWorker
 from app.config import MAX_BODY_BYTES
 from app.config import load_settings
 
+LINGER_S = 2.0  # the longest a closing connection reads what its client still sends
+LINGER_BYTES = 1024 * 1024
 # The answers gunicorn (and this worker) give themselves, before the app sees a request.
 _ERROR_TYPES = {400: "BAD_INPUT", 403: "FORBIDDEN", 408: "REQUEST_TIMEOUT", 414: "URI_TOO_LONG",
                 417: "EXPECTATION_FAILED", 431: "HEADERS_TOO_LARGE", 500: "INTERNAL", 501: "NOT_IMPLEMENTED"}
@@ -107,6 +109,7 @@ class WebWorker(GeventWorker):
         reader = req.body.reader
         if isinstance(reader, LengthReader) and reader.length > MAX_BODY_BYTES:
             req.must_close = True  # the app refuses it (413) unread; the rest is not read either
+            sock.linger = True  # type: ignore[attr-defined]
             return True
         if req._expected_100_continue:  # the client waits for this before it sends the body
             sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -124,6 +127,7 @@ class WebWorker(GeventWorker):
             return False
         if len(body) > MAX_BODY_BYTES:
             req.must_close = True
+            sock.linger = True  # type: ignore[attr-defined]
         req.body = io.BytesIO(body)
         return True
 
@@ -152,16 +156,30 @@ class WebWorker(GeventWorker):
 
 class _Connection:
     """A client's socket whose ``sendall`` fails only when the client takes nothing for the
-    socket's timeout: each ``send`` waits that long for room, and sends what fits."""
+    socket's timeout (each ``send`` waits that long for room, and sends what fits), and whose
+    ``close`` lingers when a body was left unread."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self.recv = sock.recv  # the parser's every read: bound once, not looked up each time
+        self.linger = False  # a body was refused unread (413): the client may still be sending it
 
     def sendall(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[self._sock.send(view):]
+
+    def close(self) -> None:
+        """Closing a socket with unread bytes resets the connection, and the client may lose the
+        answer it was about to read (the 413 of a body too large): so say the end first, and read
+        what is still coming, for a moment at most (as nginx's lingering close does)."""
+        if self.linger:
+            with contextlib.suppress(OSError), gevent.Timeout(LINGER_S, False):
+                self._sock.shutdown(socket.SHUT_WR)
+                drained = 0
+                while drained < LINGER_BYTES and (chunk := self._sock.recv(65536)):
+                    drained += len(chunk)
+        self._sock.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)

@@ -59,6 +59,13 @@ def start_pipelined_reader(port: int, path: str, requests: int = 40) -> socket.s
     return sock
 
 
+def readable(sock: socket.socket) -> bool:
+    """Whether the server has sent something (or closed) on ``sock``, without reading it."""
+    import select
+
+    return bool(select.select([sock], [], [], 0)[0])
+
+
 def answers_until_closed(sock: socket.socket, timeout: float = 10) -> int:
     """Read a connection to its end: how many answers' status lines arrived."""
     received = b""

@@ -118,11 +118,13 @@ def test_a_chunked_body_over_64_kib_is_413_not_cut_short(server):
     body = valid + b" " * (64 * 1024 - len(valid)) + b"x" * 16_000  # 81,536 bytes, the first 64 KiB valid
     for path in ("/compare", f"/runs/{run_id}/verify"):
         connection = http_client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-        connection.request("POST", path, body=iter([body[:30_000], body[30_000:]]),
-                           headers={"Content-Type": "application/json"}, encode_chunked=True)
-        reply = connection.getresponse()
-        assert (reply.status, json.loads(reply.read())["type"]) == (413, "PAYLOAD_TOO_LARGE"), path
-        connection.close()
+        try:
+            connection.request("POST", path, body=iter([body[:30_000], body[30_000:]]),
+                               headers={"Content-Type": "application/json"}, encode_chunked=True)
+            reply = connection.getresponse()
+            assert (reply.status, json.loads(reply.read())["type"]) == (413, "PAYLOAD_TOO_LARGE"), path
+        finally:
+            connection.close()
 
 
 def test_metric_labels_come_from_a_closed_set_whatever_the_method(server):

@@ -123,3 +123,18 @@ def test_a_client_that_expects_100_continue_is_told_to_send_its_body(server):
         answer += chunk
     sock.close()
     assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"100 Continue") == 0
+
+
+def test_the_answer_to_a_body_too_large_is_not_lost_while_the_client_still_sends_it(server):
+    """A body past 64 KiB is refused unread (413) and its connection closed; closing a socket with
+    unread bytes resets the connection, and the client, still sending, lost the answer (10 of 10)."""
+    for _ in range(3):
+        with hostile.connect(server.port) as sock:
+            sock.sendall(b"POST /compare HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (70_000, b"x" * 70_000))
+            wait_until(lambda sock=sock: hostile.readable(sock), timeout=10)  # answered while it still sends
+            sock.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (20_000, b"y" * 20_000))
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 413") and b"PAYLOAD_TOO_LARGE" in answer
