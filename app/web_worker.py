@@ -81,7 +81,7 @@ class WebWorker(GeventWorker):
         greenlet = getcurrent()
         self._connections[greenlet] = client
         try:
-            AsyncWorker.handle(self, listener, _Connection(client), addr)
+            AsyncWorker.handle(self, listener, _Connection(client, self._unfinished), addr)
         finally:
             del self._connections[greenlet]
             self._unfinished.pop(greenlet, None)
@@ -159,10 +159,13 @@ class _Connection:
     socket's timeout (each ``send`` waits that long for room, and sends what fits), and whose
     ``close`` lingers when a body was left unread."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, unfinished: OrderedDict[Any, None]) -> None:
         self._sock = sock
+        self._unfinished = unfinished
         self.recv = sock.recv  # the parser's every read: bound once, not looked up each time
-        self.linger = False  # a body was refused unread (413): the client may still be sending it
+        # A body was refused unread (413): the client may still be sending it. Not after a 408: a
+        # client that slow is read no longer (lingering on thousands of them cost the others).
+        self.linger = False
 
     def sendall(self, data: bytes) -> None:
         view = memoryview(data)
@@ -173,8 +176,8 @@ class _Connection:
         """Closing a socket with unread bytes resets the connection, and the client may lose the
         answer it was about to read (the 413 of a body too large): so say the end first, and read
         what is still coming, for a moment at most (as nginx's lingering close does)."""
-        if self.linger:
-            with contextlib.suppress(OSError), gevent.Timeout(LINGER_S, False):
+        if self.linger:  # meanwhile closable to make room, as a connection that waits for a request
+            with contextlib.suppress(OSError), _Unfinished(self._unfinished, gevent.Timeout(LINGER_S, False)):
                 self._sock.shutdown(socket.SHUT_WR)
                 drained = 0
                 while drained < LINGER_BYTES and (chunk := self._sock.recv(65536)):

@@ -33,8 +33,12 @@ def main() -> None:
         outcomes.append(scenarios.mixed_load(directory, seconds=90 if long else 8))
         outcomes.append(scenarios.faults_on_redis(directory, seconds=45 if long else 9))
         outcomes.append(scenarios.fleet_under_chaos(directory, seconds=90 if long else 12))
+        # 1,500 slow bodies and 300 readers stay under the worker's 2,000 connections: the bounds
+        # are what is soaked. Past the limit, closing connections to make room works (the test of
+        # 150 hogs on 100 connections), but the attacker's reconnecting then costs this shared
+        # 2-core machine a core, and the probes measure that (docs/reliability.md).
         outcomes.append(scenarios.hostile_clients(directory, seconds=60 if long else 6,
-                                                  slow_bodies=2000 if long else 200, readers=300 if long else 20,
+                                                  slow_bodies=1500 if long else 200, readers=300 if long else 20,
                                                   costly_heads=200 if long else 20))
     outcomes.append(scenarios.flood(keys=1_000_000 if long else 20_000, max_entries=10_000 if long else 1_000,
                                     hot_every=500 if long else 50))
