@@ -50,10 +50,15 @@ _ERROR_TYPES = {400: "BAD_INPUT", 403: "FORBIDDEN", 408: "REQUEST_TIMEOUT", 414:
                 417: "EXPECTATION_FAILED", 431: "HEADERS_TOO_LARGE", 500: "INTERNAL", 501: "NOT_IMPLEMENTED"}
 
 
-def write_json_error(sock: Any, status: int, reason: str, message: str) -> None:  # noqa: ARG001
-    """An error answered before the app sees the request, as JSON like every answer, and with
-    nothing of the input echoed (gunicorn's own page echoes ``message``: it is not sent)."""
-    body = json.dumps({"type": _ERROR_TYPES.get(status, "BAD_INPUT"), "message": reason})
+def write_json_error(sock: Any, status: int, reason: str, mesg: str) -> None:  # noqa: ARG001
+    """gunicorn's error writer, replaced: JSON like every answer, and nothing of the input echoed
+    (gunicorn's own page echoes ``mesg``: it is not sent; the reason is the message)."""
+    _answer_error(sock, status, reason, reason)
+
+
+def _answer_error(sock: Any, status: int, reason: str, message: str) -> None:
+    """An error answered before the app sees the request, and the connection's end."""
+    body = json.dumps({"type": _ERROR_TYPES.get(status, "BAD_INPUT"), "message": message})
     gunicorn.util.write_nonblock(sock, (
         f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nX-Content-Type-Options: nosniff\r\n\r\n{body}"
@@ -120,8 +125,8 @@ class WebWorker(GeventWorker):
                 body = req.body.read(MAX_BODY_BYTES + 1)
         except TimeoutError:
             self._count_closed("for a body that did not arrive in time")
-            write_json_error(sock, 408, "Request Timeout",
-                             f"The request's body did not arrive within {self.client_timeout_s:g} s of its head")
+            _answer_error(sock, 408, "Request Timeout",
+                          f"The request's body did not arrive within {self.client_timeout_s:g} s of its head")
             return False
         except (NoMoreData, OSError):  # the client went away, or was closed to make room
             return False

@@ -55,7 +55,8 @@ _PR_SET_PDEATHSIG = 1
 # How often an idle worker tells Redis it is alive (RQ's default is every 405 s): after a Redis
 # restart it registers again within this, so /readyz counts it (docs/operations.md).
 HEARTBEAT_S = 10
-_RUN_ID = re.compile(r"run_[A-Za-z0-9][A-Za-z0-9._-]{0,127}_-?[0-9]{1,16}_[0-9]{1,16}").fullmatch
+_SCENARIO_ID = SCENARIO_ID_PATTERN.pattern.removesuffix(r"\Z")  # the schema's own, as a part of a runId
+_RUN_ID = re.compile(rf"run_{_SCENARIO_ID}_-?[0-9]{{1,16}}_[0-9]{{1,16}}").fullmatch
 _OWNER = re.compile(r"[0-9a-f]{32}").fullmatch
 _NAME = re.compile(r"[\x21-\x7e]{1,128}").fullmatch  # an engineCodeHash, an engine's name or version
 # The fields of a job hash as this service's enqueue writes them (rq 3); a job with any other
