@@ -16,6 +16,8 @@ from app.text import printable
 
 if TYPE_CHECKING:
     from app.access import ApiKey
+    from app.signing import PublicKey
+    from app.signing import SigningKey
 
 DEFAULT_ENGINE = "app.engine.pricing:PricingEngine"
 MAX_TTL_MINUTES = 10 * 365 * 24 * 60  # ten years: beyond that a typo is likelier than intent
@@ -56,6 +58,8 @@ class Settings:
     transcript_cache_mb: int = 32
     api_keys: tuple[ApiKey, ...] = ()  # none: the service is open (docs/operations.md)
     anonymous_scopes: frozenset[str] = frozenset()  # what a request without a key may do, with keys
+    signing_key: SigningKey | None = None  # none: the registry keeps one it made (docs/operations.md)
+    previous_public_keys: tuple[PublicKey, ...] = ()  # listed after the current key, for older packs
     execution: str = "local"  # "local": the web process runs the engine; "queue": workers do
     queue_wait_s: float = 60.0
     lease_s: float = 10.0
@@ -108,6 +112,8 @@ def _read_settings(environ: Mapping[str, str]) -> Settings:
         transcript_cache_mb=positive_int(environ, "RUN_REGISTRY_TRANSCRIPT_CACHE_MB", default=32),
         api_keys=_api_keys(environ),
         anonymous_scopes=_anonymous_scopes(environ),
+        signing_key=_signing_key(environ),
+        previous_public_keys=_previous_public_keys(environ),
         execution=_execution(environ),
         queue_wait_s=positive_number(environ, "RUN_REGISTRY_QUEUE_WAIT_S", 60.0, "seconds", 3600),
         lease_s=positive_number(environ, "RUN_REGISTRY_LEASE_S", 10.0, "seconds", 50),
@@ -251,6 +257,40 @@ def _anonymous_scopes(environ: Mapping[str, str]) -> frozenset[str]:
     if raw not in ("none", "read"):
         raise ConfigError(f"{name} must be none or read, got {_shown(raw)}")
     return frozenset() if raw == "none" else frozenset({"read"})
+
+
+def _signing_key(environ: Mapping[str, str]) -> SigningKey | None:
+    """``RUN_REGISTRY_SIGNING_KEY``: PKCS#8 PEM, as text or a file's path; nothing of it is echoed."""
+    from app.signing import KeyMaterialError
+    from app.signing import SigningKey
+    from app.signing import pem_text_or_file
+
+    name = "RUN_REGISTRY_SIGNING_KEY"
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return SigningKey.from_pem(pem_text_or_file(raw))
+    except KeyMaterialError as err:
+        raise ConfigError(f"{name} must be an Ed25519 private key in PKCS#8 PEM, as its text or the path of a"
+                          f" file holding it; the value given {err} (not shown)") from None
+
+
+def _previous_public_keys(environ: Mapping[str, str]) -> tuple[PublicKey, ...]:
+    """``RUN_REGISTRY_PREVIOUS_PUBLIC_KEYS``: public keys of retired signing keys, PEM as text or a file's path."""
+    from app.signing import KeyMaterialError
+    from app.signing import pem_text_or_file
+    from app.signing import public_keys_from_pem
+
+    name = "RUN_REGISTRY_PREVIOUS_PUBLIC_KEYS"
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return ()
+    try:
+        return tuple(public_keys_from_pem(pem_text_or_file(raw)))
+    except KeyMaterialError as err:
+        raise ConfigError(f"{name} must be Ed25519 public keys in PEM, as their text or the path of a file"
+                          f" holding them; the value given {err}") from None
 
 
 def _execution(environ: Mapping[str, str]) -> str:

@@ -53,6 +53,7 @@ def create_app(
         if settings.execution == "queue" else None  # None: local, the service's own default
     )
     service = RunService(registry, engine, settings, new_run_limit, execution=execution)
+    service.announce_signing_key()
     app.extensions["run_service"] = service
     app.extensions["access"] = Access(settings.api_keys, settings.anonymous_scopes)
     app.extensions["metrics"] = metrics

@@ -24,10 +24,12 @@ from app.errors import RunPending
 from app.errors import RunRunning
 from app.errors import ServiceError
 from app.errors import Unavailable
+from app.evidence.attestation import ATTESTATION
 from app.evidence.csv_export import events_csv
 from app.evidence.diff import TranscriptDiff
 from app.evidence.diff import diff_transcripts
 from app.evidence.diff import first_difference
+from app.evidence.snapshot import pack_files
 from app.evidence.snapshot import snapshot_zip
 from app.evidence.sse import KEEPALIVE
 from app.evidence.sse import RETRY
@@ -35,6 +37,7 @@ from app.evidence.sse import SseReplay
 from app.evidence.sse import paced
 from app.evidence.sse import sse_error
 from app.evidence.sse import sse_frame
+from app.evidence_keys import EvidenceKeys
 from app.execution import Execution
 from app.execution import LocalExecution
 from app.limits import NewRunLimit
@@ -52,6 +55,8 @@ from app.registry.base import Registry
 from app.registry.base import RegistryFull
 from app.registry.base import RegistryUnavailable
 from app.runner import EngineFault
+from app.signing import PublicKey
+from app.signing import SigningKey
 from app.single_flight import SingleFlight
 from app.text import printable
 from app.transcripts import CorruptTranscript
@@ -92,6 +97,7 @@ class RunService:
         # the default engine's four come to about 48 KB a run, so 32 MiB holds the 700 or so runs
         # being read at any time.
         self._transcripts = TranscriptCache(settings.transcript_cache_mb * 2**20)
+        self._evidence_keys = EvidenceKeys(registry, settings.signing_key, settings.previous_public_keys)
         self._defects = DefectLog(log)
         self._new_runs = new_run_limit or NewRunLimit(settings.new_runs_per_minute)
         self._verifications: SingleFlight[Verification] = SingleFlight()
@@ -228,11 +234,33 @@ class RunService:
         """A done run's transcript as spreadsheet-safe CSV."""
         return self._transcripts.representation(record, "csv", lambda: events_csv(self._transcripts.events(record)))
 
-    def snapshot(self, record: RunRecord) -> bytes:
-        """A done run's ZIP evidence pack; the same bytes every time for the same run."""
-        return self._transcripts.representation(record, "zip", lambda: snapshot_zip(
-            record, self._transcripts.events_json(record), self.export_csv(record)
+    def snapshot(self, record: RunRecord, key: SigningKey) -> bytes:
+        """A done run's ZIP evidence pack; the same bytes every time for the same run and ``key``."""
+        return self._transcripts.representation(record, f"zip {key.key_id}", lambda: snapshot_zip(
+            record, self._pack_files(record, key)
         ))
+
+    def attestation(self, record: RunRecord, key: SigningKey) -> bytes:
+        """A done run's signed attestation: the pack's attestation.json."""
+        return self._transcripts.representation(
+            record, f"attestation {key.key_id}", lambda: self._pack_files(record, key)[ATTESTATION]
+        )
+
+    def _pack_files(self, record: RunRecord, key: SigningKey) -> dict[str, bytes]:
+        return pack_files(record, self._transcripts.events_json(record), self.export_csv(record), key)
+
+    def signing_key(self) -> SigningKey:
+        """The key evidence is signed with (the ETag of a signed representation names it)."""
+        with _registry_errors:
+            return self._evidence_keys.current()
+
+    def public_keys(self) -> list[PublicKey]:
+        with _registry_errors:
+            return self._evidence_keys.public_keys()
+
+    def announce_signing_key(self) -> None:
+        """:raises ConfigError: the registry keeps something else where the fleet's key should be."""
+        self._evidence_keys.announce(self._settings.shared_registry)
 
     def _sse_replay(self, record: RunRecord) -> SseReplay:
         transcripts = self._transcripts

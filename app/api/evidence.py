@@ -22,7 +22,6 @@ from app.api import preferred_wait
 from app.api import refuse_cross_site_posts
 from app.api import requires
 from app.api import run_service
-from app.models import RunRecord
 from app.service import RunService
 
 bp = Blueprint("evidence", __name__)
@@ -73,13 +72,13 @@ def replay_page(run_id: str) -> Response:
 @bp.get("/runs/<run_id>/snapshot")
 @requires("read")
 def download_snapshot(run_id: str) -> Response:
-    """The ZIP evidence pack, byte-identical for the same run (once it is done).
+    """The ZIP evidence pack, signed; byte-identical for the same run and signing key (once it is done).
     ---
     get:
       parameters: [run_id, Prefer]
       responses:
         '200':
-          description: "<runId>.zip: manifest.json, events.json, events.csv, SHA256SUMS"
+          description: "<runId>.zip: manifest.json, events.json, events.csv, attestation.json, SHA256SUMS"
           content: {application/zip: {schema: {type: string, format: binary}}}
         '202': Pending
         '304': NotModified
@@ -87,7 +86,44 @@ def download_snapshot(run_id: str) -> Response:
         '500': EngineError
         '503': Unavailable
     """
-    return _download_done_run(run_id, "zip", "application/zip", lambda service, record: service.snapshot(record))
+    return _download_done_run(run_id, "zip", "application/zip", RunService.snapshot, signed=True)
+
+
+@bp.get("/runs/<run_id>/attestation")
+@requires("read")
+def attestation(run_id: str) -> Response:
+    """The run's signed attestation: the pack's attestation.json, a DSSE envelope over an in-toto Statement.
+    ---
+    get:
+      parameters: [run_id, Prefer]
+      responses:
+        '200':
+          description: The DSSE envelope (the same bytes as the pack's attestation.json)
+          content: {application/json: {schema: AttestationResponse}}
+        '202': Pending
+        '304': NotModified
+        '404': NotFound
+        '500': EngineError
+        '503': Unavailable
+    """
+    return _done_run_representation(run_id, "attestation", ("Content-Type", "application/json"),
+                                    RunService.attestation, signed=True)
+
+
+@bp.get("/signing-keys")
+@requires("read")
+def signing_keys() -> dict[str, Any]:
+    """The public keys that check signed evidence offline: the key in use first, then retired ones.
+    ---
+    get:
+      responses:
+        '200':
+          description: The public keys
+          content: {application/json: {schema: SigningKeysResponse}}
+        '503': Unavailable
+    """
+    return {"keys": [{"keyId": key.key_id, "algorithm": "ed25519", "publicKey": key.pem}
+                     for key in run_service().public_keys()]}
 
 
 @bp.get("/runs/<run_id>/export.csv")
@@ -107,8 +143,7 @@ def export_csv(run_id: str) -> Response:
         '500': EngineError
         '503': Unavailable
     """
-    return _download_done_run(run_id, "csv", "text/csv; charset=utf-8",
-                              lambda service, record: service.export_csv(record))
+    return _download_done_run(run_id, "csv", "text/csv; charset=utf-8", RunService.export_csv)
 
 
 @verification_bp.post("/runs/<run_id>/verify")
@@ -150,13 +185,27 @@ def verify(run_id: str) -> dict[str, Any]:
 
 
 def _download_done_run(
-    run_id: str, extension: str, content_type: str, encode: Callable[[RunService, RunRecord], bytes]
+    run_id: str, extension: str, content_type: str, encode: Callable[..., bytes], signed: bool = False
 ) -> Response:
     """A done run's file, ``<runId>.<extension>``, with its ETag (202 while the run runs)."""
+    # runIds are letters, digits and ._- (the scenarioId's alphabet): safe in a quoted filename.
+    disposition = ("Content-Disposition", f'attachment; filename="{run_id}.{extension}"')
+    return _done_run_representation(run_id, extension, ("Content-Type", content_type), encode, signed, disposition)
+
+
+def _done_run_representation(
+    run_id: str, representation: str, content_type: tuple[str, str], encode: Callable[..., bytes],
+    signed: bool = False, *headers: tuple[str, str],
+) -> Response:
+    """A done run's ``representation`` made by ``encode(service, record)`` (with the signing key
+    when ``signed``: its ETag then names the key, so a new key makes new bytes and a new ETag)."""
     service = run_service()
     wait = preferred_wait(service)
     record = service.done_run(run_id, wait.seconds, caller())
-    # runIds are letters, digits and ._- (the scenarioId's alphabet): safe in a quoted filename.
-    disposition = f'attachment; filename="{record.run_id}.{extension}"'
-    headers = (("Content-Type", content_type), ("Content-Disposition", disposition))
-    return answered_with(wait, conditional(record, extension, lambda: encode(service, record), headers))
+    arguments: tuple[Any, ...] = (service, record)
+    if signed:
+        key = service.signing_key()
+        representation = f"{representation}.{key.key_id[:16]}"
+        arguments += (key,)
+    made = conditional(record, representation, lambda: encode(*arguments), (content_type, *headers))
+    return answered_with(wait, made)

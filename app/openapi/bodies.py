@@ -115,6 +115,32 @@ class VerifyResponse(Schema):
     duration_ms = fields.Float(data_key="durationMs", required=True)
 
 
+class DsseSignature(Schema):
+    keyid = fields.String(required=True, metadata={"description": "the keyId of the key (GET /signing-keys)"})
+    sig = fields.String(required=True, metadata={"description": "standard base64 of the Ed25519 signature"})
+
+
+class AttestationResponse(Schema):
+    """A DSSE v1 envelope; its payload is an in-toto Statement v1 (docs/api.md, "Signed evidence")."""
+
+    payload_type = fields.String(data_key="payloadType", required=True,
+                                 validate=validate.OneOf(["application/vnd.in-toto+json"]))
+    payload = fields.String(required=True, metadata={"description": "standard base64 of the statement's JSON"})
+    signatures = fields.List(fields.Nested(DsseSignature), required=True)
+
+
+class SigningKey(Schema):
+    key_id = fields.String(data_key="keyId", required=True,
+                           metadata={"description": "hex SHA-256 of the key's DER SubjectPublicKeyInfo"})
+    algorithm = fields.String(required=True, validate=validate.OneOf(["ed25519"]))
+    public_key = fields.String(data_key="publicKey", required=True, metadata={"description": "PEM"})
+
+
+class SigningKeysResponse(Schema):
+    keys = fields.List(fields.Nested(SigningKey), required=True,
+                       metadata={"description": "the key in use first, then retired ones"})
+
+
 class HealthResponse(Schema):
     status = fields.String(required=True, validate=validate.OneOf(["ok"]))
 

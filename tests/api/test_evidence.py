@@ -33,7 +33,7 @@ def test_snapshot_is_a_zip_download_of_the_whole_run(fake_client):
     assert response.mimetype == "application/zip"
     assert response.headers["Content-Disposition"] == f'attachment; filename="{run_id}.zip"'
     pack = zipfile.ZipFile(io.BytesIO(response.get_data()))
-    assert pack.namelist() == ["manifest.json", "events.json", "events.csv", "SHA256SUMS"]
+    assert pack.namelist() == ["manifest.json", "events.json", "events.csv", "attestation.json", "SHA256SUMS"]
     metadata = fake_client.get(f"/runs/{run_id}").get_json()
     manifest = json.loads(pack.read("manifest.json"))
     assert manifest == {
@@ -53,7 +53,7 @@ def test_snapshot_checksums_pass_sha256sum(fake_client, tmp_path):
     zipfile.ZipFile(io.BytesIO(fake_client.get(f"/runs/{run_id}/snapshot").get_data())).extractall(tmp_path)
     result = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count(": OK") == 3
+    assert result.stdout.count(": OK") == 4
 
 
 def test_snapshot_bytes_never_change_for_a_run(fake_client, frozen):

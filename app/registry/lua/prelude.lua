@@ -8,6 +8,7 @@
 --                     with one TTL renewed only on hits, is also least-recently-used order
 --   scenario-entries  a sorted set of scenarios by minus their entries (running and done)
 --   counters          a hash: hits, misses, evictions, expirations, failures, engine runs
+--   signing-key       the fleet's evidence signing key (PKCS#8 PEM), when none is configured
 local prefix = ARGV[1]
 
 local function now_ms()
