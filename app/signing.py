@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from dataclasses import field
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -27,7 +28,7 @@ class KeyMaterialError(ValueError):
 class PublicKey:
     """An Ed25519 public key, named by its keyId: the hex SHA-256 of its DER SubjectPublicKeyInfo."""
 
-    key: Ed25519PublicKey
+    key: Ed25519PublicKey = field(compare=False)  # equal keys are those of equal keyIds
     key_id: str
     pem: str
 
@@ -42,7 +43,7 @@ class PublicKey:
 class SigningKey:
     """An Ed25519 private key and its public half. Its repr names the keyId, never the key."""
 
-    private: Ed25519PrivateKey
+    private: Ed25519PrivateKey = field(compare=False)
     public: PublicKey
 
     @classmethod

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import http.client as http_client
+import io
 import json
 import socket
 import threading
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from app.evidence.attestation import check_pack
+from app.signing import public_keys_from_pem
 from harness.servers import Gunicorn
 from harness.servers import http
 from harness.servers import http10_get
@@ -144,7 +148,7 @@ def test_only_complete_transcripts_are_served_and_a_running_run_cannot_be_verifi
     scenario = "paced-100-20"  # about 2.3 s
     run_id = start_async(fleet.starter, scenario).json()["runId"]
     no_wait = {"Prefer": "wait=0"}
-    for path in ("/events", "/export.csv", "/snapshot"):
+    for path in ("/events", "/export.csv", "/snapshot", "/attestation"):
         reply = http("GET", f"{fleet.watcher.url}/runs/{run_id}{path}", headers=no_wait)
         assert reply.status == 202, path
         assert reply.json()["runId"] == run_id and reply.json()["status"] == "running" and reply.json()["count"] >= 0
@@ -163,7 +167,7 @@ def test_a_done_runs_representations_carry_strong_etags_and_answer_304(fleet):
     run_id = http("GET", f"{fleet.starter.url}/runs/lookup?scenarioId=etag&seed=1").json()["runId"]
     tags = set()
     for path, headers in (("/events", {}), ("/events", {"Accept-Encoding": "gzip"}), ("/export.csv", {}),
-                          ("/snapshot", {})):
+                          ("/snapshot", {}), ("/attestation", {})):
         first = http("GET", f"{fleet.watcher.url}/runs/{run_id}{path}", headers=headers)
         tag = first.headers["ETag"]
         assert first.status == 200 and tag.startswith('"') and not tag.startswith("W/"), path
@@ -172,7 +176,18 @@ def test_a_done_runs_representations_carry_strong_etags_and_answer_304(fleet):
         stale = http("GET", f"{fleet.watcher.url}/runs/{run_id}{path}", headers={**headers, "If-None-Match": '"x"'})
         assert stale.status == 200 and stale.body == first.body
         tags.add(tag)
-    assert len(tags) == 4  # the gzip body has its own
+    assert len(tags) == 5  # the gzip body has its own
+
+
+def test_every_process_hands_out_the_same_signed_pack_for_a_run(fleet, tmp_path):
+    run_id = http("GET", f"{fleet.starter.url}/runs/lookup?scenarioId=signed&seed=1").json()["runId"]
+    packs = [http("GET", f"{server.url}/runs/{run_id}/snapshot").body for server in (fleet.starter, fleet.watcher)]
+    attestation = http("GET", f"{fleet.watcher.url}/runs/{run_id}/attestation").body
+    assert packs[0] == packs[1]
+    assert zipfile.ZipFile(io.BytesIO(packs[0])).read("attestation.json") == attestation
+    keys = http("GET", f"{fleet.starter.url}/signing-keys").body
+    assert keys == http("GET", f"{fleet.watcher.url}/signing-keys").body
+    assert check_pack(packs[0], public_keys_from_pem(json.loads(keys)["keys"][0]["publicKey"].encode()))
 
 
 def test_past_the_waiting_capacity_streams_get_503_while_healthz_and_hits_answer(tmp_path):

@@ -358,3 +358,30 @@ def test_public_keys_from_pem_reads_every_key_of_a_file():
     keys = [SigningKey.generate() for _ in range(3)]
     assert [key.key_id for key in public_keys_from_pem("".join(k.public.pem for k in keys).encode())] == [
         key.key_id for key in keys]
+
+
+def test_a_registry_that_does_not_answer_changes_no_key_and_one_never_asked_is_a_503(frozen):
+    from app.evidence_keys import RECHECK_S
+    from app.evidence_keys import EvidenceKeys
+    from app.registry.base import RegistryUnavailable
+    from app.registry.memory import MemoryRegistry
+
+    class Unreachable(MemoryRegistry):
+        down = False
+
+        def signing_key(self, candidate: bytes) -> bytes:
+            if self.down:
+                raise RegistryUnavailable("redis: ConnectionError")
+            return super().signing_key(candidate)
+
+    registry = Unreachable(ttl_ms=60_000, max_entries=10)
+    keys = EvidenceKeys(registry, None, ())
+    known = keys.current()
+    registry.down = True
+    frozen.tick(RECHECK_S)
+    assert keys.current() == known
+    with pytest.raises(RegistryUnavailable):
+        EvidenceKeys(registry, None, ()).current()
+    client = create_app(test_settings(), engine=FakeEngine(), registry=registry).test_client()
+    reply = client.get("/signing-keys")
+    assert reply.status_code == 503 and reply.get_json()["type"] == "UNAVAILABLE"
