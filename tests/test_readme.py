@@ -1,4 +1,5 @@
-"""The examples of the README and of docs/api.md, run verbatim (but for the port) against a real gunicorn."""
+"""The examples of the README and of docs/api.md, run verbatim (but for the port, and the path of the
+.venv's commands) against a real gunicorn."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import subprocess
 
 import pytest
 
+from harness.servers import GUNICORN
 from harness.servers import ROOT
 from harness.servers import Gunicorn
 from harness.servers import require_binary
@@ -34,7 +36,8 @@ def run_examples(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("examples")
     with Gunicorn(workdir / "gunicorn.log") as server:
         def run(blocks: list[str]) -> str:
-            script = "set -e\n" + "\n".join(blocks).replace("localhost:3001", f"127.0.0.1:{server.port}")
+            script = "set -e\n" + "\n".join(blocks).replace("localhost:3001", f"127.0.0.1:{server.port}").replace(
+                ".venv/bin/", f"{GUNICORN.parent}/")
             result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, cwd=workdir)
             assert result.returncode == 0, result.stderr + result.stdout
             return result.stdout
@@ -46,7 +49,7 @@ def test_readme_examples_work(run_examples):
     for expected in (
         '"source":"new"', '"source":"cache"', '"events":[{"data":{"scenarioId":"pricing-v1","seed":42',
         '"count":147', "retry: 3000", "event: start", '"seed":7', "id: 147", "event: done",
-        "seed must be a valid integer",
+        "seed must be a valid integer", ".zip: genuine, signed by keyId", ": scenarioId pricing-v1, seed 42, 147 events",
     ):
         assert expected in output, expected
     assert "not found" not in output and "NOT_FOUND" not in output
@@ -58,7 +61,9 @@ def test_api_doc_examples_work(run_examples):
         "scenarioId and seed parameters required", "Run non-existent-run not found",
         "Method not allowed for this endpoint",
         "event: start", "id: 147", "event: done", "<!doctype html>",
-        "manifest.json: OK", "events.json: OK", "events.csv: OK", "position,type,tokenIndex,text,data",
+        "manifest.json: OK", "events.json: OK", "events.csv: OK", "attestation.json: OK",
+        "position,type,tokenIndex,text,data", ".zip: genuine, signed by keyId", "refused: exit 1",
+        "urn:run-registry:evidence-pack:v1",
         '"reproducible":true', '"identical":false', "left: seed must be a valid integer",
         "Last-Event-ID 999 is not a position in this run (1 to 147)",
         '{"status":"ok"}', '"status":"ready"', '"hit_ratio":', 'run_registry_lookups_total{source="new"}',
