@@ -56,6 +56,8 @@ class Settings:
     max_waiting_per_client: int = 100
     client_timeout_s: float = 10.0
     transcript_cache_mb: int = 32
+    ledger_days: float = 30.0  # a key's determinism reference is kept this long after its last check
+    ledger_max_keys: int = 100_000
     api_keys: tuple[ApiKey, ...] = ()  # none: the service is open (docs/operations.md)
     anonymous_scopes: frozenset[str] = frozenset()  # what a request without a key may do, with keys
     signing_key: SigningKey | None = None  # none: the registry keeps one it made (docs/operations.md)
@@ -74,6 +76,11 @@ class Settings:
     def shared_registry(self) -> bool:
         """Whether the registry lives outside this process, so several workers may share it."""
         return not self.registry_url.startswith("memory:")
+
+    @property
+    def ledger_ms(self) -> int:
+        """The ledger's time in whole milliseconds, at least one."""
+        return max(1, round(self.ledger_days * 86_400_000))
 
     @property
     def ttl_ms(self) -> int:
@@ -110,6 +117,8 @@ def _read_settings(environ: Mapping[str, str]) -> Settings:
         max_waiting_per_client=positive_int(environ, "RUN_REGISTRY_MAX_WAITING_PER_CLIENT", default=100),
         client_timeout_s=positive_number(environ, "RUN_REGISTRY_CLIENT_TIMEOUT_S", 10.0, "seconds", 300),
         transcript_cache_mb=positive_int(environ, "RUN_REGISTRY_TRANSCRIPT_CACHE_MB", default=32),
+        ledger_days=positive_number(environ, "RUN_REGISTRY_LEDGER_DAYS", 30.0, "days", 3650),
+        ledger_max_keys=positive_int(environ, "RUN_REGISTRY_LEDGER_MAX_KEYS", default=100_000),
         api_keys=_api_keys(environ),
         anonymous_scopes=_anonymous_scopes(environ),
         signing_key=_signing_key(environ),

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from app.errors import ServiceError
 from app.models import ENGINE_DURATION_BUCKETS_S
+from app.models import LedgerFigures
 from app.models import RegistryStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -111,6 +112,13 @@ class _BackendCollector(Collector):
             bounds = [*(f"{bound:g}" for bound in ENGINE_DURATION_BUCKETS_S), "+Inf"]
             durations.add_metric([outcome], list(zip(bounds, cumulative, strict=True)), sum_value=total)
         yield durations
+        checks = CounterMetricFamily("run_registry_determinism_checks",
+                                     "Transcripts checked against their key's reference, by result.", labels=["result"])
+        checks.add_metric(["reproduced"], figures.ledger.reproduced)
+        checks.add_metric(["diverged"], figures.ledger.diverged)
+        yield checks
+        yield GaugeMetricFamily("run_registry_determinism_keys", "Cache keys the determinism ledger holds.",
+                                value=figures.ledger.keys)
         if figures.queued is not None:
             yield GaugeMetricFamily("run_registry_queue_depth", "Runs and verifications waiting for a worker.",
                                     value=figures.queued)
@@ -122,5 +130,6 @@ class _BackendCollector(Collector):
 @dataclass(frozen=True)
 class FleetFigures:
     stats: RegistryStats
+    ledger: LedgerFigures
     queued: int | None  # None: runs are not queued (local execution)
     workers: int | None

@@ -49,6 +49,20 @@ def cache_key(key: RunKey) -> str:
     return key.digest
 
 
+def run_scenario_id(run_id: str) -> str:
+    """The scenarioId of ``run_<scenarioId>_<seed>_<createdAt>`` (it may hold "_"; seed and time do not)."""
+    return run_id[4:].rsplit("_", 2)[0]
+
+
+def run_seed(run_id: str) -> int:
+    return int(run_id.rsplit("_", 2)[1])
+
+
+def run_created_at(run_id: str) -> int:
+    """Epoch milliseconds, the runId's suffix."""
+    return int(run_id.rsplit("_", 1)[1])
+
+
 @dataclass(frozen=True, slots=True)
 class RunIdentity:
     """Which run this is and which engine code makes it: known from the moment it starts.
@@ -69,16 +83,16 @@ class RunIdentity:
 
     @property
     def scenario_id(self) -> str:
-        return self.run_id[4:].rsplit("_", 2)[0]  # a scenarioId may hold "_"; seed and time do not
+        return run_scenario_id(self.run_id)
 
     @property
     def seed(self) -> int:
-        return int(self.run_id.rsplit("_", 2)[1])
+        return run_seed(self.run_id)
 
     @property
     def created_at(self) -> int:
         """Epoch milliseconds, the runId's suffix."""
-        return int(self.run_id.rsplit("_", 1)[1])
+        return run_created_at(self.run_id)
 
     @property
     def key(self) -> RunKey:
@@ -237,3 +251,76 @@ def canonical_json(value: object) -> bytes:
     return json.dumps(
         value, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
     ).encode("utf-8")
+
+
+CheckResult = Literal["reference", "reproduced", "diverged"]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """A cache key in the determinism ledger: its reference (the first done run's runId and
+    digest) and the checks of later transcripts against it."""
+
+    reference_run_id: str
+    reference_digest: bytes  # sha256 of the reference's canonical events JSON
+    checks: int
+    divergences: int
+
+    @property
+    def status(self) -> str:
+        if self.checks == 0:
+            return "unchecked"
+        return "diverged" if self.divergences else "reproduced"
+
+    @property
+    def reference_sha256(self) -> str:
+        return self.reference_digest.hex()
+
+    @property
+    def reference_created_at(self) -> int:
+        return run_created_at(self.reference_run_id)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerCheck:
+    """One transcript of a key held against the key's reference: ``reference`` when the key had
+    none and this one became it (no check), else ``reproduced`` or ``diverged``; and the entry after."""
+
+    result: CheckResult
+    entry: LedgerEntry
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """A transcript of a key that differed from the key's reference (a re-run's, or a verify's)."""
+
+    cache_key: str
+    engine_code_hash: str
+    reference_run_id: str
+    reference_sha256: str
+    run_id: str  # the diverging run, or the verified one
+    events_sha256: str  # the diverging transcript's
+    at: int  # epoch milliseconds
+
+    @property
+    def scenario_id(self) -> str:
+        return run_scenario_id(self.run_id)
+
+    @property
+    def seed(self) -> int:
+        return run_seed(self.run_id)
+
+
+@dataclass(frozen=True)
+class LedgerFigures:
+    """The ledger in all (with a shared backend, the fleet's): keys it holds, checks since it
+    began, and the latest divergences, newest first."""
+
+    keys: int
+    reproduced: int
+    diverged: int
+    divergences: tuple[Divergence, ...] = ()
+
+    @property
+    def checks(self) -> int:
+        return self.reproduced + self.diverged

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from app.concurrency import native_sleep
 from app.concurrency import real_threads
@@ -26,6 +27,7 @@ from app.config import Settings
 from app.engine.base import Engine
 from app.engine.base import Event
 from app.models import EncodedEvent
+from app.models import LedgerCheck
 from app.models import RunError
 from app.models import RunIdentity
 from app.models import RunKey
@@ -42,6 +44,7 @@ MAX_TRANSCRIPT_BYTES = 32 * 1024 * 1024
 # How long the recorder keeps retrying a registry that does not answer before it gives the run
 # up (on Redis its lease then lapses and any process fails it).
 REGISTRY_RETRY_S = 5.0
+T = TypeVar("T")
 
 
 class EngineFault(Exception):
@@ -224,13 +227,17 @@ class Runner:
         seconds = time.monotonic() - started
         self._count_engine_run(seconds, failed=fault is not None)
         if fault is None:
-            ended = self._with_retries(lambda: self._registry.finish(run_id, owner, RunRecord.create(identity, events)))
+            record = RunRecord.create(identity, events)
+            check = self._with_retries(lambda: self._registry.finish(run_id, owner, record))
             log.info("engine ran scenario %s seed %s: %d events in %.1f ms", identity.scenario_id, identity.seed,
                      len(events), seconds * 1000)
+            ended = check is not None
+            if check is not None:
+                log_divergence(identity, run_id, record.events_sha256, check)
         else:
-            ended = self._with_retries(
+            ended = bool(self._with_retries(
                 lambda: self._registry.fail(run_id, owner, RunError("ENGINE_ERROR", str(fault)))
-            )
+            ))
         if not ended:
             log.error("run %s could not be %s: it is no longer this process's", run_id,
                       "finished" if fault is None else "failed")
@@ -240,8 +247,8 @@ class Runner:
         log.error("engine %s did not finish %s within %g s", self._engine.name, which, self._timeout_s)
         return EngineFault(f"The engine did not finish {which} within {self._timeout_s:g} s")
 
-    def _with_retries(self, call: Callable[[], bool]) -> bool:
-        """``call``, retried while the registry does not answer, for up to REGISTRY_RETRY_S."""
+    def _with_retries(self, call: Callable[[], T]) -> T | None:
+        """``call``, retried while the registry does not answer, for up to REGISTRY_RETRY_S (then ``None``)."""
         deadline = time.monotonic() + REGISTRY_RETRY_S
         pause = 0.05
         while True:
@@ -250,7 +257,7 @@ class Runner:
             except RegistryUnavailable:
                 if time.monotonic() >= deadline:
                     log.error("the registry did not answer for %g s; a run is given up", REGISTRY_RETRY_S)
-                    return False
+                    return None
                 threading.Event().wait(pause)
                 pause = min(pause * 2, 1.0)
 
@@ -260,6 +267,20 @@ class Runner:
             self._registry.record_engine_run(seconds * 1000, failed)
         except RegistryUnavailable:
             log.warning("engine run not counted: the registry is unavailable")
+
+
+def log_divergence(identity: RunIdentity, run_id: str, events_sha256: str, check: LedgerCheck) -> None:
+    """One WARNING line for a transcript that differs from its key's reference (section 14)."""
+    if check.result != "diverged":
+        return
+    reference = check.entry
+    log.warning(
+        "determinism: scenario %s seed %s (cacheKey %s, engineCodeHash %s) diverged: run %s has eventsSha256 %s,"
+        " the key's reference run %s has %s", identity.scenario_id, identity.seed, identity.cache_key,
+        identity.engine_code_hash, run_id, events_sha256, reference.reference_run_id, reference.reference_sha256,
+        extra={"cacheKey": identity.cache_key, "runId": run_id, "eventsSha256": events_sha256,
+               "referenceRunId": reference.reference_run_id, "referenceSha256": reference.reference_sha256},
+    )
 
 
 class Slots:

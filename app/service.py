@@ -43,6 +43,8 @@ from app.execution import LocalExecution
 from app.limits import NewRunLimit
 from app.logs import DefectLog
 from app.metrics import FleetFigures
+from app.models import LedgerEntry
+from app.models import LedgerFigures
 from app.models import RegistryStats
 from app.models import RunError
 from app.models import RunKey
@@ -55,6 +57,7 @@ from app.registry.base import Registry
 from app.registry.base import RegistryFull
 from app.registry.base import RegistryUnavailable
 from app.runner import EngineFault
+from app.runner import log_divergence
 from app.signing import PublicKey
 from app.signing import SigningKey
 from app.single_flight import SingleFlight
@@ -408,6 +411,9 @@ class RunService:
         recorded_json = self._transcripts.events_json(record)
         reproducible = replayed_json == recorded_json
         replayed = RunRecord.create(record.identity, reproduction.events)
+        with _registry_errors:
+            check = self._registry.check_reproduction(record, replayed.events_digest)
+        log_divergence(record.identity, record.run_id, replayed.events_sha256, check)
         return Verification(
             run_id=record.run_id,
             reproducible=reproducible,
@@ -419,7 +425,17 @@ class RunService:
             recorded_count=record.event_count,
             replayed_count=replayed.event_count,
             duration_ms=round(reproduction.seconds * 1000, 3),
+            determinism=check.entry,
         )
+
+    def determinism(self, record: RunRecord) -> LedgerEntry | None:
+        """The run's key in the determinism ledger (``None``: the ledger forgot it)."""
+        with _registry_errors:
+            return self._registry.ledger(record.identity.cache_key)
+
+    def ledger_figures(self, latest: int) -> LedgerFigures:
+        with _registry_errors:
+            return self._registry.ledger_figures(latest)
 
     def verification_callers(self, run_id: str) -> int:
         """How many requests share the run's verification now (0 when none is running)."""
@@ -450,9 +466,10 @@ class RunService:
         and with queue execution the queue's depth and its workers."""
         with _registry_errors:
             stats = self._registry.stats(top_scenarios=0)
+            ledger = self._registry.ledger_figures(latest=0)
             workers = self._execution.workers()
             queued = self._execution.in_use() if workers is not None else None
-        return FleetFigures(stats, queued, workers)
+        return FleetFigures(stats, ledger, queued, workers)
 
     def readiness(self) -> Readiness:
         """:raises Unavailable: the registry backend (or the job queue) does not answer."""
@@ -507,6 +524,7 @@ class Verification:
     recorded_count: int
     replayed_count: int
     duration_ms: float
+    determinism: LedgerEntry  # the key's, after this check
 
 
 class _ReleasingStream:

@@ -49,7 +49,8 @@ def test_readme_examples_work(run_examples):
     for expected in (
         '"source":"new"', '"source":"cache"', '"events":[{"data":{"scenarioId":"pricing-v1","seed":42',
         '"count":147', "retry: 3000", "event: start", '"seed":7', "id: 147", "event: done",
-        "seed must be a valid integer", ".zip: genuine, signed by keyId", ": scenarioId pricing-v1, seed 42, 147 events",
+        "seed must be a valid integer", ".zip: genuine, signed by keyId",
+        ": scenarioId pricing-v1, seed 42, 147 events",
     ):
         assert expected in output, expected
     assert "not found" not in output and "NOT_FOUND" not in output

@@ -28,6 +28,7 @@ from app.errors import CrossSiteRequest
 from app.errors import UnsupportedMediaType
 from app.limits import client_network
 from app.logs import log_request_fields
+from app.models import LedgerEntry
 from app.models import RunRecord
 from app.service import RunService
 
@@ -79,6 +80,18 @@ def conditional(
     if if_none_match is not None and (if_none_match == quoted or etag_matches(if_none_match, quoted)):
         return Response(status=304, headers=(("ETag", quoted),))
     return Response(body(), headers=(*headers, ("ETag", quoted)))
+
+
+def determinism_body(entry: LedgerEntry | None) -> dict[str, Any]:
+    """A key's determinism as the contract shows it (section 14); a key the ledger forgot has
+    no reference and no checks, until its next done run."""
+    if entry is None:
+        return {"status": "unchecked", "checks": 0, "divergences": 0, "reference": None}
+    return {
+        "status": entry.status, "checks": entry.checks, "divergences": entry.divergences,
+        "reference": {"runId": entry.reference_run_id, "eventsSha256": entry.reference_sha256,
+                      "createdAt": entry.reference_created_at},
+    }
 
 
 def client_address() -> str:

@@ -15,6 +15,7 @@ from werkzeug.datastructures import MultiDict
 from app.api import JSON_TYPE
 from app.api import answered_with
 from app.api import caller
+from app.api import determinism_body
 from app.api import conditional
 from app.api import preferred_wait
 from app.api import requires
@@ -48,17 +49,20 @@ def show_run(run_id: str) -> Response:
       parameters: [run_id]
       responses:
         '200':
-          description: The run's metadata (eventsSha256 and expiresAt once done, error once failed)
+          description: The run's metadata (eventsSha256, expiresAt and determinism once done, error once failed)
           content: {application/json: {schema: RunMetadata}}
         '404': NotFound
         '503': Unavailable
     """
-    state = run_service().run(run_id)
+    service = run_service()
+    state = service.run(run_id)
     # The status is a known word, and counts and the digest need no escaping; the rest is memoised.
     body = f'{_description_json(state.identity)},"status":"{state.status}","count":{state.count}'
     if state.record is not None:
         body += f',"eventsSha256":"{state.record.events_sha256}","expiresAt":{state.expires_at}'
     body += f',"hits":{state.hits}'
+    if state.record is not None:
+        body += f',"determinism":{_json(determinism_body(service.determinism(state.record)))}'
     if state.error is not None:
         body += f',"error":{_json({"type": state.error.type, "message": state.error.message})}'
     return Response(body + "}", headers=(JSON_TYPE,))

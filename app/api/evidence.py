@@ -16,6 +16,7 @@ from app.api import answered_with
 from app.api import bound_request_body
 from app.api import caller
 from app.api import conditional
+from app.api import determinism_body
 from app.api import keys_configured
 from app.api import optional_json_body
 from app.api import preferred_wait
@@ -181,6 +182,7 @@ def verify(run_id: str) -> dict[str, Any]:
         "recordedCount": result.recorded_count,
         "replayedCount": result.replayed_count,
         "durationMs": result.duration_ms,
+        "determinism": determinism_body(result.determinism),
     }
 
 

@@ -11,6 +11,7 @@ from flask import current_app
 from app.api import requires
 from app.api import run_service
 from app.metrics import CONTENT_TYPE
+from app.registry.ledger import LATEST_DIVERGENCES
 
 bp = Blueprint("ops", __name__)
 
@@ -87,6 +88,37 @@ def registry_stats() -> dict[str, Any]:
         "running": stats.running,
         "execution": report.execution,
         **({"workers": report.workers} if report.workers is not None else {}),
+    }
+
+
+@bp.get("/registry/determinism")
+@requires("ops")
+def registry_determinism() -> dict[str, Any]:
+    """The determinism ledger: keys, checks of re-runs and verifies against each key's first transcript,
+    the latest divergences.
+    ---
+    get:
+      responses:
+        '200':
+          description: With Redis, the fleet's figures
+          content: {application/json: {schema: DeterminismResponse}}
+        '503': Unavailable
+    """
+    figures = run_service().ledger_figures(LATEST_DIVERGENCES)
+    return {
+        "keys": figures.keys,
+        "checks": figures.checks,
+        "reproduced": figures.reproduced,
+        "diverged": figures.diverged,
+        "divergences": [
+            {
+                "scenarioId": divergence.scenario_id, "seed": divergence.seed,
+                "engineCodeHash": divergence.engine_code_hash, "cacheKey": divergence.cache_key,
+                "reference": {"runId": divergence.reference_run_id, "eventsSha256": divergence.reference_sha256},
+                "runId": divergence.run_id, "eventsSha256": divergence.events_sha256, "at": divergence.at,
+            }
+            for divergence in figures.divergences
+        ],
     }
 
 

@@ -39,6 +39,23 @@ class RunPendingBody(Schema):
     count = fields.Integer(required=True, metadata={"description": "events recorded so far"})
 
 
+class LedgerReference(Schema):
+    run_id = fields.String(data_key="runId", required=True)
+    events_sha256 = fields.String(data_key="eventsSha256", required=True)
+    created_at = fields.Integer(data_key="createdAt", metadata={"description": "epoch milliseconds"})
+
+
+class Determinism(Schema):
+    """The run's key in the determinism ledger: its reference (the first done run) and the checks
+    of later transcripts (re-runs, verifies) against it."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["unchecked", "reproduced", "diverged"]))
+    checks = fields.Integer(required=True)
+    divergences = fields.Integer(required=True)
+    reference = fields.Nested(LedgerReference, required=True, allow_none=True,
+                              metadata={"description": "null once the ledger forgot the key"})
+
+
 class RunMetadata(Schema):
     run_id = fields.String(data_key="runId", required=True)
     scenario_id = fields.String(data_key="scenarioId", required=True)
@@ -56,6 +73,7 @@ class RunMetadata(Schema):
         data_key="expiresAt", metadata={"description": "once done: epoch milliseconds; live while now < it"}
     )
     hits = fields.Integer(required=True)
+    determinism = fields.Nested(Determinism, metadata={"description": "once done"})
     error = fields.Nested(ErrorBody, metadata={"description": "once failed"})
 
 
@@ -113,6 +131,7 @@ class VerifyResponse(Schema):
     recorded_count = fields.Integer(data_key="recordedCount", required=True)
     replayed_count = fields.Integer(data_key="replayedCount", required=True)
     duration_ms = fields.Float(data_key="durationMs", required=True)
+    determinism = fields.Nested(Determinism, required=True, metadata={"description": "the key's, after this check"})
 
 
 class DsseSignature(Schema):
@@ -139,6 +158,26 @@ class SigningKey(Schema):
 class SigningKeysResponse(Schema):
     keys = fields.List(fields.Nested(SigningKey), required=True,
                        metadata={"description": "the key in use first, then retired ones"})
+
+
+class DivergenceBody(Schema):
+    scenario_id = fields.String(data_key="scenarioId", required=True)
+    seed = fields.Integer(required=True)
+    engine_code_hash = fields.String(data_key="engineCodeHash", required=True)
+    cache_key = fields.String(data_key="cacheKey", required=True)
+    reference = fields.Nested(LedgerReference, required=True)
+    run_id = fields.String(data_key="runId", required=True, metadata={"description": "the diverging run, or the verified one"})
+    events_sha256 = fields.String(data_key="eventsSha256", required=True)
+    at = fields.Integer(required=True, metadata={"description": "epoch milliseconds"})
+
+
+class DeterminismResponse(Schema):
+    keys = fields.Integer(required=True, metadata={"description": "cache keys the ledger holds"})
+    checks = fields.Integer(required=True)
+    reproduced = fields.Integer(required=True)
+    diverged = fields.Integer(required=True)
+    divergences = fields.List(fields.Nested(DivergenceBody), required=True,
+                              metadata={"description": "the 20 most recent, newest first"})
 
 
 class HealthResponse(Schema):

@@ -26,8 +26,10 @@ def make_registry(settings: Settings) -> Registry:
             timeout_ms=settings.redis_timeout_ms,
             prefix=settings.redis_prefix,
             lease_ms=round(settings.lease_s * 1000),
+            ledger_ms=settings.ledger_ms,
+            ledger_keys=settings.ledger_max_keys,
         )
-    return MemoryRegistry(ttl_ms=settings.ttl_ms, max_entries=settings.max_entries)
+    return MemoryRegistry(settings.ttl_ms, settings.max_entries, settings.ledger_ms, settings.ledger_max_keys)
 
 
 def make_limit_storage(settings: Settings) -> Storage:

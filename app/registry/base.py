@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from app.models import EncodedEvent
+from app.models import LedgerCheck
+from app.models import LedgerEntry
+from app.models import LedgerFigures
 from app.models import RegistryStats
 from app.models import RunError
 from app.models import RunIdentity
@@ -43,7 +46,10 @@ class Started:
 
 
 class Registry(Protocol):
-    """Runs by cache key and by runId: each running, then done (for a TTL) or failed.
+    """Runs by cache key and by runId: each running, then done (for a TTL) or failed; and the
+    determinism ledger, which outlives them: each key's reference transcript digest, kept for
+    ``ledger_ms`` after the key's last check, for at most ``ledger_keys`` keys (the least
+    recently checked forgotten first).
 
     A run starts ``running``, with no expiry: a running run is never expired nor evicted.
     Its events are appended as the engine yields them, only by the holder of its ``owner``
@@ -94,12 +100,29 @@ class Registry(Protocol):
         """
         ...
 
-    def finish(self, run_id: str, owner: str, record: RunRecord) -> bool:
-        """Make the run done with its transcript; its TTL starts now. Idempotent: finishing a
-        run that is done with this transcript already is ``True`` and changes nothing.
+    def finish(self, run_id: str, owner: str, record: RunRecord) -> LedgerCheck | None:
+        """Make the run done with its transcript; its TTL starts now. In the same step the
+        transcript meets the key's determinism ledger: it becomes the key's reference if the
+        key has none (so of two runs of a key finishing one after the other, one is), else it is
+        checked against the reference (which a divergence never replaces). Idempotent:
+        finishing a run that is done with this transcript already answers the check it had
+        (not counted again) and changes nothing.
 
-        :returns: ``False`` if the run is not ``owner``'s running run: nothing changed.
+        :returns: the check, or ``None`` if the run is not ``owner``'s running run: nothing changed.
         """
+        ...
+
+    def check_reproduction(self, record: RunRecord, replayed_digest: bytes) -> LedgerCheck:
+        """A verify of ``record``: the replayed transcript's digest checked against the key's
+        reference (``record`` becomes the reference of a key that has none). Counted."""
+        ...
+
+    def ledger(self, cache_key: str) -> LedgerEntry | None:
+        """The key's ledger entry, or ``None`` if it has none (never done, or forgotten)."""
+        ...
+
+    def ledger_figures(self, latest: int) -> LedgerFigures:
+        """Keys held, checks since the ledger began, and the ``latest`` divergences, newest first."""
         ...
 
     def fail(self, run_id: str, owner: str, error: RunError) -> bool:

@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from app.clock import now_ms
 from app.models import ENGINE_DURATION_BUCKETS_S
 from app.models import EncodedEvent
+from app.models import LedgerCheck
+from app.models import LedgerEntry
+from app.models import LedgerFigures
 from app.models import RegistryStats
 from app.models import RunError
 from app.models import RunIdentity
@@ -24,6 +27,9 @@ from app.registry.base import SWEEP_SLICE
 from app.registry.base import RegistryFull
 from app.registry.base import Started
 from app.registry.event_log import LiveLog
+from app.registry.ledger import DEFAULT_LEDGER_KEYS
+from app.registry.ledger import DEFAULT_LEDGER_MS
+from app.registry.ledger import MemoryLedger
 from app.registry.run_ids import RunIdClock
 
 # Failed runs kept readable (metadata and the events they had) at most, whatever their age.
@@ -70,7 +76,10 @@ class MemoryRegistry:
     dict of their own: they neither expire nor are evicted, and their logs live here.
     """
 
-    def __init__(self, ttl_ms: int, max_entries: int) -> None:
+    def __init__(
+        self, ttl_ms: int, max_entries: int, ledger_ms: int = DEFAULT_LEDGER_MS,
+        ledger_keys: int = DEFAULT_LEDGER_KEYS,
+    ) -> None:
         self.ttl_ms = ttl_ms
         self._max_entries = max_entries
         self._lock = threading.Lock()
@@ -90,6 +99,7 @@ class MemoryRegistry:
         self._engine_durations: dict[str, list[int]] = {}
         self._engine_seconds: dict[str, float] = {}
         self._signing_key: bytes | None = None
+        self._ledger = MemoryLedger(ledger_ms, ledger_keys)
 
     def touch(self, cache_key: str) -> RunRef | None:
         now = now_ms()
@@ -135,24 +145,42 @@ class MemoryRegistry:
             running.log.extend(events)
             return True
 
-    def finish(self, run_id: str, owner: str, record: RunRecord) -> bool:
+    def finish(self, run_id: str, owner: str, record: RunRecord) -> LedgerCheck | None:
         now = now_ms()
         with self._lock:
             running = self._owned(run_id, owner)
             if running is None:  # or done already, by a finish with this transcript
-                return self._done_with(run_id, record)
+                if not self._done_with(run_id, record):
+                    return None
+                return self._ledger.outcome(record.identity, record.events_digest, now)
             cache_key = running.identity.cache_key
             del self._running[cache_key]
             # Time passed while the engine ran: make room from expired entries first.
             self._sweep(now, SWEEP_SLICE)
             self._done[cache_key] = _Done(record, now + self.ttl_ms, running.hits)
+            check = self._ledger.finished(record.identity, record.events_digest, now)
         running.log.end("done")  # readers finish from the log they hold; the registry keeps the record
-        return True
+        return check
 
     def _done_with(self, run_id: str, record: RunRecord) -> bool:
         cache_key = self._keys_by_run_id.get(run_id)
         done = self._done.get(cache_key) if cache_key is not None else None
         return done is not None and done.record.run_id == run_id and done.record.events_digest == record.events_digest
+
+    def check_reproduction(self, record: RunRecord, replayed_digest: bytes) -> LedgerCheck:
+        now = now_ms()
+        with self._lock:
+            return self._ledger.reproduced(record.identity, record.events_digest, replayed_digest, now)
+
+    def ledger(self, cache_key: str) -> LedgerEntry | None:
+        now = now_ms()
+        with self._lock:
+            return self._ledger.entry(cache_key, now)
+
+    def ledger_figures(self, latest: int) -> LedgerFigures:
+        now = now_ms()
+        with self._lock:
+            return self._ledger.figures(latest, now)
 
     def fail(self, run_id: str, owner: str, error: RunError) -> bool:
         now = now_ms()

@@ -35,7 +35,11 @@ from app.concurrency import readable_now
 from app.concurrency import spawn
 from app.logs import DefectLog
 from app.models import ENGINE_DURATION_BUCKETS_S
+from app.models import Divergence
 from app.models import EncodedEvent
+from app.models import LedgerCheck
+from app.models import LedgerEntry
+from app.models import LedgerFigures
 from app.models import RegistryStats
 from app.models import RunError
 from app.models import RunIdentity
@@ -50,6 +54,8 @@ from app.registry.base import RegistryFull
 from app.registry.base import RegistryUnavailable
 from app.registry.base import Started
 from app.registry.event_log import LiveLog
+from app.registry.ledger import DEFAULT_LEDGER_KEYS
+from app.registry.ledger import DEFAULT_LEDGER_MS
 
 log = logging.getLogger(__name__)
 LEASE_MS = 10_000  # a dead executor's run is failed this long after its last renewal, plus a reap interval
@@ -86,8 +92,11 @@ class RedisRegistry:
         timeout_ms: int = 500,
         prefix: str = "run-registry:",
         lease_ms: int = LEASE_MS,
+        ledger_ms: int = DEFAULT_LEDGER_MS,
+        ledger_keys: int = DEFAULT_LEDGER_KEYS,
     ) -> None:
         self.ttl_ms = ttl_ms
+        self._ledger_bounds = (ledger_ms, ledger_keys)
         self._max_entries = max_entries
         self._prefix = prefix
         self._lease_ms = lease_ms
@@ -96,7 +105,7 @@ class RedisRegistry:
         self._follow_client = redis_client(url, timeout_ms, blocking_read_s=FOLLOW_BLOCK_MS / 1000 + timeout_ms / 1000)
         self._scripts = {name: self._client.register_script(_script(name)) for name in (
             "touch", "peek", "start", "append", "finish", "fail", "reap", "renew", "discard", "stats", "engine_run",
-            "hand_over", "take_over", "signing_key")}
+            "hand_over", "take_over", "signing_key", "check_reproduction", "ledger_figures")}
         self._executor = f"{socket.gethostname()}:{os.getpid()}"
         self._defects = DefectLog(log)
         self._lock = threading.Lock()
@@ -156,14 +165,42 @@ class RedisRegistry:
         flat: list[Any] = [part for event in events for part in event]
         return bool(self._call("append", run_id, owner, first_position, *flat))
 
-    def finish(self, run_id: str, owner: str, record: RunRecord) -> bool:
+    def finish(self, run_id: str, owner: str, record: RunRecord) -> LedgerCheck | None:
         try:
-            return bool(self._call(
+            answer = self._call(
                 "finish", run_id, owner, self.ttl_ms, record.events_digest, record.body_gzip, record.event_count,
-                STREAM_GRACE_MS, SWEEP_SLICE,
-            ))
+                STREAM_GRACE_MS, SWEEP_SLICE, *self._ledger_bounds,
+            )
         finally:
             self._disown(run_id)
+        return _ledger_check(answer) if answer else None
+
+    def check_reproduction(self, record: RunRecord, replayed_digest: bytes) -> LedgerCheck:
+        identity = record.identity
+        return _ledger_check(self._call(
+            "check_reproduction", identity.cache_key, identity.engine_code_hash, identity.run_id, record.events_digest,
+            replayed_digest, *self._ledger_bounds,
+        ))
+
+    def ledger(self, cache_key: str) -> LedgerEntry | None:
+        with _unavailable_on_redis_errors():
+            try:
+                fields = self._client.hmget(f"{self._prefix}ledger:{cache_key}", ("r", "d", "n", "x"))
+            except redis.ResponseError:  # another type under the name: no entry of ours
+                return None
+        if fields[0] is None or fields[1] is None:
+            return None
+        return LedgerEntry(fields[0].decode(), bytes(fields[1]), int(fields[2] or 0), int(fields[3] or 0))
+
+    def ledger_figures(self, latest: int) -> LedgerFigures:
+        answer = self._call("ledger_figures", latest, *self._ledger_bounds)
+        divergences = []
+        for listed in answer[3:]:
+            try:
+                divergences.append(_divergence(listed))
+            except (ValueError, UnicodeDecodeError):
+                self._defects.report("ledger-divergences", "a divergence listed in Redis is unreadable; skipped")
+        return LedgerFigures(int(answer[0]), int(answer[1]), int(answer[2]), tuple(divergences))
 
     def fail(self, run_id: str, owner: str, error: RunError) -> bool:
         try:
@@ -363,6 +400,20 @@ def _state(fields: dict[str, Any]) -> RunState:
     if status == "running":
         return RunState(identity, "running", count, hits)
     raise ValueError(f"unknown status {status!r}")
+
+
+def _ledger_check(answer: list[Any]) -> LedgerCheck:
+    """ledger_check's answer: {result, runId, digest, checks, divergences}."""
+    entry = LedgerEntry(answer[1].decode(), bytes(answer[2]), int(answer[3]), int(answer[4]))
+    return LedgerCheck(answer[0].decode(), entry)
+
+
+def _divergence(listed: bytes) -> Divergence:
+    """A divergence as ledger_check lists it: both digests (64 bytes), then at, cacheKey,
+    engineCodeHash, reference runId, runId on lines of their own."""
+    reference, diverging, rest = listed[:32], listed[32:64], listed[64:].decode()
+    at, cache_key, code_hash, reference_run_id, run_id = rest.split("\n")
+    return Divergence(cache_key, code_hash, reference_run_id, reference.hex(), run_id, diverging.hex(), int(at))
 
 
 def _durations(counts: dict[str, float]) -> dict[str, tuple[tuple[int, ...], float]]:

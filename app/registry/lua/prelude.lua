@@ -9,6 +9,11 @@
 --   scenario-entries  a sorted set of scenarios by minus their entries (running and done)
 --   counters          a hash: hits, misses, evictions, expirations, failures, engine runs
 --   signing-key       the fleet's evidence signing key (PKCS#8 PEM), when none is configured
+--   ledger:<cacheKey> a hash: the key's determinism reference (r: runId, d: its digest, raw) and
+--                     its checks (n) and divergences (x); expires its ledger time after the last check
+--   ledger-keys       a sorted set of the ledger's cache keys by their last check (epoch ms)
+--   ledger-counters   a hash: reproduced, diverged (checks since the ledger began)
+--   ledger-divergences  a list of the latest divergences, newest first (ledger_divergence's layout)
 local prefix = ARGV[1]
 
 local function now_ms()
@@ -111,4 +116,66 @@ local function fail_run(run_id, owner, error_type, error_message, retention)
   redis.call('XADD', stream, '0-' .. (tonumber(f[5]) + 1), 'end', 'failed', 'et', error_type, 'em', error_message)
   redis.call('PEXPIRE', stream, retention)
   return 1
+end
+
+-- The determinism ledger. A key forgotten (its time after its last check passed, or pushed out by
+-- the cap, least recently checked first) starts afresh. At most 64 stale keys go per call.
+local function ledger_forget(now, ledger_ms, max_keys)
+  local keys = prefix .. 'ledger-keys'
+  local stale = redis.call('ZRANGEBYSCORE', keys, '-inf', now - ledger_ms, 'LIMIT', 0, 64)
+  for _, cache_key in ipairs(stale) do
+    redis.call('ZREM', keys, cache_key)
+    redis.call('DEL', prefix .. 'ledger:' .. cache_key)
+  end
+  local over = redis.call('ZCARD', keys) - max_keys
+  if over > 0 then
+    local oldest = redis.call('ZPOPMIN', keys, over)
+    for i = 1, #oldest, 2 do redis.call('DEL', prefix .. 'ledger:' .. oldest[i]) end
+  end
+end
+
+-- The key's ledger entry as {runId, digest, checks, divergences}, or false.
+local function ledger_entry(cache_key)
+  local f = redis.pcall('HMGET', prefix .. 'ledger:' .. cache_key, 'r', 'd', 'n', 'x')
+  if f.err or not f[1] or not f[2] then return false end
+  return {f[1], f[2], tonumber(f[3]) or 0, tonumber(f[4]) or 0}
+end
+
+-- Hold `digest` (of run `run_id`'s transcript, or of its replay) against the key's reference. A
+-- key without one takes {ref_run, ref_digest} as its reference first; then, unless
+-- `counted_when_new` is false (a run's finish: it is the reference itself), the check is counted.
+-- A divergence is listed: 64 bytes of both digests (reference first), then
+-- "<at>\n<cacheKey>\n<engineCodeHash>\n<reference runId>\n<runId>".
+-- Returns {result, runId, digest, checks, divergences} (the entry after the check).
+local function ledger_check(cache_key, code_hash, ref_run, ref_digest, run_id, digest, counted_when_new, ledger_ms,
+                            max_keys)
+  local now = now_ms()
+  local entry_key = prefix .. 'ledger:' .. cache_key
+  local entry = ledger_entry(cache_key)
+  local result = false
+  if not entry then
+    redis.call('DEL', entry_key)  -- whatever sat there that was not an entry
+    redis.call('HSET', entry_key, 'r', ref_run, 'd', ref_digest, 'n', 0, 'x', 0)
+    entry = {ref_run, ref_digest, 0, 0}
+    if not counted_when_new then result = 'reference' end
+  end
+  if not result then
+    entry[3] = redis.call('HINCRBY', entry_key, 'n', 1)
+    if entry[2] == digest then
+      result = 'reproduced'
+      redis.call('HINCRBY', prefix .. 'ledger-counters', 'reproduced', 1)
+    else
+      result = 'diverged'
+      entry[4] = redis.call('HINCRBY', entry_key, 'x', 1)
+      redis.call('HINCRBY', prefix .. 'ledger-counters', 'diverged', 1)
+      local divergences = prefix .. 'ledger-divergences'
+      redis.call('LPUSH', divergences, entry[2] .. digest .. string.format('%d', now) .. '\n' .. cache_key .. '\n'
+                 .. code_hash .. '\n' .. entry[1] .. '\n' .. run_id)
+      redis.call('LTRIM', divergences, 0, 19)
+    end
+  end
+  redis.call('PEXPIRE', entry_key, ledger_ms)
+  redis.call('ZADD', prefix .. 'ledger-keys', now, cache_key)
+  ledger_forget(now, ledger_ms, max_keys)
+  return {result, entry[1], entry[2], entry[3], entry[4]}
 end
