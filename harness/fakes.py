@@ -81,6 +81,21 @@ class ChangingEngine:
         return events
 
 
+class DriftingEngine:
+    """Deterministic, but for scenarios named ``drift...``: each of their executions, in whatever
+    process, tells a story of its own (a random token), as an engine that reads a clock or an
+    unseeded generator would. One engine for the ledger's every case on one server."""
+
+    name = "drifting"
+    version = "1"
+
+    def run(self, scenario_id: str, seed: int) -> list[dict[str, Any]]:
+        events = transcript(scenario_id, seed)
+        if scenario_id.startswith("drift"):
+            events[2] = {"type": "token", "data": {"text": f" {os.urandom(8).hex()}", "tokenIndex": 2}}
+        return events
+
+
 FORMULA_TEXTS = ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "\rcmd", "  =1+1", "safe -1"]
 
 

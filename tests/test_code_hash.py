@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from app import create_app
 from app.code_hash import engine_code_hash
+from app.code_hash import engine_source_digest
 from app.config import load_settings
+from app.engine import load_engine
 from app.engine.pricing import PricingEngine
 from harness.fakes import FakeEngine
 
 
-def expected(identity: str, engine=None) -> str:
+def expected(commit: str, engine=None) -> str:
     engine = engine or PricingEngine()
-    return hashlib.sha256(f"{engine.name}\n{engine.version}\n{identity}".encode()).hexdigest()
+    identity = f"{engine.name}\n{engine.version}\n{engine_source_digest(engine)}\n{commit}"
+    return hashlib.sha256(identity.encode()).hexdigest()
 
 
 def test_override_wins_over_everything():
@@ -38,11 +44,70 @@ def test_git_head_of_the_checkout_when_no_variable_is_set(tmp_path):
     assert engine_code_hash(PricingEngine(), load_settings({}), checkout=tmp_path) == expected(head)
 
 
-def test_source_digest_without_git(tmp_path):
-    from app.engine import pricing
+def test_no_commit_at_all_leaves_the_engines_own_digest(tmp_path):
+    assert engine_code_hash(PricingEngine(), load_settings({}), checkout=tmp_path) == expected("")
 
-    digest = "source:" + hashlib.sha256(Path(pricing.__file__).read_bytes()).hexdigest()
-    assert engine_code_hash(PricingEngine(), load_settings({}), checkout=tmp_path) == expected(digest)
+
+def test_the_source_digest_covers_every_file_of_the_engines_top_level_package():
+    import app
+
+    root = Path(app.__file__).parent
+    files = sorted(path for path in root.rglob("*") if path.is_file() and "__pycache__" not in path.parts
+                   and path.suffix not in (".pyc", ".pyo"))
+    lines = "".join(f"0/{path.relative_to(root).as_posix()}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n"
+                    for path in files)
+    assert engine_source_digest(PricingEngine()) == "source:" + hashlib.sha256(lines.encode()).hexdigest()
+
+
+ENGINE_V1 = """
+class Engine:
+    name = "outside"
+    version = "1.0.0"
+
+    def run(self, scenario_id, seed):
+        return [{"type": "start", "data": {"seed": seed}}, {"type": "done", "data": {"answer": %s}}]
+"""
+
+
+@pytest.fixture
+def outside_engine(tmp_path, monkeypatch):
+    """An engine kept outside this repository, as a user brings one: a module on PYTHONPATH."""
+    module = tmp_path / "myeng.py"
+    module.write_text(ENGINE_V1 % "41")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield module
+    sys.modules.pop("myeng", None)
+
+
+def test_an_engine_kept_outside_the_repository_edited_without_a_version_bump_has_a_new_hash(outside_engine):
+    settings = load_settings({"RUN_REGISTRY_ENGINE": "myeng:Engine", "ENGINE_COMMIT_SHA": "same-deploy"})
+    before = engine_code_hash(load_engine(settings.engine), settings)
+    outside_engine.write_text(ENGINE_V1 % "42")  # the answer changed; the version did not
+    after = engine_code_hash(load_engine(settings.engine), settings)
+    assert before != after
+    outside_engine.write_text(ENGINE_V1 % "41")
+    assert engine_code_hash(load_engine(settings.engine), settings) == before  # its content, nothing else
+
+
+def test_a_packaged_engines_helpers_are_part_of_its_hash(tmp_path, monkeypatch):
+    package = tmp_path / "teameng"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "engine.py").write_text("from teameng.tables import TABLE\n" + ENGINE_V1 % "TABLE")
+    (package / "tables.py").write_text("TABLE = 1\n")
+    (package / "__pycache__").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    settings = load_settings({"RUN_REGISTRY_ENGINE": "teameng.engine:Engine", "ENGINE_COMMIT_SHA": "x"})
+    try:
+        engine = load_engine(settings.engine)
+        before = engine_code_hash(engine, settings)
+        (package / "__pycache__" / "engine.cpython-311.pyc").write_bytes(b"compiled")
+        assert engine_code_hash(engine, settings) == before  # compiled files are not the engine's code
+        (package / "tables.py").write_text("TABLE = 2\n")
+        assert engine_code_hash(engine, settings) != before
+    finally:
+        for name in ("teameng", "teameng.engine", "teameng.tables"):
+            sys.modules.pop(name, None)
 
 
 def test_engine_version_is_part_of_the_hash():

@@ -15,8 +15,8 @@ from werkzeug.datastructures import MultiDict
 from app.api import JSON_TYPE
 from app.api import answered_with
 from app.api import caller
-from app.api import determinism_body
 from app.api import conditional
+from app.api import determinism_body
 from app.api import preferred_wait
 from app.api import requires
 from app.api import run_service

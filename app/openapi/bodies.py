@@ -166,7 +166,8 @@ class DivergenceBody(Schema):
     engine_code_hash = fields.String(data_key="engineCodeHash", required=True)
     cache_key = fields.String(data_key="cacheKey", required=True)
     reference = fields.Nested(LedgerReference, required=True)
-    run_id = fields.String(data_key="runId", required=True, metadata={"description": "the diverging run, or the verified one"})
+    run_id = fields.String(data_key="runId", required=True,
+                           metadata={"description": "the diverging run, or the verified one"})
     events_sha256 = fields.String(data_key="eventsSha256", required=True)
     at = fields.Integer(required=True, metadata={"description": "epoch milliseconds"})
 

@@ -24,7 +24,7 @@ FORGET_SLICE = 64
 
 
 class _Entry:
-    __slots__ = ("checked_at", "checks", "divergences", "run_id", "digest")
+    __slots__ = ("checked_at", "checks", "digest", "divergences", "run_id")
 
     def __init__(self, run_id: str, digest: bytes, checked_at: int) -> None:
         self.run_id = run_id

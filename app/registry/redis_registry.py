@@ -185,7 +185,7 @@ class RedisRegistry:
     def ledger(self, cache_key: str) -> LedgerEntry | None:
         with _unavailable_on_redis_errors():
             try:
-                fields = self._client.hmget(f"{self._prefix}ledger:{cache_key}", ("r", "d", "n", "x"))
+                fields: list[Any] = self._client.hmget(f"{self._prefix}ledger:{cache_key}", ("r", "d", "n", "x"))
             except redis.ResponseError:  # another type under the name: no entry of ours
                 return None
         if fields[0] is None or fields[1] is None:

@@ -67,6 +67,9 @@ def test_metadata_describes_the_run(fake_client, frozen):
         "hits": 2,
         "count": 5,
         "eventsSha256": hashlib.sha256(canonical(transcript("a", 1))).hexdigest(),
+        "determinism": {"status": "unchecked", "checks": 0, "divergences": 0, "reference": {
+            "runId": run_id, "eventsSha256": hashlib.sha256(canonical(transcript("a", 1))).hexdigest(),
+            "createdAt": created_at}},
     }
 
 

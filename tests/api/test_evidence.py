@@ -117,7 +117,10 @@ def test_verify_reports_a_reproducible_run(client):
     body = response.get_json()
     assert body.pop("durationMs") >= 0
     assert body == {"runId": run_id, "reproducible": True, "recordedSha256": digest, "replayedSha256": digest,
-                    "firstDifference": None, "recordedCount": 147, "replayedCount": 147}
+                    "firstDifference": None, "recordedCount": 147, "replayedCount": 147, "determinism": {
+                        "status": "reproduced", "checks": 1, "divergences": 0,
+                        "reference": {"runId": run_id, "eventsSha256": digest,
+                                      "createdAt": int(run_id.rsplit("_", 1)[1])}}}
 
 
 def test_verify_reports_a_non_deterministic_engine_honestly(settings):

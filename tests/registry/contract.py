@@ -1,9 +1,10 @@
 """The registry contract: one suite that every backend runs (test_memory.py, test_redis.py).
 
-A backend's test class subclasses ``RegistryContract`` and provides four fixtures:
-``ttl_ms``, ``make_registry(max_entries)`` (with that TTL), ``advance(ms)``, which
-moves the backend's clock (freezegun for memory, real waiting for Redis), and
-``frozen_ms()``, a context in which the service's clock stands still.
+A backend's test class subclasses ``RegistryContract`` and provides five fixtures:
+``ttl_ms``, ``make_registry(max_entries, **options)`` (with that TTL), ``advance(ms)``, which
+moves the backend's clock (freezegun for memory, real waiting for Redis), ``frozen_ms()``, a
+context in which the service's clock stands still, and ``ledger_wait``: a short ledger time and
+the ``advance`` that passes it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from app.clock import now_ms
+from app.models import Divergence
+from app.models import LedgerEntry
+from app.models import LedgerFigures
 from app.models import RunError
 from app.models import RunIdentity
 from app.models import RunKey
@@ -39,12 +43,25 @@ def start(registry, run_key: RunKey | None = None, owner: str = "owner-1"):
 
 def create(registry, name: str = "k1", scenario_id: str = "s", events=EVENTS) -> str:
     """Start, record and finish the run of ``key(name, scenario_id)``; its runId."""
+    return run_to_end(registry, name, scenario_id, events)[0]
+
+
+def run_to_end(registry, name: str = "k1", scenario_id: str = "s", events=EVENTS):
+    """``create``, answering the runId and the ledger check its finish made."""
     run_key = key(name, scenario_id)
     started = start(registry, run_key)
     assert started.started
     assert registry.append(started.run_id, "owner-1", 1, events)
-    assert registry.finish(started.run_id, "owner-1", RunRecord.create(identity(run_key, started.run_id), events))
-    return started.run_id
+    check = registry.finish(started.run_id, "owner-1", RunRecord.create(identity(run_key, started.run_id), events))
+    assert check
+    return started.run_id, check
+
+
+def digest_of(events) -> bytes:
+    return RunRecord.create(identity(key(), "run_s_1_1"), events).events_digest
+
+
+OTHER_EVENTS = [EVENTS[0], ("token", b'{"text":"drift"}'), EVENTS[2]]
 
 
 class RegistryContract:
@@ -272,6 +289,100 @@ class RegistryContract:
             kept = set(pool.map(offer, range(16)))
         assert len(kept) == 1 and kept.pop().startswith(b"key of process ")
         assert registry.signing_key(b"a later process's key") == registry.signing_key(b"another's")
+
+    # The determinism ledger.
+
+    def test_a_keys_first_done_run_is_its_reference_and_a_re_run_after_expiry_reproduces_it(
+            self, registry, ttl_ms, advance):
+        first, made = run_to_end(registry)
+        assert made.result == "reference" and made.entry == LedgerEntry(first, digest_of(EVENTS), 0, 0)
+        advance(ttl_ms)
+        assert registry.get(first) is None and registry.touch(key().digest) is None
+        second, check = run_to_end(registry)
+        assert second != first
+        assert check.result == "reproduced" and check.entry == LedgerEntry(first, digest_of(EVENTS), 1, 0)
+        assert registry.ledger(key().digest) == check.entry
+        assert registry.ledger_figures(20) == LedgerFigures(keys=1, reproduced=1, diverged=0)
+
+    def test_a_diverging_re_run_after_eviction_is_listed_and_never_replaces_the_reference(self, make_registry):
+        registry = make_registry(max_entries=1)
+        first = create(registry, "k1")
+        create(registry, "k2")  # evicts k1's run; its ledger entry stays
+        assert registry.get(first) is None and registry.ledger(key("k1").digest).reference_run_id == first
+        diverging, check = run_to_end(registry, "k1", events=OTHER_EVENTS)
+        assert check.result == "diverged" and check.entry == LedgerEntry(first, digest_of(EVENTS), 1, 1)
+        create(registry, "k2")  # a re-run of k2 (reproduced), evicting the diverging run
+        _, again = run_to_end(registry, "k1")
+        assert again.result == "reproduced" and again.entry == LedgerEntry(first, digest_of(EVENTS), 2, 1)
+        assert again.entry.status == "diverged"  # once a key diverged, it says so
+        figures = registry.ledger_figures(20)
+        assert (figures.keys, figures.reproduced, figures.diverged, figures.checks) == (2, 2, 1, 3)  # k2's re-run too
+        [divergence] = figures.divergences
+        assert divergence == Divergence(
+            key("k1").digest, "h", first, digest_of(EVENTS).hex(), diverging, digest_of(OTHER_EVENTS).hex(),
+            divergence.at)
+        assert (divergence.scenario_id, divergence.seed) == ("s", key("k1").seed) and divergence.at > 0
+        assert registry.ledger_figures(0).divergences == ()
+
+    def test_a_verify_is_a_check_and_makes_the_verified_run_the_reference_of_a_key_without_one(self, make_registry):
+        registry = make_registry(max_entries=100, ledger_keys=1)
+        first = create(registry, "k1")
+        record = registry.get(first).record
+        assert registry.check_reproduction(record, digest_of(EVENTS)).result == "reproduced"
+        diverged = registry.check_reproduction(record, digest_of(OTHER_EVENTS))
+        assert diverged.result == "diverged" and diverged.entry == LedgerEntry(first, digest_of(EVENTS), 2, 1)
+        create(registry, "k2")  # the ledger holds one key: k1's is forgotten
+        assert registry.ledger(key("k1").digest) is None
+        again = registry.check_reproduction(record, digest_of(OTHER_EVENTS))
+        assert again.result == "diverged" and again.entry == LedgerEntry(first, digest_of(EVENTS), 1, 1)
+
+    def test_a_key_not_checked_for_its_ledger_time_is_forgotten_and_starts_afresh(self, make_registry, ledger_wait):
+        ledger_ms, advance = ledger_wait
+        registry = make_registry(max_entries=100, ledger_ms=ledger_ms)
+        first = create(registry, "k1")
+        registry.discard(first)
+        advance(ledger_ms)
+        assert registry.ledger(key("k1").digest) is None
+        assert registry.ledger_figures(0).keys == 0
+        second, check = run_to_end(registry, "k1", events=OTHER_EVENTS)
+        assert check.result == "reference" and check.entry == LedgerEntry(second, digest_of(OTHER_EVENTS), 0, 0)
+
+    def test_the_ledger_holds_at_most_its_cap_forgetting_the_least_recently_checked(self, make_registry):
+        registry = make_registry(max_entries=100, ledger_keys=3)
+        runs = [create(registry, f"k{index}") for index in range(3)]
+        registry.check_reproduction(registry.get(runs[0]).record, digest_of(EVENTS))  # k0 checked: now the newest
+        create(registry, "k3")
+        assert registry.ledger_figures(0).keys == 3
+        assert registry.ledger(key("k1").digest) is None  # the least recently checked
+        assert all(registry.ledger(key(name).digest) for name in ("k0", "k2", "k3"))
+
+    def test_a_retried_finish_answers_its_check_again_without_counting_it_twice(self, registry, ttl_ms, advance):
+        create(registry)
+        advance(ttl_ms)
+        run_key = key()
+        started = start(registry, run_key)
+        record = RunRecord.create(identity(run_key, started.run_id), OTHER_EVENTS)
+        registry.append(started.run_id, "owner-1", 1, OTHER_EVENTS)
+        first = registry.finish(started.run_id, "owner-1", record)
+        assert registry.finish(started.run_id, "owner-1", record) == first
+        assert first.result == "diverged" and registry.ledger_figures(0).diverged == 1
+
+    def test_concurrent_checks_of_a_key_without_a_reference_agree_on_one(self, make_registry):
+        registry = make_registry(max_entries=100)
+        records = [RunRecord.create(identity(key(), f"run_s_1_{index + 1}"), [*EVENTS, ("done", b'{"n":%d}' % index)])
+                   for index in range(16)]
+        barrier = threading.Barrier(16)
+
+        def check(record):
+            barrier.wait()
+            return registry.check_reproduction(record, record.events_digest)
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            results = [outcome.result for outcome in pool.map(check, records)]
+        assert sorted(results) == ["diverged"] * 15 + ["reproduced"]
+        reference = registry.ledger(key().digest)
+        assert reference.checks == 16 and reference.divergences == 15
+        assert reference.reference_run_id == records[results.index("reproduced")].run_id
 
     def test_a_damaged_done_run_can_be_discarded_so_its_key_runs_anew(self, registry):
         run_id = create(registry)

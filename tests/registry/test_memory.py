@@ -31,6 +31,10 @@ class TestMemoryRegistry(RegistryContract):
         return lambda ms: frozen.tick(timedelta(milliseconds=ms))
 
     @pytest.fixture
+    def ledger_wait(self, advance):
+        return 60_000, advance
+
+    @pytest.fixture
     def frozen_ms(self, frozen):
         return contextlib.nullcontext  # the clock stands still in every test here
 

@@ -58,6 +58,10 @@ class TestRedisRegistry(RegistryContract):
         return lambda ms: time.sleep(ms / 1000 + 0.05)
 
     @pytest.fixture
+    def ledger_wait(self, advance):
+        return 300, advance  # Redis keeps its own clock: a short ledger time, waited for
+
+    @pytest.fixture
     def frozen_ms(self):
         return lambda: freeze_time("2026-11-26 12:00:00")  # the service's clock; Redis keeps its own
 
