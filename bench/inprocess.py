@@ -1,19 +1,23 @@
-"""In-process figures: memory per cached run, lookup time against entries, the longest sweep pause."""
+"""In-process figures: memory per cached run and per ledger key, lookup time against entries, the
+longest sweep pause."""
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import statistics
 import time
 import tracemalloc
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 from app.access import open_caller
 from app.clock import now_ms
 from app.config import Settings
 from app.engine.pricing import PricingEngine
 from app.models import EncodedEvent
+from app.models import RunIdentity
 from app.models import RunKey
 from app.models import RunRecord
 from app.models import canonical_json
@@ -26,9 +30,10 @@ BENCH = open_caller("bench")  # every scope: the service without keys
 WAIT_S = 10.0
 
 
-def measure(runs: int, smoke: bool = False) -> dict[str, str]:
+def measure(runs: int, scratch: Path, smoke: bool = False) -> dict[str, str]:
     """Every in-process figure, as text for the report."""
     figures = memory_per_run(runs)
+    figures.update(ledger_bytes_per_key(2_000 if smoke else 100_000, scratch))
     figures.update(lookup_time_by_entries(10, min(runs, 100_000), repeats=3 if smoke else 9))
     figures.update(longest_sweep_pause(min(runs, 100_000)))
     return figures
@@ -155,3 +160,43 @@ def _rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def ledger_bytes_per_key(keys: int, scratch: Path) -> dict[str, str]:
+    """What one key of the determinism ledger costs once its runs are gone: in memory
+    (tracemalloc: the entry, its runId, digest and cache key), and in Redis (used_memory's growth:
+    the key's hash, its place in the sorted set of last checks)."""
+    from app.registry.redis_registry import RedisRegistry
+    from harness.servers import RedisServer
+
+    registry = MemoryRegistry(ttl_ms=3_600_000, max_entries=10, ledger_keys=keys)
+    gc.collect()
+    tracemalloc.start()
+    for index in range(keys):  # each record made and dropped: what stays is what the ledger keeps
+        record = _record_without_transcript(index)
+        registry.check_reproduction(record, record.events_digest)
+    del record
+    gc.collect()
+    traced = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    records = [_record_without_transcript(index) for index in range(keys)]
+    with RedisServer(scratch) as server:
+        shared = RedisRegistry(server.url, ttl_ms=3_600_000, max_entries=10, ledger_keys=keys)
+        shared.check_reproduction(records[0], records[0].events_digest)  # scripts loaded, structures made
+        client = server.client()
+        before = client.info("memory")["used_memory"]
+        for record in records[1:]:
+            shared.check_reproduction(record, record.events_digest)
+        grown = client.info("memory")["used_memory"] - before
+        shared.close()
+    return {
+        "memory per determinism ledger key, tracemalloc": f"{traced / keys:,.0f} bytes ({keys:,} keys)",
+        "Redis memory per determinism ledger key, used_memory": f"{grown / (keys - 1):,.0f} bytes ({keys:,} keys)",
+    }
+
+
+def _record_without_transcript(index: int) -> RunRecord:
+    """A done run's record as the ledger sees it: identity and digest (its transcript is not kept there)."""
+    key = RunKey("pricing-v1", index, CODE_HASH)
+    identity = RunIdentity.of(key, key.run_id(1_795_694_400_000), PricingEngine.name, PricingEngine.version)
+    return RunRecord(identity, 147, hashlib.sha256(b"%d" % index).digest(), b"")

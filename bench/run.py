@@ -103,7 +103,9 @@ def main() -> None:
         else:
             table, settings, live_figures, fleet_figures = (part(Path(scratch), args) for part in parts)
         live_figures.update(fleet_figures)
-    figures = inprocess.measure(args.runs, smoke=args.smoke)
+        ledger_scratch = Path(scratch) / "ledger"
+        ledger_scratch.mkdir()
+        figures = inprocess.measure(args.runs, ledger_scratch, smoke=args.smoke)
     report = render(table, settings, live_figures, figures, args)
     print(report)
     if args.markdown:

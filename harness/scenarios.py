@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -103,6 +104,60 @@ def flood(keys: int, max_entries: int, hot_every: int = 50) -> Outcome:
         errors.append(f"{stats.evictions} evictions, expected {expected_evictions}")
     return Outcome("flood of distinct keys (in-process)",
                    f"{keys:,} keys against a cap of {max_entries:,}; {stats.evictions:,} evicted, 10 hot keys kept",
+                   errors[:5])
+
+
+def ledger_flood(directory: Path, keys: int, max_keys: int, threads: int = 8) -> Outcome:
+    """Distinct keys far beyond the ledger's cap, on both backends (a real redis-server): the cap
+    holds throughout, and the most recently checked keys are the ones kept."""
+    from app.models import RunIdentity
+    from app.models import RunKey
+    from app.models import RunRecord
+    from app.registry.redis_registry import RedisRegistry
+    from harness.servers import RedisServer
+
+    def record_of(index: int) -> RunRecord:
+        """A done run's record, without a transcript: the ledger holds digests only."""
+        key = RunKey("ledger-flood", index, "flood")
+        identity = RunIdentity.of(key, key.run_id(1_795_694_400_000), "quick", "1")
+        return RunRecord(identity, 2, hashlib.sha256(b"%d" % index).digest(), b"")
+
+    errors: list[str] = []
+    held = []
+    redis_dir = directory / "ledger-redis"
+    redis_dir.mkdir(exist_ok=True)
+    with RedisServer(redis_dir) as server:
+        backends = {"memory": MemoryRegistry(3_600_000, 10, ledger_keys=max_keys),
+                    "redis": RedisRegistry(server.url, ttl_ms=3_600_000, max_entries=10, ledger_keys=max_keys)}
+        for name, registry in backends.items():
+            started = time.monotonic()
+
+            def check_range(first: int, registry=registry, name=name) -> None:
+                for index in range(first, keys, threads):
+                    record = record_of(index)
+                    registry.check_reproduction(record, record.events_digest)
+                    if index % 50_000 == 0 and registry.ledger_figures(0).keys > max_keys:
+                        errors.append(f"{name}: {registry.ledger_figures(0).keys:,} keys, over the cap of {max_keys:,}")
+
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                list(pool.map(check_range, range(threads)))
+            figures = registry.ledger_figures(0)
+            if figures.keys != max_keys:
+                errors.append(f"{name}: {figures.keys:,} keys at the end, not the cap of {max_keys:,}")
+            if figures.reproduced != keys:
+                errors.append(f"{name}: {figures.reproduced:,} checks counted of {keys:,}")
+            newest = record_of(keys - 1).identity.cache_key
+            if registry.ledger(newest) is None or registry.ledger(record_of(0).identity.cache_key) is not None:
+                errors.append(f"{name}: the newest key was forgotten, or the oldest kept")
+            if name == "redis":
+                client = server.client()
+                stored = client.zcard("run-registry:ledger-keys"), len(client.keys("run-registry:ledger:*"))
+                if stored != (max_keys, max_keys):
+                    errors.append(f"redis: {stored[0]:,} keys listed and {stored[1]:,} entries stored")
+                registry.close()  # type: ignore[attr-defined]
+            held.append(f"{name} {keys / (time.monotonic() - started):,.0f} checks/s")
+    return Outcome("determinism ledger flood (memory, redis-server)",
+                   f"{keys:,} keys against a cap of {max_keys:,} on each, {figures.keys:,} kept; {', '.join(held)}",
                    errors[:5])
 
 

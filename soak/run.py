@@ -1,4 +1,4 @@
-"""``make soak``: the reliability scenarios at length, then one table. Stops by itself (about 10 minutes).
+"""``make soak``: the reliability scenarios at length, then one table. Stops by itself (about 15 minutes).
 
     python -m soak.run              # the full soak
     python -m soak.run --short      # the sizes `make test` uses
@@ -40,6 +40,8 @@ def main() -> None:
         outcomes.append(scenarios.hostile_clients(directory, seconds=60 if long else 6,
                                                   slow_bodies=1500 if long else 200, readers=300 if long else 20,
                                                   costly_heads=200 if long else 20))
+        outcomes.append(scenarios.ledger_flood(directory, keys=1_000_000 if long else 20_000,
+                                               max_keys=100_000 if long else 1_000))
     outcomes.append(scenarios.flood(keys=1_000_000 if long else 20_000, max_entries=10_000 if long else 1_000,
                                     hot_every=500 if long else 50))
     outcomes.append(scenarios.expiry_churn(seconds=30 if long else 2, ttl_minutes=0.05 if long else 0.005))

@@ -25,6 +25,7 @@ def test_the_benchmark_runs_and_prints_its_table(tmp_path):
         assert f"| {row} |" in text, row
     assert "ratio to peer" in text and "µs of CPU more than an in-memory one" in text
     for figure in ("memory per cached run, tracemalloc", "memory per cached run, RSS growth",
+                   "memory per determinism ledger key, tracemalloc", "Redis memory per determinism ledger key",
                    "entries:", "sweep of", "live streams of one run", "byte-identical to the replay",
                    "server memory per live stream", "lookup hits while they stream", "slow and",
                    "event creation to a live client, memory", "event creation to a live client, redis",

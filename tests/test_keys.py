@@ -74,12 +74,15 @@ def routes(done_run: str) -> list[tuple[str, str, str, bytes | None, dict[str, s
         ("events SSE", "GET", f"/runs/{done_run}/events", None, {"Accept": "text/event-stream"}, {"read"}),
         ("CSV", "GET", f"/runs/{done_run}/export.csv", None, {}, {"read"}),
         ("snapshot", "GET", f"/runs/{done_run}/snapshot", None, {}, {"read"}),
+        ("attestation", "GET", f"/runs/{done_run}/attestation", None, {}, {"read"}),
+        ("signing keys", "GET", "/signing-keys", None, {}, {"read"}),
         ("verify", "POST", f"/runs/{done_run}/verify", None, {}, {"read", "run"}),
         ("compare of cached runs", "POST", "/compare", json.dumps(compare).encode(), json_type, {"read"}),
         ("compare that starts a run", "POST", "/compare", json.dumps(fresh_compare).encode(), json_type,
          {"read", "run"}),
         ("metrics", "GET", "/metrics", None, {}, {"ops"}),
         ("registry stats", "GET", "/registry/stats", None, {}, {"ops"}),
+        ("determinism ledger", "GET", "/registry/determinism", None, {}, {"ops"}),
         ("OpenAPI", "GET", "/openapi.json", None, {}, {"read"}),
     ]
 

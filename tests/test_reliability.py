@@ -27,6 +27,11 @@ def test_slow_bodies_stalled_readers_and_costly_heads_take_no_service_away(tmp_p
     assert outcome.errors == [], outcome
 
 
+def test_a_flood_of_keys_keeps_the_determinism_ledger_at_its_cap_on_both_backends(tmp_path):
+    outcome = scenarios.ledger_flood(tmp_path, keys=8_000, max_keys=500)
+    assert outcome.errors == [], outcome.errors
+
+
 def test_flood_of_distinct_keys_keeps_the_cap_and_the_hot_keys():
     outcome = scenarios.flood(keys=20_000, max_entries=1_000)
     assert outcome.errors == [], outcome
