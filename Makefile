@@ -34,11 +34,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not server" $(PYTEST_ARGS)
 
-# The benchmark (about ten minutes): the service against its floor, written to docs/benchmarks.md.
+# The benchmark (about fifteen minutes): the service against its floor, written to docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run --markdown docs/benchmarks.md
 
-# The reliability scenarios at length (about ten minutes); the short versions are in `make test`.
+# The reliability scenarios at length (about fifteen minutes); the short versions are in `make test`.
 soak: $(STAMP)
 	$(BIN)/python -m soak.run
 

@@ -64,7 +64,7 @@ def test_api_doc_examples_work(run_examples):
         "event: start", "id: 147", "event: done", "<!doctype html>",
         "manifest.json: OK", "events.json: OK", "events.csv: OK", "attestation.json: OK",
         "position,type,tokenIndex,text,data", ".zip: genuine, signed by keyId", "refused: exit 1",
-        "urn:run-registry:evidence-pack:v1",
+        "urn:run-registry:evidence-pack:v1", '"checks":1,"reproduced":1,"diverged":0,"divergences":[]',
         '"reproducible":true', '"identical":false', "left: seed must be a valid integer",
         "Last-Event-ID 999 is not a position in this run (1 to 147)",
         '{"status":"ok"}', '"status":"ready"', '"hit_ratio":', 'run_registry_lookups_total{source="new"}',

@@ -23,6 +23,7 @@ from app.api import run_service
 from app.api.negotiation import EVENT_STREAM
 from app.api.negotiation import accepts_gzip
 from app.api.negotiation import prefers_event_stream
+from app.models import LedgerEntry
 from app.models import RunIdentity
 from app.models import run_description
 from app.schemas import ReplayQuery
@@ -62,7 +63,7 @@ def show_run(run_id: str) -> Response:
         body += f',"eventsSha256":"{state.record.events_sha256}","expiresAt":{state.expires_at}'
     body += f',"hits":{state.hits}'
     if state.record is not None:
-        body += f',"determinism":{_json(determinism_body(service.determinism(state.record)))}'
+        body += f',"determinism":{_determinism_json(service.determinism(state.record))}'
     if state.error is not None:
         body += f',"error":{_json({"type": state.error.type, "message": state.error.message})}'
     return Response(body + "}", headers=(JSON_TYPE,))
@@ -120,6 +121,16 @@ def _wants_event_stream(accept: str) -> bool:
 
 
 @functools.lru_cache(maxsize=1024)
+def _determinism_json(entry: LedgerEntry | None) -> str:
+    """``determinism_body(entry)`` as JSON, built as the rest of the metadata is (every read of a
+    done run's metadata makes one); the runId is encoded, as it comes from the registry."""
+    if entry is None:
+        return _json(determinism_body(None))
+    return (f'{{"status":"{entry.status}","checks":{entry.checks},"divergences":{entry.divergences},'
+            f'"reference":{{"runId":{json.dumps(entry.reference_run_id)},"eventsSha256":"{entry.reference_sha256}",'
+            f'"createdAt":{entry.reference_created_at}}}}}')
+
+
 def _description_json(identity: RunIdentity) -> str:
     """What never changes about a run, as JSON without its closing brace: read on every request
     for the run's metadata, encoded once."""

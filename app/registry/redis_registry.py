@@ -48,6 +48,7 @@ from app.models import RunRecord
 from app.models import RunRef
 from app.models import RunState
 from app.models import duration_bucket
+from app.models import run_created_at
 from app.registry.base import FAILED_RETENTION_MS
 from app.registry.base import SWEEP_SLICE
 from app.registry.base import RegistryFull
@@ -190,7 +191,14 @@ class RedisRegistry:
                 return None
         if fields[0] is None or fields[1] is None:
             return None
-        return LedgerEntry(fields[0].decode(), bytes(fields[1]), int(fields[2] or 0), int(fields[3] or 0))
+        try:
+            run_id = fields[0].decode()
+            if len(fields[1]) != 32 or run_created_at(run_id) <= 0:  # a digest, and a runId it can read
+                raise ValueError(run_id)
+            return LedgerEntry(run_id, bytes(fields[1]), int(fields[2] or 0), int(fields[3] or 0))
+        except (ValueError, IndexError, UnicodeDecodeError):
+            self._defects.report(cache_key, "redis ledger entry of key %s is not one; treated as absent", cache_key)
+            return None
 
     def ledger_figures(self, latest: int) -> LedgerFigures:
         answer = self._call("ledger_figures", latest, *self._ledger_bounds)

@@ -375,3 +375,19 @@ def test_after_redis_loses_the_fleets_signing_key_the_fleet_signs_with_one_again
         frozen.tick(RECHECK_S)
         assert first.current() == newcomer  # the first to look again keeps its key for everyone
         assert EvidenceKeys(make_registry(), None, ()).current() == newcomer
+
+
+def test_a_ledger_entry_that_is_not_one_is_treated_as_absent(make_registry, redis_server):
+    registry = make_registry()
+    create(registry)
+    client = redis_server.client()
+    entry = f"run-registry:ledger:{key().digest}"
+    for field, value in (("r", "not a run id"), ("d", "short")):
+        original = dict(zip((b"r", b"d"), client.hmget(entry, "r", "d"), strict=True))
+        client.hset(entry, field, value)
+        assert registry.ledger(key().digest) is None
+        client.hset(entry, mapping=original)
+    assert registry.ledger(key().digest) is not None
+    client.delete(entry)
+    client.set(entry, "a string where a hash should be")
+    assert registry.ledger(key().digest) is None
