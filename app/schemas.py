@@ -18,6 +18,7 @@ from marshmallow import validate
 from werkzeug.datastructures import MultiDict
 
 from app.errors import BadInput
+from app.evidence.sse import END_ID
 
 MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript's Number.MAX_SAFE_INTEGER: seeds survive a JS client
 # \Z, not $: marshmallow's Regexp uses match(), and $ would accept a trailing newline.
@@ -117,14 +118,20 @@ class LookupQuery(QuerySchema):
 _LOOKUP_QUERY = LookupQuery()
 
 
-class Position(fields.Field):
-    """An event position: a positive decimal integer (whether it is in the run, the service checks)."""
+AFTER_THE_END = -1  # Last-Event-ID: end: the client saw the message that ends a failed run
 
-    default_error_messages = {"invalid": "{name} must be the position of an event (a positive integer)"}
+
+class Position(fields.Field):
+    """An event position: a positive decimal integer (whether it is in the run, the service checks),
+    or ``end`` (the id of a failed run's last message: ``AFTER_THE_END``)."""
+
+    default_error_messages = {"invalid": "{name} must be the position of an event (a positive integer) or end"}
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int | None:
         if value == "":
             return None  # an empty Last-Event-ID is how EventSource says "none" (the SSE specification)
+        if value == END_ID:
+            return AFTER_THE_END
         if not (isinstance(value, str) and re.fullmatch(r"[0-9]{1,10}", value) and 0 < int(value) <= MAX_POSITION):
             raise self.make_error("invalid", name=self.data_key)
         return int(value)

@@ -31,6 +31,7 @@ from app.evidence.diff import diff_transcripts
 from app.evidence.diff import first_difference
 from app.evidence.snapshot import pack_files
 from app.evidence.snapshot import snapshot_zip
+from app.evidence.sse import END_ID
 from app.evidence.sse import KEEPALIVE
 from app.evidence.sse import RETRY
 from app.evidence.sse import SseReplay
@@ -58,6 +59,7 @@ from app.registry.base import RegistryFull
 from app.registry.base import RegistryUnavailable
 from app.runner import EngineFault
 from app.runner import log_divergence
+from app.schemas import AFTER_THE_END
 from app.signing import PublicKey
 from app.signing import SigningKey
 from app.single_flight import SingleFlight
@@ -282,14 +284,23 @@ class RunService:
 
     def stream(
         self, run_id: str, last_event_id: int | None, pace_ms: int, caller: Caller | None = None
-    ) -> Iterable[bytes]:
+    ) -> Iterable[bytes] | None:
         """The run as Server-Sent Events after ``last_event_id``: a done run's transcript (paced
         if asked), or a running run's events so far and then each as it is recorded.
 
+        :returns: ``None`` when the client has seen the run's end (a done run's last position, or
+            the message that ends a failed run's stream: ``AFTER_THE_END``): nothing follows, and
+            a client told so (``204``) stops reconnecting.
         :raises BadInput: ``last_event_id`` is not a position the run has reached.
         :raises Unavailable: too many connections are waiting already, or too many of the caller's client's.
         """
         state = self.run(run_id)
+        if last_event_id == AFTER_THE_END:
+            if state.status == "running":
+                raise BadInput(f"Last-Event-ID {END_ID} is the end of a run, and run {run_id} has not ended")
+            return None
+        if state.record is not None and last_event_id == state.count:
+            return None
         if last_event_id is not None and not 1 <= last_event_id <= state.count:
             reached = "in this run" if state.status == "done" else "this run has reached"
             raise BadInput(f"Last-Event-ID {last_event_id} is not a position {reached} (1 to {state.count})")

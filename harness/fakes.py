@@ -183,7 +183,8 @@ class FailingMidRunEngine:
 class ScenarioPacedEngine:
     """A streaming engine whose scenarioId says how it behaves, so one server serves every case.
 
-    ``paced-<ms>-<tokens>``: a start, ``<tokens>`` tokens, a report and a done, ``<ms>`` apart;
+    ``paced-<ms>-<tokens>``: a start, ``<tokens>`` tokens, a report and a done, ``<ms>`` apart
+    (``paced-<ms>-<tokens>-breaks``: the same, failing instead of its report);
     a scenarioId starting ``breaks`` fails after its first two events; anything else is
     ``transcript(scenario, seed)`` at once. Pacing changes when events come, never what they are.
     """
@@ -192,7 +193,7 @@ class ScenarioPacedEngine:
     version = "1"
 
     def run(self, scenario_id: str, seed: int):
-        paced = re.fullmatch(r"paced-(\d+)-(\d+)", scenario_id)
+        paced = re.fullmatch(r"paced-(\d+)-(\d+)(-breaks)?", scenario_id)
         if paced is None:
             events = transcript(scenario_id, seed)
             if scenario_id.startswith("breaks"):
@@ -207,6 +208,8 @@ class ScenarioPacedEngine:
                    for index in range(1, tokens + 1)]
         events += [{"type": "report", "data": {"tokens": tokens}},
                    {"type": "done", "data": {"sessionId": session, "totalTokens": tokens}}]
-        for event in events:
+        for position, event in enumerate(events, start=1):
             time.sleep(delay)
+            if paced.group(3) and position == len(events) - 1:
+                raise RuntimeError("engine exploded mid-run")
             yield event

@@ -141,9 +141,10 @@ def test_a_run_that_fails_mid_run_ends_its_live_streams_with_an_error_and_frees_
     engine.step(3)
     messages = b"".join(live).replace(b": keepalive\n\n", b"")
     assert messages.endswith(
-        b'event: error\ndata: {"type":"ENGINE_ERROR","message":"The engine failed to run scenario a seed 1"}\n\n'
+        b'id: end\nevent: error\ndata: {"type":"ENGINE_ERROR","message":"The engine failed to run scenario a'
+        b' seed 1"}\n\n'
     )
-    assert messages.count(b"id: ") == 2
+    assert messages.count(b"id: ") == 3 and messages.count(b"id: end\n") == 1  # two events, then the end
     state = service.run(run_id)
     assert (state.status, state.count, state.error.type) == ("failed", 2, "ENGINE_ERROR")
     with pytest.raises(EngineFailed):

@@ -86,6 +86,9 @@ def list_events(run_id: str) -> Response:
           content:
             application/json: {schema: EventsResponse}
             text/event-stream: {schema: {type: string}}
+        '204':
+          description: "Server-Sent Events resumed at a done run's last position, or Last-Event-ID: end of a
+            failed run's stream: nothing follows, and an EventSource stops reconnecting"
         '202': Pending
         '304': NotModified
         '400': BadInput
@@ -103,6 +106,10 @@ def list_events(run_id: str) -> Response:
     service = run_service()
     if _wants_event_stream(environ.get("HTTP_ACCEPT", "")):
         stream = service.stream(run_id, query["last_event_id"], query["pace"], caller())
+        if stream is None:  # the client saw the run end: 204 tells an EventSource to stop reconnecting
+            response = Response(status=204)
+            del response.headers["Content-Type"]
+            return response
         return Response(stream, headers=_EVENT_STREAM_HEADERS)
     wait = preferred_wait(service)
     record = service.done_run(run_id, wait.seconds, caller())

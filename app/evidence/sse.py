@@ -15,6 +15,9 @@ from app.models import RunError
 
 RETRY_MS = 3000
 RETRY = b"retry: %d\n\n" % RETRY_MS
+# The id of the message that ends a failed run's stream: no position, so that a client that saw
+# it resumes with it, and is told to stop (204), instead of being sent the failure again.
+END_ID = "end"
 # A comment line: it keeps proxies and clients from taking a quiet stream for a dead one.
 KEEPALIVE = b": keepalive\n\n"
 
@@ -30,9 +33,9 @@ def sse_frame(position: int, event: EncodedEvent) -> bytes:
 
 
 def sse_error(error: RunError) -> bytes:
-    """The message that ends the stream of a failed run: no id, so a client resumes from its last event."""
+    """The message that ends the stream of a failed run, with the id ``END_ID``."""
     data = json.dumps({"type": error.type, "message": error.message}, ensure_ascii=False, separators=(",", ":"))
-    return b"event: error\ndata: %s\n\n" % data.encode("utf-8")
+    return b"id: %s\nevent: error\ndata: %s\n\n" % (END_ID.encode(), data.encode("utf-8"))
 
 
 def paced(messages: Iterable[bytes], pace_ms: int, sleep: Callable[[float], None] = time.sleep) -> Iterator[bytes]:

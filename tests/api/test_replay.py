@@ -59,11 +59,38 @@ def test_the_header_wins_over_the_query_parameter(fake_client):
     assert [m["id"] for m in messages] == ["5"]
 
 
-def test_resuming_from_the_last_position_is_an_empty_stream(fake_client):
+def test_resuming_a_done_run_from_its_last_position_is_204_which_stops_an_event_source(fake_client):
     run_id = new_run(fake_client)
-    response = fake_client.get(f"/runs/{run_id}/events", headers={**SSE, "Last-Event-ID": "5"})
-    assert response.status_code == 200
-    assert parse_sse(response.get_data()) == ({"retry": "3000"}, [])
+    for resumed in ({"Last-Event-ID": "5"}, {"Last-Event-ID": "end"}):
+        response = fake_client.get(f"/runs/{run_id}/events", headers={**SSE, **resumed})
+        assert (response.status_code, response.get_data()) == (204, b"")
+        assert "Content-Type" not in response.headers
+    assert fake_client.get(f"/runs/{run_id}/events?lastEventId=5", headers=SSE).status_code == 204
+    assert fake_client.get(f"/runs/{run_id}/events", headers={**SSE, "Last-Event-ID": "4"}).status_code == 200
+
+
+def test_a_failed_runs_stream_ends_with_a_message_whose_id_is_no_position_and_resuming_with_it_is_204(settings):
+    from harness.fakes import FailingMidRunEngine
+
+    client = create_app(settings, engine=FailingMidRunEngine()).test_client()
+    run_id = client.get("/runs/lookup?scenarioId=a&seed=1", headers={"Prefer": "respond-async"}).get_json()["runId"]
+    body = client.get(f"/runs/{run_id}/events", headers=SSE).get_data()
+    assert body.endswith(b'id: end\nevent: error\ndata: {"type":"ENGINE_ERROR","message":"The engine failed to run'
+                         b' scenario a seed 1"}\n\n')
+    resumed = client.get(f"/runs/{run_id}/events", headers={**SSE, "Last-Event-ID": "end"})
+    assert (resumed.status_code, resumed.get_data()) == (204, b"")
+    # A client that saw the last event but not the failure is told of it (then stops).
+    again = client.get(f"/runs/{run_id}/events", headers={**SSE, "Last-Event-ID": "2"}).get_data()
+    assert again == b"retry: 3000\n\n" + body[body.index(b"id: end"):]
+
+
+def test_last_event_id_end_of_a_running_run_is_bad_input():
+    from harness.fakes import SteppedEngine
+
+    client = create_app(test_settings(), engine=SteppedEngine()).test_client()
+    run_id = client.get("/runs/lookup?scenarioId=a&seed=1", headers={"Prefer": "respond-async"}).get_json()["runId"]
+    refused = client.get(f"/runs/{run_id}/events", headers={**SSE, "Last-Event-ID": "end"})
+    assert refused.status_code == 400 and "has not ended" in refused.get_json()["message"]
 
 
 def test_empty_last_event_id_header_means_from_the_start(fake_client):
@@ -76,11 +103,11 @@ def test_empty_last_event_id_header_means_from_the_start(fake_client):
     ("headers", "query", "message"),
     [
         ({"Last-Event-ID": "6"}, "", "Last-Event-ID 6 is not a position in this run (1 to 5)"),
-        ({"Last-Event-ID": "0"}, "", "Last-Event-ID must be the position of an event (a positive integer)"),
-        ({"Last-Event-ID": "-1"}, "", "Last-Event-ID must be the position of an event (a positive integer)"),
-        ({"Last-Event-ID": "abc"}, "", "Last-Event-ID must be the position of an event (a positive integer)"),
-        ({}, "?lastEventId=1.5", "lastEventId must be the position of an event (a positive integer)"),
-        ({}, "?lastEventId=99999999999", "lastEventId must be the position of an event (a positive integer)"),
+        ({"Last-Event-ID": "0"}, "", "Last-Event-ID must be the position of an event (a positive integer) or end"),
+        ({"Last-Event-ID": "-1"}, "", "Last-Event-ID must be the position of an event (a positive integer) or end"),
+        ({"Last-Event-ID": "abc"}, "", "Last-Event-ID must be the position of an event (a positive integer) or end"),
+        ({}, "?lastEventId=1.5", "lastEventId must be the position of an event (a positive integer) or end"),
+        ({}, "?lastEventId=99999999999", "lastEventId must be the position of an event (a positive integer) or end"),
         ({}, "?lastEventId=1&lastEventId=2", "lastEventId parameter given more than once"),
         ({}, "?pace=slow", "pace must be 'live' or a delay in milliseconds from 0 to 1000"),
         ({}, "?pace=1001", "pace must be 'live' or a delay in milliseconds from 0 to 1000"),
