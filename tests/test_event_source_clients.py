@@ -36,16 +36,17 @@ const results = await Promise.all(paths.map((path) => new Promise((done) => {
   for (const type of ["start", "token", "report", "done", "error"]) {
     source.addEventListener(type, (event) => { if (event.data) seen.push([event.lastEventId, type, event.data]); });
   }
-  setTimeout(() => { done({ path, requests, readyState: source.readyState, seen }); source.close(); }, %d);
+  setTimeout(() => { done({ path, requests, readyState: source.readyState, seen }); source.close(); }, WATCH_MS);
 })));
 console.log(JSON.stringify(results));
-""" % WATCH_MS
+""".replace("WATCH_MS", str(WATCH_MS))
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     directory = tmp_path_factory.mktemp("event-source")
-    with Gunicorn(directory / "gunicorn.log", env={"RUN_REGISTRY_ENGINE": "harness.fakes:ScenarioPacedEngine"}) as running:
+    env = {"RUN_REGISTRY_ENGINE": "harness.fakes:ScenarioPacedEngine"}
+    with Gunicorn(directory / "gunicorn.log", env=env) as running:
         yield running
 
 
