@@ -59,7 +59,7 @@ class PricingEngine:
     """Simulates a product's demand at several prices and recommends one."""
 
     name = "pricing-simulator"
-    version = "1.1.0"
+    version = "1.2.0"  # 1.2.0: the report carries its price ladder as series
 
     def run(self, scenario_id: str, seed: int) -> Iterator[Event]:
         """Simulate and narrate the scenario, yielding each event as it is made (the start at
@@ -151,7 +151,10 @@ def _narrate(
     return " ".join(lines)
 
 
-def _report(reference: int, unit_cost: int, points: list[PricePoint], best: PricePoint) -> dict[str, float | int]:
+def _report(reference: int, unit_cost: int, points: list[PricePoint], best: PricePoint) -> dict[str, object]:
+    """The figures of the recommendation, and the ladder as ``series`` (profit and buyers by price),
+    which the replay page and the compare view draw as charts."""
+    prices = [point.price / 100 for point in points]
     return {
         "customers": CUSTOMERS,
         "pricePointsTested": len(points),
@@ -163,4 +166,10 @@ def _report(reference: int, unit_cost: int, points: list[PricePoint], best: Pric
         "revenue": best.revenue / 100,
         "profit": best.profit / 100,
         "margin": round((best.price - unit_cost) / best.price, 4),
+        "series": [
+            {"name": "profit", "x": "price ($)", "y": "profit ($)",
+             "points": [[price, point.profit / 100] for price, point in zip(prices, points, strict=True)]},
+            {"name": "buyers", "x": "price ($)", "y": "buyers",
+             "points": [[price, point.buyers] for price, point in zip(prices, points, strict=True)]},
+        ],
     }

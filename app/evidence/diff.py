@@ -58,8 +58,9 @@ def token_count(events: list[Event]) -> int:
 
 
 def _report(events: list[Event]) -> dict[str, object]:
+    """The last report's metrics: its ``series`` are charts (the compare view draws both runs'), not metrics."""
     reports = [event["data"] for event in events if event["type"] == "report"]
-    return reports[-1] if reports else {}
+    return {name: value for name, value in reports[-1].items() if name != "series"} if reports else {}
 
 
 def _delta(left: object, right: object) -> Number | None:

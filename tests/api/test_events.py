@@ -43,7 +43,11 @@ def test_default_engine_events_follow_the_contract(client):
     assert start["scenarioId"] == "pricing-v1" and start["seed"] == 42
     assert start["sessionId"].startswith("session_")
     assert done == {"sessionId": start["sessionId"], "totalTokens": len(tokens)}
-    assert all(isinstance(v, int | float) for v in events[-2]["data"].values())
+    report = events[-2]["data"]
+    assert all(isinstance(v, int | float) for name, v in report.items() if name != "series")
+    assert [series["name"] for series in report["series"]] == ["profit", "buyers"]
+    assert all(len(series["points"]) == 7 and all(len(point) == 2 for point in series["points"])
+               for series in report["series"])
 
 
 def test_metadata_describes_the_run(fake_client, frozen):
