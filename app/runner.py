@@ -166,10 +166,11 @@ class Runner:
         try:
             size = 0
             for event in self._paced(self._engine.run(key.scenario_id, key.seed)):
-                encoded = _encoded(event)
-                if encoded is None:
-                    log.error("engine %s returned a malformed event for %s", self._engine.name, which)
-                    raise EngineFault(f"The engine returned malformed events for {which}")
+                try:
+                    encoded = encoded_event(event)
+                except MalformedEvent as malformed:
+                    log.error("engine %s returned a malformed event for %s: %s", self._engine.name, which, malformed)
+                    raise EngineFault(f"The engine returned malformed events for {which}") from None
                 size += len(encoded[1]) + len(encoded[0]) + 20
                 if size > MAX_TRANSCRIPT_BYTES:
                     log.error("engine %s returned over %d bytes of events for %s", self._engine.name, size, which)
@@ -303,17 +304,22 @@ class Slots:
             self.in_use -= 1
 
 
-def _encoded(event: object) -> EncodedEvent | None:
-    """A well-formed event, exactly ``{"type": name, "data": object}``, as (type, data's canonical JSON)."""
-    if not (
-        isinstance(event, dict)
-        and event.keys() == {"type", "data"}
-        and isinstance(event["type"], str)
-        and _EVENT_TYPE.fullmatch(event["type"])
-        and isinstance(event["data"], dict)
-    ):
-        return None
+class MalformedEvent(ValueError):
+    """An engine's event is not one the service records; the message says why."""
+
+
+def encoded_event(event: object) -> EncodedEvent:
+    """A well-formed event, exactly ``{"type": name, "data": object}``, as (type, data's canonical JSON).
+
+    :raises MalformedEvent: it is not one.
+    """
+    if not isinstance(event, dict) or event.keys() != {"type", "data"}:
+        raise MalformedEvent('it is not an object of exactly "type" and "data"')
+    if not isinstance(event["type"], str) or not _EVENT_TYPE.fullmatch(event["type"]):
+        raise MalformedEvent("its type is not a name (a letter, then up to 63 of A-Z a-z 0-9 . _ -)")
+    if not isinstance(event["data"], dict):
+        raise MalformedEvent("its data is not a JSON object")
     try:
         return event["type"], canonical_json(event["data"])
-    except (TypeError, ValueError):
-        return None
+    except (TypeError, ValueError) as err:
+        raise MalformedEvent(f"its data is not JSON ({err})") from None
