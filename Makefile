@@ -11,10 +11,11 @@ run: $(STAMP)
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 # The fleet on one machine: a private redis-server (nothing kept on disk) that requires a password
-# (made once, kept in .redis-$(REDIS_PORT).conf, readable by you alone), a worker executing the runs
-# from the job queue, and gunicorn with WEB_CONCURRENCY web workers (default: two per core) on
-# http://127.0.0.1:3001; Ctrl-C stops all three.
+# (made once, kept in .redis-$(REDIS_PORT).conf, readable by you alone), WORKERS workers executing the
+# runs from the job queue (default 1: `make run-redis WORKERS=4`), and gunicorn with WEB_CONCURRENCY
+# web workers (default: two per core) on http://127.0.0.1:3001; Ctrl-C stops them all, quietly.
 REDIS_CONF := $(CURDIR)/.redis-$(REDIS_PORT).conf
+WORKERS ?= 1
 run-redis: $(STAMP)
 	test -s $(REDIS_CONF) || (umask 077; printf 'requirepass %s\n' \
 		"$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(24))')" > $(REDIS_CONF))
@@ -22,8 +23,10 @@ run-redis: $(STAMP)
 		--pidfile $(CURDIR)/.redis-$(REDIS_PORT).pid --logfile $(CURDIR)/.redis-$(REDIS_PORT).log
 	export RUN_REGISTRY_URL="redis://:$$(sed -n 's/^requirepass //p' $(REDIS_CONF))@127.0.0.1:$(REDIS_PORT)/0" \
 		RUN_REGISTRY_EXECUTION=queue; \
-		$(BIN)/python -m app.worker & worker=$$!; \
-		trap 'kill $$worker; kill $$(cat $(CURDIR)/.redis-$(REDIS_PORT).pid)' EXIT; \
+		workers=""; for n in $$(seq $(WORKERS)); do $(BIN)/python -m app.worker & workers="$$workers $$!"; done; \
+		trap 'kill -TERM $$workers 2>/dev/null; wait $$workers 2>/dev/null; \
+		      kill $$(cat $(CURDIR)/.redis-$(REDIS_PORT).pid) 2>/dev/null; true' EXIT; \
+		trap 'exit 0' INT TERM; \
 		$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 # Everything CI runs: units, in-process tests, and real gunicorn, redis-server, nginx, Chromium.

@@ -77,6 +77,16 @@ class WebWorker(GeventWorker):
         self._unfinished: OrderedDict[Any, None] = OrderedDict()
         self._closed = {"to make room": 0, "for a body that did not arrive in time": 0}
         self._said_at = 0.0
+        self._quitting = False
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        """Quit once: Ctrl-C reaches every process of the terminal's group, so a worker hears it as
+        well as the master's own SIGQUIT, and a second quit, raised while the first is shutting the
+        interpreter down, is printed by gevent as a SystemExit traceback."""
+        if self._quitting:
+            return
+        self._quitting = True
+        super().handle_quit(sig, frame)
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         # gevent's worker makes the socket blocking without a timeout; this one has one, which

@@ -192,6 +192,7 @@ def main() -> None:
         sys.exit(f"run-registry worker: refusing to start: {err}")
     connection = Redis.from_url(horse.settings.registry_url)  # RQ blocks on its queue: no short read timeout
     queue = Queue(queue_name(horse.settings, horse.engine_code_hash), connection=connection, serializer=JSONSerializer)
+    connection.sadd(Queue.redis_queues_keys, queue.key)  # so `rq info` lists the queue before its first job
     log.info("run-registry worker: executing runs of %s %s (engineCodeHash %s) from queue %s",
              horse.engine.name, horse.engine.version, horse.engine_code_hash, queue.name)
     worker = _worker_class()([queue], connection=connection, serializer=JSONSerializer, worker_ttl=HEARTBEAT_S + 15,

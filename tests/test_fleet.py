@@ -7,12 +7,14 @@ from __future__ import annotations
 import http.client as http_client
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from harness.servers import GUNICORN
 from harness.servers import ProcfileProcess
 from harness.servers import http
 from harness.servers import wait_until
@@ -51,6 +53,9 @@ def test_a_queued_run_executes_on_a_worker_and_is_watched_live_from_the_web(tmp_
           ProcfileProcess("web", tmp_path / "web.log", env) as web):
         ready = http("GET", f"{web.url}/readyz").json()
         assert (ready["execution"], ready["workers"]) == ("queue", 1)
+        rq_info = subprocess.run([str(GUNICORN.with_name("rq")), "info", "--url", redis_url, "--only-queues"],
+                                 capture_output=True, text=True, timeout=30)
+        assert "run-registry" in rq_info.stdout, rq_info.stdout + rq_info.stderr  # listed before its first job
         started = http("GET", f"{web.url}/runs/lookup?scenarioId=queued&seed=1", headers={"Prefer": "respond-async"})
         run_id = started.json()["runId"]
         assert (started.status, started.json()["source"]) == (202, "new")

@@ -74,12 +74,21 @@ def conditional(
     answer carries ``headers`` (its type first) besides the ETag.
     """
     quoted = f'"{record.events_sha256[:40]}-{representation}"'
+    validators = (("ETag", quoted), ("Cache-Control", _DONE_CACHE_CONTROL[keys_configured()]))
     if_none_match = request.environ.get("HTTP_IF_NONE_MATCH")
     # A client revalidating sends back the one ETag it was given: compared as a string first,
     # and parsed (lists, weak tags, *) only when it is something else.
     if if_none_match is not None and (if_none_match == quoted or etag_matches(if_none_match, quoted)):
-        return Response(status=304, headers=(("ETag", quoted),))
-    return Response(body(), headers=(*headers, ("ETag", quoted)))
+        # RFC 9110 15.4.5: a 304 carries the Vary and Cache-Control its 200 would.
+        return Response(status=304, headers=(*(item for item in headers if item[0] == "Vary"), *validators))
+    return Response(body(), headers=(*headers, *validators))
+
+
+# What caches may do with a done run's representation (docs/api.md, "Caching"): keep it an hour,
+# then revalidate (a 304, nothing sent again). Its bytes never change but for a new signing key,
+# which the hour bounds. With keys, only the client's own cache: a shared one would hand it to
+# whoever asks next, key or not.
+_DONE_CACHE_CONTROL = {False: "public, max-age=3600", True: "private, max-age=3600"}
 
 
 def determinism_body(entry: LedgerEntry | None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from app import create_app
+from harness.fakes import FakeEngine
 from harness.fakes import transcript
 from tests.conftest import test_settings
 
@@ -136,3 +137,24 @@ def test_events_go_gzip_compressed_as_stored_to_clients_that_accept_it(fake_clie
     assert len(packed.get_data()) < len(plain.get_data())
     refused = fake_client.get(f"/runs/{run_id}/events", headers={"Accept-Encoding": "gzip;q=0, identity"})
     assert refused.headers.get("Content-Encoding") is None
+
+
+def test_a_304_repeats_the_vary_and_cache_control_of_its_200_and_with_keys_caches_are_private(fake_client):
+    from app.access import new_key
+
+    run_id = new_run(fake_client)
+    first = fake_client.get(f"/runs/{run_id}/events")
+    assert first.headers["Cache-Control"] == "public, max-age=3600"
+    again = fake_client.get(f"/runs/{run_id}/events", headers={"If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 304
+    assert again.headers.getlist("Vary") == first.headers.getlist("Vary") == ["Accept-Encoding", "Prefer"]
+    assert again.headers["Cache-Control"] == first.headers["Cache-Control"]
+    for path in ("/export.csv", "/snapshot", "/attestation"):
+        assert fake_client.get(f"/runs/{run_id}{path}").headers["Cache-Control"] == "public, max-age=3600", path
+    secret, entry = new_key("reader", "read+run")
+    from app.access import parse_keys
+
+    keyed = create_app(test_settings(api_keys=parse_keys(entry)), engine=FakeEngine()).test_client()
+    auth = {"Authorization": f"Bearer {secret}"}
+    keyed_run = keyed.get("/runs/lookup?scenarioId=a&seed=1", headers=auth).get_json()["runId"]
+    assert keyed.get(f"/runs/{keyed_run}/events", headers=auth).headers["Cache-Control"] == "private, max-age=3600"
