@@ -67,6 +67,7 @@ def routes(done_run: str) -> list[tuple[str, str, str, bytes | None, dict[str, s
         ("healthz", "GET", "/healthz", None, {}, set()),
         ("readyz", "GET", "/readyz", None, {}, set()),
         ("replay page", "GET", f"/runs/{done_run}/replay", None, {}, set()),
+        ("home page", "GET", "/", None, {}, set()),
         ("lookup hit", "GET", "/runs/lookup?scenarioId=kept&seed=1", None, {}, {"read"}),
         ("lookup miss", "GET", f"/runs/lookup?scenarioId=fresh&seed={next(_fresh)}", None, {}, {"read", "run"}),
         ("metadata", "GET", f"/runs/{done_run}", None, {}, {"read"}),

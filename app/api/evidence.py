@@ -1,12 +1,8 @@
-"""A run as evidence: the replay page, the ZIP pack, the CSV export, and verification."""
+"""A run as evidence: the ZIP pack and its attestation, the CSV export, the signing keys, and verification."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import re
 from collections.abc import Callable
-from importlib import resources
 from typing import Any
 
 from flask import Blueprint
@@ -17,7 +13,6 @@ from app.api import bound_request_body
 from app.api import caller
 from app.api import conditional
 from app.api import determinism_body
-from app.api import keys_configured
 from app.api import optional_json_body
 from app.api import preferred_wait
 from app.api import refuse_cross_site_posts
@@ -31,43 +26,6 @@ bp = Blueprint("evidence", __name__)
 verification_bp = Blueprint("verification", __name__)
 verification_bp.before_request(bound_request_body)
 verification_bp.before_request(refuse_cross_site_posts)
-
-
-def _replay_page() -> tuple[bytes, str]:
-    """The page's bytes and a Content-Security-Policy that allows exactly its own script and style."""
-    page = resources.files("app.api").joinpath("replay.html").read_bytes()
-
-    def digests(tag: str) -> str:
-        blocks = re.findall(rb"<%s>(.*?)</%s>" % (tag.encode(), tag.encode()), page, re.DOTALL)
-        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b).digest()).decode()}'" for b in blocks)
-
-    policy = (
-        f"default-src 'none'; script-src {digests('script')}; style-src {digests('style')};"
-        " connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    )
-    return page, policy
-
-
-REPLAY_PAGE, REPLAY_PAGE_POLICY = _replay_page()
-
-
-@bp.get("/runs/<run_id>/replay")
-@requires()
-def replay_page(run_id: str) -> Response:
-    """A self-contained page that replays the run in the browser, live while it runs (with keys, asking for one).
-    ---
-    get:
-      parameters: [run_id]
-      responses:
-        '200':
-          description: The replay page (the same bytes for every run)
-          content: {text/html: {schema: {type: string}}}
-        '404': NotFound
-        '503': Unavailable
-    """
-    if not keys_configured():  # else the page, open to all, would say which runIds exist
-        run_service().run(run_id)  # an unknown run is the JSON 404, not a page that fails later
-    return Response(REPLAY_PAGE, mimetype="text/html", headers={"Content-Security-Policy": REPLAY_PAGE_POLICY})
 
 
 @bp.get("/runs/<run_id>/snapshot")

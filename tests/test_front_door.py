@@ -1,0 +1,108 @@
+"""The front door in a real Chromium, on a real gunicorn: the home page, a lookup watched live to its
+end with its charts, the compare view with both runs' series on one chart, a failed run's page; with
+keys off and on. Screenshots are kept in artifacts/screenshots/ (what each shows: its name)."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.access import new_key
+from harness.browser import chromium
+from harness.servers import ROOT
+from harness.servers import Gunicorn
+from harness.servers import http
+
+pytestmark = pytest.mark.server
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+SECRET, ENTRY = new_key("browser", "read+run")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with chromium() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def open_server(tmp_path_factory):
+    """The default engine, paced like a real one (147 events, 8 ms apart), without keys."""
+    env = {"RUN_REGISTRY_ENGINE_EVENT_DELAY_MS": "8"}
+    with Gunicorn(tmp_path_factory.mktemp("front-open") / "gunicorn.log", env=env) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory):
+    """With keys, and an engine whose scenarioId says how it runs (one that fails, for one)."""
+    env = {"RUN_REGISTRY_API_KEYS": ENTRY, "RUN_REGISTRY_ENGINE": "harness.fakes:ScenarioPacedEngine"}
+    with Gunicorn(tmp_path_factory.mktemp("front-keyed") / "gunicorn.log", env=env) as server:
+        yield server
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def test_the_home_page_looks_a_run_up_and_the_replay_page_watches_it_live_with_its_charts(open_server, browser):
+    page = browser.new_page()
+    page.goto(f"{open_server.url}/")
+    page.wait_for_selector("body[data-ready='true']")
+    assert page.title() == "Run Registry"
+    shot(page, "home")
+    page.fill("#lookup-scenario", "pricing-v1")
+    page.fill("#lookup-seed", "77")
+    page.click("#lookup-form button")
+    page.wait_for_url("**/runs/run_pricing-v1_77_*/replay")
+    page.wait_for_selector("body[data-live='true']")  # it opened while the run was running
+    page.wait_for_selector("body[data-replay='complete']", timeout=30_000)
+    assert page.text_content("#status") == "Run complete, watched live: 147 of 147 events."
+    metadata = dict(zip(page.locator("#metadata dt").all_text_contents(),
+                        page.locator("#metadata dd").all_text_contents(), strict=True))
+    run_id = page.url.split("/runs/")[1].split("/")[0]
+    done = http("GET", f"{open_server.url}/runs/{run_id}").json()
+    assert (metadata["Status"], metadata["Events"], metadata["Events sha256"]) == ("done", "147", done["eventsSha256"])
+    assert page.locator(".chart").evaluate_all("charts => charts.map(c => c.dataset.series)") == ["profit", "buyers"]
+    assert page.locator(".chart polyline").count() == 2 and page.locator(".chart circle").count() == 14
+    assert "series" not in page.locator("#report td").all_text_contents()  # drawn, not listed
+    shot(page, "live-lookup-done-with-charts")
+    page.close()
+
+
+def test_the_compare_view_draws_both_runs_series_of_a_name_on_one_chart(open_server, browser):
+    page = browser.new_page()
+    page.goto(f"{open_server.url}/?left=pricing-v1:42&right=pricing-v2:42")  # a comparison has a URL
+    page.wait_for_selector("body[data-compare='shown']", timeout=30_000)
+    assert page.get_attribute("body", "data-charts") == "2"
+    for name in ("profit", "buyers"):
+        lines = page.locator(f".chart[data-series='{name}'] polyline")
+        assert lines.evaluate_all("ls => ls.map(l => l.dataset.line)") == [
+            "left: pricing-v1 seed 42", "right: pricing-v2 seed 42"]
+    assert "The transcripts differ from event 1" in page.text_content("#verdict")
+    metrics = page.locator("#metrics tbody tr td:first-child").all_text_contents()
+    assert "bestPrice" in metrics and "series" not in metrics
+    shot(page, "compare-view-two-runs-one-chart-per-series")
+    page.close()
+
+
+def test_with_keys_the_pages_ask_for_one_and_a_failed_runs_page_offers_no_downloads(keyed_server, browser):
+    page = browser.new_page()
+    page.goto(f"{keyed_server.url}/")
+    page.fill("#lookup-scenario", "paced-20-6-breaks")
+    page.fill("#lookup-seed", "1")
+    page.click("#lookup-form button")
+    page.wait_for_selector("body[data-key='wanted']")
+    shot(page, "home-with-keys-asking-for-one")
+    page.fill("#key", SECRET)
+    page.click("#key-form button")  # the lookup goes on, with the key, in a header
+    page.wait_for_url("**/runs/run_paced-20-6-breaks_1_*/replay")
+    page.wait_for_selector("body[data-replay='failed']", timeout=30_000)  # the key came along (this tab's)
+    assert page.text_content("#status").startswith("The run failed: The engine failed to run scenario")
+    assert page.is_hidden("#downloads")
+    assert SECRET not in page.url
+    shot(page, "failed-run-with-keys-no-downloads")
+    page.goto(f"{keyed_server.url}/?left=paced-1-3:1&right=paced-1-3:2")
+    page.wait_for_selector("body[data-compare='shown']", timeout=30_000)
+    assert page.get_attribute("body", "data-charts") == "0"  # runs whose reports carry no series
+    shot(page, "compare-view-with-keys-no-series")
+    page.close()
