@@ -9,7 +9,8 @@
     run-registry verify-pack <pack.zip> --key <pem>     check an evidence pack offline
     run-registry check-engine <module:attribute>        is an engine well-formed and deterministic?
 
-The online commands take --url (default http://127.0.0.1:3001) and --key (or RUN_REGISTRY_KEY).
+The online commands take --url (or RUN_REGISTRY_SERVICE_URL; default http://127.0.0.1:3001) and
+--key (or RUN_REGISTRY_KEY).
 
 Every command exits non-zero with one line on standard error when it fails. The offline ones import
 nothing of the service they do not need (verify-pack: ``cryptography`` alone, no Flask, no Redis).
@@ -49,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(prog="run-registry", description="The Run Registry's command line.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command", parser_class=_Parser)
     online = _Parser(add_help=False)
-    online.add_argument("--url", default="http://127.0.0.1:3001", help="the service (default http://127.0.0.1:3001)")
+    online.add_argument("--url", default=os.environ.get("RUN_REGISTRY_SERVICE_URL") or "http://127.0.0.1:3001",
+                        help="the service (default: RUN_REGISTRY_SERVICE_URL, else http://127.0.0.1:3001)")
     online.add_argument("--key", default=os.environ.get("RUN_REGISTRY_KEY"),
                         help="the secret of an API key (default: RUN_REGISTRY_KEY); never put it in a URL")
     lookup = commands.add_parser("lookup", parents=[online], help="look a run up (get or start it); print its runId",

@@ -131,3 +131,13 @@ def test_check_engine_passes_a_deterministic_engine_and_names_what_fails_in_the_
     (tmp_path / "teamengines.py").write_text(ENGINES.replace('"seed": seed', '"seed": seed, "edited": True'))
     edited = cli("check-engine", "teamengines:Steady", key=None, cwd=tmp_path)
     assert edited.returncode == 0 and edited.stdout.splitlines()[-1] != hash_line  # its code is its identity
+
+
+def test_the_engine_guides_template_passes_check_engine_as_the_guide_shows(tmp_path):
+    from harness.servers import ROOT
+
+    guide = (ROOT / "docs" / "engines.md").read_text()
+    (tmp_path / "myeng.py").write_text(guide.split("```python\n", 1)[1].split("```", 1)[0])
+    checked = cli("check-engine", "myeng:Engine", key=None, env={"PYTHONPATH": str(tmp_path)})
+    assert checked.returncode == 0, checked.stderr
+    assert "my-engine 1.0.0" in checked.stdout and ": 9 events, eventsSha256 " in checked.stdout

@@ -22,7 +22,7 @@ EVENTSOURCE_VERSION = "4.1.1"
 NPM_CACHE = ROOT / ".cache" / f"npm-eventsource-{EVENTSOURCE_VERSION}"
 # How long the clients are watched after the run ends: past one reconnection (retry: 3000 ms),
 # short of a second one.
-WATCH_MS = 5000
+WATCH_MS = 4500
 
 NODE_CLIENTS = """
 import { EventSource } from "eventsource";
@@ -78,7 +78,7 @@ def runs_to_watch(server: Gunicorn) -> dict[str, str]:
     runs = {"done, replayed": start("paced-1-5"), "failed, replayed": start("paced-1-5-breaks")}
     for run_id in runs.values():
         finished(run_id)
-    return runs | {"done, live": start("paced-150-8"), "failed, live": start("paced-150-8-breaks")}
+    return runs | {"done, live": start("paced-60-8"), "failed, live": start("paced-60-8-breaks")}
 
 
 def recorded(server: Gunicorn, run_id: str) -> int:
@@ -86,48 +86,47 @@ def recorded(server: Gunicorn, run_id: str) -> int:
     return http("GET", f"{server.url}/runs/{run_id}").json()["count"]
 
 
-def test_the_npm_eventsource_client_stops_after_a_done_and_after_a_failed_run(server, eventsource_package):
+def test_the_npm_eventsource_client_and_chromiums_stop_after_a_done_and_after_a_failed_run(
+        server, eventsource_package):
+    """Both clients watch the same four runs at once (each watch lasts past one reconnection)."""
     runs = runs_to_watch(server)
     script = eventsource_package / "watch.mjs"
     script.write_text(NODE_CLIENTS)
     paths = [f"/runs/{run_id}/events" for run_id in runs.values()]
-    result = subprocess.run(["node", str(script), server.url, *paths], cwd=eventsource_package, capture_output=True,
-                            text=True, timeout=60, env={**os.environ, "NODE_NO_WARNINGS": "1"})
-    assert result.returncode == 0, result.stderr
-    watched = dict(zip(runs, json.loads(result.stdout), strict=True))
-    for name, run_id in runs.items():
-        client, count = watched[name], recorded(server, run_id)
-        # One connection, then one reconnection, answered 204: the client is closed (2) for good.
-        assert (client["requests"], client["readyState"]) == (2, 2), (name, client)
-        events = client["seen"]
-        assert [position for position, _, _ in events[:count]] == [str(n) for n in range(1, count + 1)], name
-        if "failed" in name:
-            assert len(events) == count + 1 and events[-1][:2] == ["end", "error"], (name, events[-1])
-            assert json.loads(events[-1][2])["type"] == "ENGINE_ERROR"
-        else:
-            assert len(events) == count and events[-1][1] == "done", name
-
-
-def test_chromiums_event_source_stops_after_a_done_and_after_a_failed_run(server):
-    runs = runs_to_watch(server)
+    node = subprocess.Popen(["node", str(script), server.url, *paths], cwd=eventsource_package, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "NODE_NO_WARNINGS": "1"})
     with chromium() as browser:
         page = browser.new_page()
         requests: dict[str, int] = {}
         page.on("request", lambda request: requests.__setitem__(request.url, requests.get(request.url, 0) + 1))
         page.goto(f"{server.url}/healthz")  # same origin, nothing else on the page
-        watched = page.evaluate("""([paths, watchMs]) => Promise.all(paths.map((path) => new Promise((done) => {
+        in_browser = page.evaluate("""([paths, watchMs]) => Promise.all(paths.map((path) => new Promise((done) => {
             const seen = [];
             const source = new EventSource(path);
             for (const type of ["start", "token", "report", "done", "error"]) {
               source.addEventListener(type, (event) => { if (event.data) seen.push([event.lastEventId, type]); });
             }
             setTimeout(() => { done({readyState: source.readyState, seen}); source.close(); }, watchMs);
-        })))""", [[f"/runs/{run_id}/events" for run_id in runs.values()], WATCH_MS])
-    for (name, run_id), client in zip(runs.items(), watched, strict=True):
-        assert requests[f"{server.url}/runs/{run_id}/events"] == 2, (name, requests)
-        assert client["readyState"] == 2, (name, client)
-        expected = recorded(server, run_id) + (1 if "failed" in name else 0)
-        assert len(client["seen"]) == expected and client["seen"][-1][1] == ("error" if "failed" in name else "done")
+        })))""", [paths, WATCH_MS])
+    out, err = node.communicate(timeout=60)
+    assert node.returncode == 0, err
+    from_node = dict(zip(runs, json.loads(out), strict=True))
+    for (name, run_id), client in zip(runs.items(), in_browser, strict=True):
+        count = recorded(server, run_id)
+        npm_client = from_node[name]
+        # One connection, then one reconnection, answered 204: the client is closed (2) for good.
+        assert (npm_client["requests"], npm_client["readyState"]) == (2, 2), (name, npm_client)
+        assert (requests[f"{server.url}/runs/{run_id}/events"], client["readyState"]) == (2, 2), (name, requests)
+        events = npm_client["seen"]
+        assert [position for position, _, _ in events[:count]] == [str(n) for n in range(1, count + 1)], name
+        assert [position for position, _ in client["seen"][:count]] == [str(n) for n in range(1, count + 1)], name
+        if "failed" in name:
+            assert len(events) == count + 1 and events[-1][:2] == ["end", "error"], (name, events[-1])
+            assert json.loads(events[-1][2])["type"] == "ENGINE_ERROR"
+            assert len(client["seen"]) == count + 1 and client["seen"][-1] == ["end", "error"]
+        else:
+            assert len(events) == count and events[-1][1] == "done", name
+            assert len(client["seen"]) == count and client["seen"][-1][1] == "done"
 
 
 def test_the_npm_cache_is_outside_what_git_keeps():

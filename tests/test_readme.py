@@ -1,8 +1,9 @@
-"""The examples of the README and of docs/api.md, run verbatim (but for the port, and the path of the
-.venv's commands) against a real gunicorn."""
+"""The examples of the README and of docs/api.md, run verbatim (but for the port: the
+service's URL for run-registry, and the path of the .venv's commands) against a real gunicorn."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 
@@ -38,7 +39,8 @@ def run_examples(tmp_path_factory):
         def run(blocks: list[str]) -> str:
             script = "set -e\n" + "\n".join(blocks).replace("localhost:3001", f"127.0.0.1:{server.port}").replace(
                 ".venv/bin/", f"{GUNICORN.parent}/")
-            result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, cwd=workdir)
+            result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, cwd=workdir,
+                                    env={**os.environ, "RUN_REGISTRY_SERVICE_URL": server.url})
             assert result.returncode == 0, result.stderr + result.stdout
             return result.stdout
         yield run
@@ -50,7 +52,8 @@ def test_readme_examples_work(run_examples):
         '"source":"new"', '"source":"cache"', '"events":[{"data":{"scenarioId":"pricing-v1","seed":42',
         '"count":147', "retry: 3000", "event: start", '"seed":7', "id: 147", "event: done",
         "seed must be a valid integer", ".zip: genuine, signed by keyId",
-        ": scenarioId pricing-v1, seed 42, 147 events",
+        ": scenarioId pricing-v1, seed 42, 147 events", "-pack.zip: ", '"reproducible": true',
+        "deterministic: both executions' transcripts are byte-identical", "engineCodeHash: ",
     ):
         assert expected in output, expected
     assert "not found" not in output and "NOT_FOUND" not in output
@@ -64,7 +67,7 @@ def test_api_doc_examples_work(run_examples):
         "event: start", "id: 147", "event: done", "<!doctype html>",
         "manifest.json: OK", "events.json: OK", "events.csv: OK", "attestation.json: OK",
         "position,type,tokenIndex,text,data", ".zip: genuine, signed by keyId", "refused: exit 1",
-        "urn:run-registry:evidence-pack:v1", '"checks":1,"reproduced":1,"diverged":0,"divergences":[]',
+        "urn:run-registry:evidence-pack:v1", '"checks":2,"reproduced":2,"diverged":0,"divergences":[]',
         '"reproducible":true', '"identical":false', "left: seed must be a valid integer",
         "Last-Event-ID 999 is not a position in this run (1 to 147)",
         '{"status":"ok"}', '"status":"ready"', '"hit_ratio":', 'run_registry_lookups_total{source="new"}',

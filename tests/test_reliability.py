@@ -18,12 +18,12 @@ pytestmark = pytest.mark.server
 
 
 def test_mixed_load_on_gunicorn(tmp_path):
-    outcome = scenarios.mixed_load(tmp_path, seconds=6)
+    outcome = scenarios.mixed_load(tmp_path, seconds=5)
     assert outcome.errors == [], outcome
 
 
 def test_slow_bodies_stalled_readers_and_costly_heads_take_no_service_away(tmp_path):
-    outcome = scenarios.hostile_clients(tmp_path, seconds=4, slow_bodies=200, readers=20, costly_heads=20)
+    outcome = scenarios.hostile_clients(tmp_path, seconds=3, slow_bodies=200, readers=20, costly_heads=20)
     assert outcome.errors == [], outcome
 
 
@@ -33,7 +33,7 @@ def test_a_flood_of_keys_keeps_the_determinism_ledger_at_its_cap_on_both_backend
 
 
 def test_flood_of_distinct_keys_keeps_the_cap_and_the_hot_keys():
-    outcome = scenarios.flood(keys=20_000, max_entries=1_000)
+    outcome = scenarios.flood(keys=8_000, max_entries=500)
     assert outcome.errors == [], outcome
 
 
