@@ -33,7 +33,7 @@ WAIT_S = 10.0
 def measure(runs: int, scratch: Path, smoke: bool = False) -> dict[str, str]:
     """Every in-process figure, as text for the report."""
     figures = memory_per_run(runs)
-    figures.update(ledger_bytes_per_key(2_000 if smoke else 100_000, scratch))
+    figures.update(ledger_bytes_per_key(500 if smoke else 100_000, scratch))
     figures.update(lookup_time_by_entries(10, min(runs, 100_000), repeats=3 if smoke else 9))
     figures.update(longest_sweep_pause(min(runs, 100_000)))
     return figures

@@ -90,22 +90,19 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.smoke:
-        args.rounds, args.seconds, args.runs = 1, 1, 2_000
+        args.rounds, args.seconds, args.runs = 1, 1, 500
     require_binary("wrk")
     require_binary("redis-server")
 
     with tempfile.TemporaryDirectory(prefix="run-registry-bench-") as scratch:
-        parts = (load_test, compare_settings, measure_live, measure_fleet)
+        parts = (load_test, compare_settings, measure_live, measure_fleet, measure_in_process)
         if args.smoke:  # its figures mean nothing, only that every part runs: all at once, on servers of their own
             with ThreadPoolExecutor(max_workers=len(parts)) as pool:
-                table, settings, live_figures, fleet_figures = (
+                table, settings, live_figures, fleet_figures, figures = (
                     future.result() for future in [pool.submit(part, Path(scratch), args) for part in parts])
         else:
-            table, settings, live_figures, fleet_figures = (part(Path(scratch), args) for part in parts)
+            table, settings, live_figures, fleet_figures, figures = (part(Path(scratch), args) for part in parts)
         live_figures.update(fleet_figures)
-        ledger_scratch = Path(scratch) / "ledger"
-        ledger_scratch.mkdir()
-        figures = inprocess.measure(args.runs, ledger_scratch, smoke=args.smoke)
     report = render(table, settings, live_figures, figures, args)
     print(report)
     if args.markdown:
@@ -123,6 +120,12 @@ def write_report(path: Path, report: str) -> None:
         head, rest = text.split(BEGIN, 1)
         report = f"{head}{BEGIN}\n{report}{END}{rest.split(END, 1)[1]}"
     path.write_text(report)
+
+
+def measure_in_process(scratch: Path, args: argparse.Namespace) -> dict[str, str]:
+    ledger_scratch = scratch / "ledger"
+    ledger_scratch.mkdir()
+    return inprocess.measure(args.runs, ledger_scratch, smoke=args.smoke)
 
 
 def load_test(scratch: Path, args: argparse.Namespace) -> list[Row]:

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.server
 
 
 def test_mixed_load_on_gunicorn(tmp_path):
-    outcome = scenarios.mixed_load(tmp_path, seconds=5)
+    outcome = scenarios.mixed_load(tmp_path, seconds=4)
     assert outcome.errors == [], outcome
 
 

@@ -104,3 +104,17 @@ def test_the_ledger_entry_of_a_key_is_what_the_metadata_shows_for_each_of_its_ru
     shown = determinism(client, run_id)
     assert shown["status"] == "diverged" and shown["reference"]["runId"] == run_id
     assert shown["reference"]["eventsSha256"] == client.get(f"/runs/{run_id}").get_json()["eventsSha256"]
+
+
+def test_the_ledgers_metrics_parse_as_prometheus_text(frozen):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client = create_app(test_settings(), engine=DriftingEngine()).test_client()
+    client.post(f"/runs/{lookup(client, 'drift-c')}/verify")
+    families = {family.name: family for family in text_string_to_metric_families(
+        client.get("/metrics").get_data(as_text=True))}
+    checks = families["run_registry_determinism_checks"]
+    assert checks.type == "counter"
+    assert {(sample.labels["result"], sample.value) for sample in checks.samples
+            if sample.name.endswith("_total")} == {("reproduced", 0.0), ("diverged", 1.0)}
+    assert families["run_registry_determinism_keys"].type == "gauge"
