@@ -10,15 +10,16 @@ from app.config import Settings
 from app.registry.base import Registry
 from app.registry.base import RegistryUnavailable
 from app.registry.memory import MemoryRegistry
-from app.registry.redis_registry import RedisRegistry
-from app.registry.redis_registry import redis_pool
 
-__all__ = ["MemoryRegistry", "RedisRegistry", "Registry", "RegistryUnavailable", "make_limit_storage", "make_registry"]
+__all__ = ["MemoryRegistry", "Registry", "RegistryUnavailable", "make_limit_storage", "make_registry"]
 
 
 def make_registry(settings: Settings) -> Registry:
-    """Build the backend ``RUN_REGISTRY_URL`` names (validated by ``load_settings``)."""
+    """Build the backend ``RUN_REGISTRY_URL`` names (validated by ``load_settings``). Redis's module
+    is imported only for it: redis-py (and its asyncio client) is a seventh of a process's start."""
     if settings.shared_registry:
+        from app.registry.redis_registry import RedisRegistry
+
         return RedisRegistry(
             settings.registry_url,
             ttl_ms=settings.ttl_ms,
@@ -36,6 +37,8 @@ def make_limit_storage(settings: Settings) -> Storage:
     """Where the new-run limits count: this process, or the shared Redis under a prefix of
     their own, so that the limit holds across the fleet."""
     if settings.shared_registry:
+        from app.registry.redis_registry import redis_pool
+
         return RedisStorage(
             settings.registry_url,
             key_prefix=f"{settings.redis_prefix}limits",
