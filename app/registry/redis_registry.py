@@ -336,9 +336,10 @@ class RedisRegistry:
             while not self._closed.is_set():
                 try:
                     answer: Any = self._follow_client.xread({stream: last}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
-                # ValueError and AttributeError: close() tore the connection down under this read
-                # (redis-py drops its buffer); the others: Redis went away, and the read is retried.
-                except (redis.RedisError, OSError, ValueError, AttributeError):
+                # ValueError, AttributeError and TypeError: close() tore the connection down under
+                # this read (redis-py drops its buffer, or its socket: hiredis's liveness check then
+                # polls None); the others: Redis went away, and the read is retried.
+                except (redis.RedisError, OSError, ValueError, AttributeError, TypeError):
                     if self._closed.wait(0.5):
                         return
                     continue
