@@ -7,6 +7,7 @@ compares the two transcripts byte for byte, and names the engineCodeHash the ser
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -86,8 +87,6 @@ def _execute_apart(spec: str, scenario_id: str, seed: int, timeout_s: float, has
 
 def _execute_here(spec: str, scenario_id: str, seed: int) -> dict[str, object]:
     """The engine's transcript, each event held to what the service records (the child's side)."""
-    import hashlib
-
     engine = load_engine(spec)
     encoded = []
     size = 0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import secrets
 import time
+import zipfile
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
@@ -242,17 +244,13 @@ class RunService:
     def snapshot(self, record: RunRecord, key: SigningKey) -> bytes:
         """A done run's ZIP evidence pack; the same bytes every time for the same run and ``key``."""
         return self._transcripts.representation(record, f"zip {key.key_id}", lambda: snapshot_zip(
-            record, self._pack_files(record, key)
+            record, pack_files(record, self._transcripts.events_json(record), self.export_csv(record), key)
         ))
 
     def attestation(self, record: RunRecord, key: SigningKey) -> bytes:
-        """A done run's signed attestation: the pack's attestation.json."""
-        return self._transcripts.representation(
-            record, f"attestation {key.key_id}", lambda: self._pack_files(record, key)[ATTESTATION]
-        )
-
-    def _pack_files(self, record: RunRecord, key: SigningKey) -> dict[str, bytes]:
-        return pack_files(record, self._transcripts.events_json(record), self.export_csv(record), key)
+        """A done run's signed attestation: the pack's attestation.json, read from the pack (made once)."""
+        return self._transcripts.representation(record, f"attestation {key.key_id}", lambda: zipfile.ZipFile(
+            io.BytesIO(self.snapshot(record, key))).read(ATTESTATION))
 
     def signing_key(self) -> SigningKey:
         """The key evidence is signed with (the ETag of a signed representation names it)."""

@@ -127,7 +127,6 @@ def _wants_event_stream(accept: str) -> bool:
     return EVENT_STREAM in accept and prefers_event_stream(accept)
 
 
-@functools.lru_cache(maxsize=1024)
 def _determinism_json(entry: LedgerEntry | None) -> str:
     """``determinism_body(entry)`` as JSON, built as the rest of the metadata is (every read of a
     done run's metadata makes one); the runId is encoded, as it comes from the registry."""
@@ -138,6 +137,7 @@ def _determinism_json(entry: LedgerEntry | None) -> str:
             f'"createdAt":{entry.reference_created_at}}}}}')
 
 
+@functools.lru_cache(maxsize=1024)
 def _description_json(identity: RunIdentity) -> str:
     """What never changes about a run, as JSON without its closing brace: read on every request
     for the run's metadata, encoded once."""

@@ -65,7 +65,7 @@ def attestation(run_id: str) -> Response:
         '500': EngineError
         '503': Unavailable
     """
-    return _done_run_representation(run_id, "attestation", ("Content-Type", "application/json"),
+    return _done_run_representation(run_id, "attestation", (("Content-Type", "application/json"),),
                                     RunService.attestation, signed=True)
 
 
@@ -149,13 +149,13 @@ def _download_done_run(
 ) -> Response:
     """A done run's file, ``<runId>.<extension>``, with its ETag (202 while the run runs)."""
     # runIds are letters, digits and ._- (the scenarioId's alphabet): safe in a quoted filename.
-    disposition = ("Content-Disposition", f'attachment; filename="{run_id}.{extension}"')
-    return _done_run_representation(run_id, extension, ("Content-Type", content_type), encode, signed, disposition)
+    headers = (("Content-Type", content_type), ("Content-Disposition", f'attachment; filename="{run_id}.{extension}"'))
+    return _done_run_representation(run_id, extension, headers, encode, signed)
 
 
 def _done_run_representation(
-    run_id: str, representation: str, content_type: tuple[str, str], encode: Callable[..., bytes],
-    signed: bool = False, *headers: tuple[str, str],
+    run_id: str, representation: str, headers: tuple[tuple[str, str], ...], encode: Callable[..., bytes],
+    signed: bool = False,
 ) -> Response:
     """A done run's ``representation`` made by ``encode(service, record)`` (with the signing key
     when ``signed``: its ETag then names the key, so a new key makes new bytes and a new ETag)."""
@@ -167,5 +167,4 @@ def _done_run_representation(
         key = service.signing_key()
         representation = f"{representation}.{key.key_id[:16]}"
         arguments += (key,)
-    made = conditional(record, representation, lambda: encode(*arguments), (content_type, *headers))
-    return answered_with(wait, made)
+    return answered_with(wait, conditional(record, representation, lambda: encode(*arguments), headers))
