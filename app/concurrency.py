@@ -6,8 +6,14 @@ An engine computes, and a greenlet that computes stops every other connection of
 so engines run on real OS threads: gevent's own pool of native threads, whose results greenlets
 wait for cooperatively. Without gevent (tests, ``flask run``) both are ordinary threads.
 
-Patched ``threading`` locks, conditions and events work across a native thread and greenlets
-(gevent 20.12 and later), so the two sides hand events to each other through them.
+The two sides never share a patched ``threading`` lock, condition or event: a native thread
+that releases one while a greenlet waits for it can leave the greenlet parked (gevent issue
+#2013, still so in 26.9). A run's recorder waited on a patched Condition its engine thread
+notified, and 1 run in 200 stalled until some other timer woke the process's hub (20 s, a
+waiting lookup's limit; CI failed on it). So what they share is guarded by a lock of the OS
+(``native_lock``), held for a few instructions and never across a switch, and a native thread
+wakes a greenlet through a ``Bell``: on gevent's hub an async watcher, the one thing of libev
+made to be signalled from another thread, as gevent's own thread pool does.
 """
 
 from __future__ import annotations
@@ -83,6 +89,75 @@ class _FedNativeThreads:
         while True:
             call, args = self._queued.get()
             self._pool.spawn(call, *args)  # waits here, for a free thread, in order
+
+
+def native_lock() -> threading.Lock:
+    """A lock of the OS, whatever gevent patched: for state a native thread shares with greenlets.
+
+    Hold it only for a few instructions: a greenlet blocked on it blocks its whole process.
+    """
+    if gevent_active():
+        from gevent import monkey
+
+        return monkey.get_original("threading", "Lock")()
+    return threading.Lock()
+
+
+class Bell(Protocol):
+    """A wake-up any thread rings and the greenlet or thread that made the bell waits for."""
+
+    def ring(self) -> None: ...
+
+    def wait(self, timeout: float) -> None:
+        """Until a ring since the last wait, or ``timeout`` seconds."""
+
+    def close(self) -> None:
+        """No more rings: called once, by the waiter, when it waits no more."""
+
+
+def bell() -> Bell:
+    """A ``Bell`` for the calling greenlet's hub, or, without gevent, for threads."""
+    if gevent_active():
+        return _HubBell()
+    return _ThreadBell()
+
+
+class _ThreadBell:
+    def __init__(self) -> None:
+        self._rung = threading.Event()
+
+    def ring(self) -> None:
+        self._rung.set()
+
+    def wait(self, timeout: float) -> None:
+        self._rung.wait(timeout)
+        self._rung.clear()
+
+    def close(self) -> None:
+        pass
+
+
+class _HubBell:
+    """An async watcher, started for the bell's life: libev drops a send before a start."""
+
+    def __init__(self) -> None:
+        import gevent
+        from gevent.event import Event
+
+        self._rung = Event()  # set by the watcher's callback, on the hub's own thread
+        self._watcher = gevent.get_hub().loop.async_()
+        self._watcher.start(self._rung.set)
+
+    def ring(self) -> None:
+        self._watcher.send()  # libev's ev_async_send: safe from any thread
+
+    def wait(self, timeout: float) -> None:
+        self._rung.wait(timeout)
+        self._rung.clear()
+
+    def close(self) -> None:
+        self._watcher.stop()
+        self._watcher.close()
 
 
 def spawn(target: Callable[..., Any], *args: Any, name: str) -> threading.Thread:

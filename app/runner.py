@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from app.concurrency import bell
+from app.concurrency import native_lock
 from app.concurrency import native_sleep
 from app.concurrency import real_threads
 from app.config import Settings
@@ -52,10 +54,15 @@ class EngineFault(Exception):
 
 
 class _Handoff:
-    """Events from the engine's thread to the recorder: batched, closed once, abandonable."""
+    """Events from the engine's thread to the recorder: batched, closed once, abandonable.
+
+    Made by the recording side (its greenlet's hub hears the bell); the engine's thread only
+    touches it through ``put`` and ``close``, under a lock of the OS (see app/concurrency.py).
+    """
 
     def __init__(self) -> None:
-        self._changed = threading.Condition()
+        self._lock = native_lock()
+        self._bell = bell()
         self._items: list[EncodedEvent] = []
         self._closed = False
         self._fault: EngineFault | None = None
@@ -63,29 +70,40 @@ class _Handoff:
 
     def put(self, item: EncodedEvent) -> bool:
         """:returns: ``False`` once the recorder has given the run up: the engine may stop."""
-        with self._changed:
+        with self._lock:
             if self._abandoned:
                 return False
             self._items.append(item)
-            self._changed.notify()
+            self._bell.ring()
             return True
 
     def close(self, fault: EngineFault | None = None) -> None:
-        with self._changed:
+        with self._lock:
             self._closed, self._fault = True, fault
-            self._changed.notify()
+            if not self._abandoned:
+                self._bell.ring()
 
     def abandon(self) -> None:
-        with self._changed:
-            self._abandoned = True
+        """The recording side takes no more, whether or not the engine has finished: called once,
+        at its end, it frees the bell (nothing rings it afterwards)."""
+        with self._lock:
+            if not self._abandoned:
+                self._abandoned = True
+                self._bell.close()
 
     def take(self, timeout: float) -> tuple[list[EncodedEvent], bool, EngineFault | None]:
         """Everything handed over so far (waiting up to ``timeout`` for something), whether the
         engine is done, and its fault if it failed."""
-        with self._changed:
-            self._changed.wait_for(lambda: bool(self._items) or self._closed, max(0.0, timeout))
-            items, self._items = self._items, []
-            return items, self._closed, self._fault
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if self._items or self._closed:
+                    items, self._items = self._items, []
+                    return items, self._closed, self._fault
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return [], False, None
+            self._bell.wait(remaining)  # a ring after the look above ends this wait at once
 
 
 @dataclass(frozen=True)
@@ -145,14 +163,16 @@ class Runner:
         self._threads.submit(contextvars.copy_context().run, self._produce, key, handoff)
         events: list[EncodedEvent] = []
         deadline = started + self._timeout_s
-        while True:
-            batch, closed, fault = handoff.take(deadline - time.monotonic())
-            events.extend(batch)
-            if closed or time.monotonic() >= deadline:
-                break
+        try:
+            while True:
+                batch, closed, fault = handoff.take(deadline - time.monotonic())
+                events.extend(batch)
+                if closed or time.monotonic() >= deadline:
+                    break
+        finally:
+            handoff.abandon()
         seconds = time.monotonic() - started
         if not closed:
-            handoff.abandon()
             fault = self._timed_out(key)
         self._count_engine_run(seconds, failed=fault is not None)
         if fault is not None:
@@ -200,6 +220,12 @@ class Runner:
     # The recording side.
 
     def _record(self, identity: RunIdentity, owner: str, handoff: _Handoff, started: float) -> None:
+        try:
+            self._record_events(identity, owner, handoff, started)
+        finally:
+            handoff.abandon()
+
+    def _record_events(self, identity: RunIdentity, owner: str, handoff: _Handoff, started: float) -> None:
         run_id = identity.run_id
         events: list[EncodedEvent] = []
         deadline = started + self._timeout_s
@@ -212,7 +238,7 @@ class Runner:
                 )
                 if not appended:
                     log.error("run %s is no longer this process's to record; its engine's events are dropped", run_id)
-                    handoff.abandon()
+                    handoff.abandon()  # the engine may stop now, not after the fail's retries
                     # Failed, if it is still ours at all (a registry that did not answer for
                     # REGISTRY_RETRY_S), rather than left running on a lease this process renews.
                     self._with_retries(lambda: self._registry.fail(
@@ -222,7 +248,6 @@ class Runner:
             if closed:
                 break
             if time.monotonic() >= deadline:
-                handoff.abandon()
                 fault = self._timed_out(identity.key)
                 break
         seconds = time.monotonic() - started
@@ -289,7 +314,7 @@ class Slots:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._lock = threading.Lock()
+        self._lock = native_lock()  # given back on an engine's native thread
         self.in_use = 0
 
     def take(self) -> bool:
