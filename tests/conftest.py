@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import freezegun
 import freezegun.api
 import pytest
 from freezegun import freeze_time
@@ -20,6 +21,8 @@ FROZEN_START = "2026-11-26 12:00:00"
 # threading module keeps its own, real, clock for timeouts (it is still on the ignore list, so
 # freezegun leaves its module attributes alone).
 freezegun.api.call_stack_inspection_limit = 0
+# pytest's own clock stays real, or --durations reports the frozen years since the epoch.
+freezegun.configure(extend_ignore_list=["_pytest"])
 
 
 def test_settings(**overrides: object) -> Settings:

@@ -92,22 +92,23 @@ def test_the_npm_eventsource_client_and_chromiums_stop_after_a_done_and_after_a_
     script = eventsource_package / "watch.mjs"
     script.write_text(NODE_CLIENTS)
     paths = [f"/runs/{run_id}/events" for run_id in runs.values()]
-    node = subprocess.Popen(["node", str(script), server.url, *paths], cwd=eventsource_package, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "NODE_NO_WARNINGS": "1"})
-    with chromium() as browser:
-        page = browser.new_page()
-        requests: dict[str, int] = {}
-        page.on("request", lambda request: requests.__setitem__(request.url, requests.get(request.url, 0) + 1))
-        page.goto(f"{server.url}/healthz")  # same origin, nothing else on the page
-        in_browser = page.evaluate("""([paths, watchMs]) => Promise.all(paths.map((path) => new Promise((done) => {
-            const seen = [];
-            const source = new EventSource(path);
-            for (const type of ["start", "token", "report", "done", "error"]) {
-              source.addEventListener(type, (event) => { if (event.data) seen.push([event.lastEventId, type]); });
-            }
-            setTimeout(() => { done({readyState: source.readyState, seen}); source.close(); }, watchMs);
-        })))""", [paths, WATCH_MS])
-    out, err = node.communicate(timeout=60)
+    quiet = {**os.environ, "NODE_NO_WARNINGS": "1"}
+    with subprocess.Popen(["node", str(script), server.url, *paths], cwd=eventsource_package, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=quiet) as node:  # closed if skipped
+        with chromium() as browser:
+            page = browser.new_page()
+            requests: dict[str, int] = {}
+            page.on("request", lambda request: requests.__setitem__(request.url, requests.get(request.url, 0) + 1))
+            page.goto(f"{server.url}/healthz")  # same origin, nothing else on the page
+            in_browser = page.evaluate("""([paths, watchMs]) => Promise.all(paths.map((path) => new Promise((done) => {
+                const seen = [];
+                const source = new EventSource(path);
+                for (const type of ["start", "token", "report", "done", "error"]) {
+                  source.addEventListener(type, (event) => { if (event.data) seen.push([event.lastEventId, type]); });
+                }
+                setTimeout(() => { done({readyState: source.readyState, seen}); source.close(); }, watchMs);
+            })))""", [paths, WATCH_MS])
+        out, err = node.communicate(timeout=60)
     assert node.returncode == 0, err
     from_node = dict(zip(runs, json.loads(out), strict=True))
     for (name, run_id), client in zip(runs.items(), in_browser, strict=True):
