@@ -30,12 +30,15 @@ run-redis: $(STAMP)
 		$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 # Everything CI runs: units, in-process tests, and real gunicorn, redis-server, nginx, Chromium.
+# TEST_PROCESSES pytest processes (pytest-xdist), each taking whole files, so a file's shared
+# servers start once; `make test TEST_PROCESSES=0` runs everything in this one process.
+TEST_PROCESSES ?= 2
 test: $(STAMP)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
-# The fast loop while working: units and in-process tests, no servers (about 15 s).
+# The fast loop while working: units and in-process tests, no servers (about 20 s).
 test-fast: $(STAMP)
-	$(BIN)/pytest -m "not server" $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile -m "not server" $(PYTEST_ARGS)
 
 # The benchmark (about fifteen minutes): the service against its floor, written to docs/benchmarks.md.
 bench: $(STAMP)

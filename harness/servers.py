@@ -34,19 +34,43 @@ def process_cpu_seconds(pid: int) -> float:
 
 _given_ports: set[int] = set()
 _given_ports_lock = threading.Lock()
+_FIRST_PORT = 10_000
+
+
+def _port_share() -> tuple[int, int]:
+    """This process's ports (first, how many): below the kernel's ephemeral range, which neither
+    another process's ``bind(0)`` nor a client's connection takes from, split between
+    pytest-xdist's workers."""
+    try:
+        ephemeral_start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_start = 32_768
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    span = max(ephemeral_start - _FIRST_PORT, 1_000) // workers
+    return _FIRST_PORT + worker * span, span
 
 
 def free_port() -> int:
     """A port nothing listens on now, and that this process has not handed out before: servers
     started at once (the benchmark's smoke run starts its parts together) never get the same one."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        with _given_ports_lock:
-            if port not in _given_ports:
-                _given_ports.add(port)
-                return port
+    first, span = _port_share()
+    with _given_ports_lock:
+        # Each process starts somewhere else in its share (the benchmark's smoke run is a child
+        # of a test process), then goes on one port at a time.
+        start = (os.getpid() * 7919 + len(_given_ports)) % span
+        for step in range(span):
+            port = first + (start + step) % span
+            if port in _given_ports:
+                continue
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:  # in use, or lingering from a server stopped a moment ago
+                    continue
+            _given_ports.add(port)
+            return port
+    raise RuntimeError(f"no free port among {span} from {first}")
 
 
 @dataclass
@@ -129,14 +153,19 @@ class Gunicorn:
     def stop(self, sig: int = signal.SIGQUIT, timeout: float = 30) -> int | None:
         """Stop it, by default at once (SIGQUIT): a graceful SIGTERM makes each gevent worker wait
         up to a second for its next look at whether it should stop, a second on every one of
-        the suite's servers. Tests of the graceful stop send SIGTERM."""
+        the suite's servers. Tests of the graceful stop send SIGTERM.
+
+        At once means at once: a gevent worker takes half a second to quit (its last greenlets,
+        the interpreter's end), and the master, told to quit first, replaces none of them but
+        sleeps 0.4 s in its loop before it exits. A master of one worker has nothing to tidy
+        (only one of several removes its metrics directory) and is SIGKILLed with it.
+        """
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else None
         workers = self.worker_pids() if sig == signal.SIGQUIT else []
+        if sig == signal.SIGQUIT and self.expected_workers() == 1:
+            sig = signal.SIGKILL
         self.process.send_signal(sig)
-        # At once means at once: a gevent worker takes half a second to quit (its last greenlets,
-        # the interpreter's end), half a second on each of the suite's servers; the master, told
-        # to quit first, replaces none of them.
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -389,6 +418,12 @@ class ProcfileProcess:
         """Stop it: a web process at once (SIGQUIT, as ``Gunicorn.stop``), a worker warmly (SIGTERM,
         as a host stops it); or with ``sig``."""
         if self.process is None or self.process.poll() is not None:
+            return
+        if sig is None and self.kind == "web" and "run-registry: 1 worker process" in self.log():
+            for pid in [self.pid, *self.children()]:  # as Gunicorn.stop does a master of one worker
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.process.wait()
             return
         if sig is None:
             sig = signal.SIGQUIT if self.kind == "web" else signal.SIGTERM

@@ -40,6 +40,7 @@ def main() -> None:
         outcomes.append(scenarios.hostile_clients(directory, seconds=60 if long else 6,
                                                   slow_bodies=1500 if long else 200, readers=300 if long else 20,
                                                   costly_heads=200 if long else 20))
+        outcomes.append(scenarios.runs_under_load(directory, runs=1000 if long else 30))
         outcomes.append(scenarios.ledger_flood(directory, keys=1_000_000 if long else 20_000,
                                                max_keys=100_000 if long else 1_000))
     outcomes.append(scenarios.flood(keys=1_000_000 if long else 20_000, max_entries=10_000 if long else 1_000,
