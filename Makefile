@@ -36,7 +36,7 @@ TEST_PROCESSES ?= 2
 test: $(STAMP)
 	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
-# The fast loop while working: units and in-process tests, no servers (about 20 s).
+# The fast loop while working: units and in-process tests, no servers (about 35 s).
 test-fast: $(STAMP)
 	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile -m "not server" $(PYTEST_ARGS)
 

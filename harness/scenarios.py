@@ -100,7 +100,8 @@ def runs_under_load(directory: Path, runs: int, tokens: int = 2000, burners: int
                 hog.wait()
     latencies.sort()
     held = (f"{runs:,} runs of {tokens + 3:,} events beside {burners} busy processes: median"
-            f" {latencies[len(latencies) // 2] * 1000:.0f} ms, slowest {latencies[-1] * 1000:.0f} ms")
+            f" {latencies[len(latencies) // 2] * 1000:.0f} ms, slowest {latencies[-1] * 1000:.0f} ms;"
+            f" {len(errors)} not answered done")
     return Outcome("new runs under CPU load (engine thread to recorder)", held, errors[:5])
 
 
