@@ -73,6 +73,20 @@ def free_port() -> int:
     raise RuntimeError(f"no free port among {span} from {first}")
 
 
+def _wait_ended(pids: list[int], timeout: float) -> None:
+    """Until each of ``pids`` has ended (gone, or a zombie: its files closed), or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                break
+            if state in ("Z", "X"):
+                break
+            time.sleep(0.005)
+
+
 @dataclass
 class Reply:
     status: int
@@ -174,6 +188,10 @@ class Gunicorn:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait()
+        finally:
+            # A worker outliving its killed master still holds the listening socket: stopped
+            # means that nothing answers on the port any more.
+            _wait_ended(workers, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -420,10 +438,12 @@ class ProcfileProcess:
         if self.process is None or self.process.poll() is not None:
             return
         if sig is None and self.kind == "web" and "run-registry: 1 worker process" in self.log():
-            for pid in [self.pid, *self.children()]:  # as Gunicorn.stop does a master of one worker
+            workers = self.children()
+            for pid in [self.pid, *workers]:  # as Gunicorn.stop does a master of one worker
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             self.process.wait()
+            _wait_ended(workers, timeout)
             return
         if sig is None:
             sig = signal.SIGQUIT if self.kind == "web" else signal.SIGTERM
