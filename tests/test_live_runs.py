@@ -46,8 +46,11 @@ def fleet(request, tmp_path_factory):
             yield Fleet(server, server)
         return
     redis_server = request.getfixturevalue("redis_server")
+    # A command beyond the pool's 64 connections waits up to the Redis timeout for one: 250 streams
+    # arriving at once on a process that shares its cores with another test process waited past
+    # the default 500 ms now and then (1 in 250 in CI) and were answered 503, as overload is.
     shared = {**env, "RUN_REGISTRY_URL": redis_server.url, "RUN_REGISTRY_REDIS_PREFIX": f"live-{id(directory)}:",
-              "WEB_CONCURRENCY": "1"}
+              "WEB_CONCURRENCY": "1", "RUN_REGISTRY_REDIS_TIMEOUT_MS": "2000"}
     with Gunicorn(directory / "a.log", env=shared) as first, Gunicorn(directory / "b.log", env=shared) as second:
         yield Fleet(first, second)
 
@@ -117,7 +120,8 @@ def test_hundreds_of_live_clients_of_one_run_each_get_the_replay(fleet):
     bodies = asyncio.run(watch_all())
     replay = read_stream(fleet.watcher, run_id)
     assert b"id: 43\nevent: done\n" in replay
-    assert sum(body.replace(KEEPALIVE, b"") == replay for body in bodies) == clients
+    differing = [body for body in bodies if body.replace(KEEPALIVE, b"") != replay]
+    assert not differing, (len(differing), differing[0][:600], differing[0][-300:])
 
 
 def test_a_quiet_live_stream_sends_keepalive_comments_and_never_an_id_for_them(fleet):
