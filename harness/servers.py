@@ -73,18 +73,53 @@ def free_port() -> int:
     raise RuntimeError(f"no free port among {span} from {first}")
 
 
-def _wait_ended(pids: list[int], timeout: float) -> None:
-    """Until each of ``pids`` has ended (gone, or a zombie: its files closed), or ``timeout``."""
-    deadline = time.monotonic() + timeout
-    for pid in pids:
-        while time.monotonic() < deadline:
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except (OSError, IndexError):
-                break
-            if state in ("Z", "X"):
-                break
-            time.sleep(0.005)
+def live_children(pid: int) -> list[int]:
+    """The live child processes of ``pid``: a killed child stays a zombie until its parent reaps
+    it, and a zombie is no worker."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process went while we looked
+        if int(fields[1]) == pid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def said_workers(log: str) -> int:
+    """How many worker processes gunicorn.conf.py said, at start-up (in ``log``), it would run."""
+    said = re.search(r"run-registry: (\d+) worker process", log)
+    return int(said.group(1)) if said else 1
+
+
+def stop_gunicorn(master: subprocess.Popen[bytes], master_signal: int, workers: list[int], timeout: float) -> int:
+    """``master_signal`` to gunicorn's master and SIGKILL to ``workers``; returns once the master
+    has exited and the workers have ended. A worker outliving its killed master still holds the
+    listening socket a moment: stopped means that nothing answers on the port any more."""
+    master.send_signal(master_signal)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    try:
+        return master.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        master.kill()
+        return master.wait()
+    finally:
+        deadline = time.monotonic() + timeout
+        for pid in workers:
+            while time.monotonic() < deadline and _running(pid):
+                time.sleep(0.005)
+
+
+def _running(pid: int) -> bool:
+    """Whether that process still runs (a zombie's files are closed)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 @dataclass
@@ -161,8 +196,7 @@ class Gunicorn:
 
     def expected_workers(self) -> int:
         """How many worker processes gunicorn.conf.py said, at start-up, it would run."""
-        said = re.search(r"run-registry: (\d+) worker process", self.log())
-        return int(said.group(1)) if said else 1
+        return said_workers(self.log())
 
     def stop(self, sig: int = signal.SIGQUIT, timeout: float = 30) -> int | None:
         """Stop it, by default at once (SIGQUIT): a graceful SIGTERM makes each gevent worker wait
@@ -176,39 +210,18 @@ class Gunicorn:
         """
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else None
-        workers = self.worker_pids() if sig == signal.SIGQUIT else []
-        if sig == signal.SIGQUIT and self.expected_workers() == 1:
-            sig = signal.SIGKILL
-        self.process.send_signal(sig)
-        for pid in workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
-        finally:
-            # A worker outliving its killed master still holds the listening socket: stopped
-            # means that nothing answers on the port any more.
-            _wait_ended(workers, timeout)
+        if sig != signal.SIGQUIT:
+            return stop_gunicorn(self.process, sig, [], timeout)
+        master_signal = signal.SIGKILL if self.expected_workers() == 1 else signal.SIGQUIT
+        return stop_gunicorn(self.process, master_signal, self.worker_pids(), timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def worker_pids(self) -> list[int]:
-        """The master's live children: a killed worker stays a zombie until the master reaps it,
-        and a zombie is no worker."""
+        """The master's live children (its workers)."""
         assert self.process is not None
-        pids = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue  # the process went while we looked
-            if int(fields[1]) == self.process.pid and fields[0] != "Z":
-                pids.append(int(stat.parent.name))
-        return pids
+        return live_children(self.process.pid)
 
     def rss_bytes(self) -> int:
         """Resident memory of the workers, summed (Linux /proc)."""
@@ -422,28 +435,15 @@ class ProcfileProcess:
 
     def children(self) -> list[int]:
         """Live child processes (gunicorn's workers, an RQ worker's work-horse)."""
-        pids = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == self.pid and fields[0] != "Z":
-                pids.append(int(stat.parent.name))
-        return pids
+        return live_children(self.pid)
 
     def stop(self, sig: int | None = None, timeout: float = 30) -> None:
         """Stop it: a web process at once (SIGQUIT, as ``Gunicorn.stop``), a worker warmly (SIGTERM,
         as a host stops it); or with ``sig``."""
         if self.process is None or self.process.poll() is not None:
             return
-        if sig is None and self.kind == "web" and "run-registry: 1 worker process" in self.log():
-            workers = self.children()
-            for pid in [self.pid, *workers]:  # as Gunicorn.stop does a master of one worker
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            self.process.wait()
-            _wait_ended(workers, timeout)
+        if sig is None and self.kind == "web" and said_workers(self.log()) == 1:
+            stop_gunicorn(self.process, signal.SIGKILL, self.children(), timeout)  # as Gunicorn.stop does
             return
         if sig is None:
             sig = signal.SIGQUIT if self.kind == "web" else signal.SIGTERM
