@@ -33,7 +33,7 @@ DEFAULT_WORKER_CONNECTIONS = 2000
 
 try:
     _settings = load_settings(os.environ)
-    load_engine(_settings.engine)
+    load_engine(_settings).close()  # it loads (a process engine describes itself), or the service does not start
     _port = positive_int(os.environ, "PORT", default=0)
     worker_connections = positive_int(os.environ, "GUNICORN_WORKER_CONNECTIONS", default=DEFAULT_WORKER_CONNECTIONS)
     _web_concurrency = positive_int(os.environ, "WEB_CONCURRENCY", default=2 * (os.cpu_count() or 1))
@@ -176,6 +176,14 @@ def child_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+def worker_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
+    """No engine process outlives the worker that started it (however the worker was told to stop)."""
+    extensions = getattr(worker.wsgi, "extensions", None)  # the Flask app, once the worker loaded it
+    service = extensions.get("run_service") if extensions else None
+    if service is not None:
+        service.close()
 
 
 def on_exit(server):  # noqa: ARG001 - gunicorn's hook signature

@@ -7,7 +7,7 @@
     run-registry compare <scenarioId> <seed> <scenarioId> <seed>
     run-registry new-key <keyId> <scopes>               a new secret and its RUN_REGISTRY_API_KEYS entry
     run-registry verify-pack <pack.zip> --key <pem>     check an evidence pack offline
-    run-registry check-engine <module:attribute>        is an engine well-formed and deterministic?
+    run-registry check-engine <engine>                  is an engine well-formed and deterministic?
 
 The online commands take --url (or RUN_REGISTRY_SERVICE_URL; default http://127.0.0.1:3001) and
 --key (or RUN_REGISTRY_KEY).
@@ -95,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     " records and that both transcripts are byte-identical; print the engineCodeHash the service"
                     " would give it. Exit 0 only if all holds. Nothing is started but the engine.",
     )
-    engine.add_argument("spec", metavar="module:attribute", help="as RUN_REGISTRY_ENGINE takes it")
+    engine.add_argument("spec", metavar="engine", help="as RUN_REGISTRY_ENGINE takes it: module:attribute,"
+                                                      " command:<command line>, or http(s)://...")
     engine.add_argument("--scenario", default="check-engine", metavar="scenarioId")
     engine.add_argument("--seed", type=int, default=42)
     engine.add_argument("--timeout", type=float, default=60.0, metavar="seconds", help="for each execution")
@@ -164,18 +165,20 @@ def _path(run_id: str) -> str:
 
 
 def _check_engine(spec: str, scenario_id: str, seed: int, timeout_s: float) -> int:
-    from app.engine_check import EngineCheckFailed
-    from app.engine_check import check_engine
+    from app.engine.check import EngineCheckFailed
+    from app.engine.check import check_engine
 
     try:
         checked = check_engine(spec, scenario_id, seed, timeout_s)
     except EngineCheckFailed as err:
         print(f"run-registry: check-engine: {spec}: {err}", file=sys.stderr)
         return 1
-    print(f"{spec}: {checked.name} {checked.version}, scenario {scenario_id} seed {seed}")
+    print(f"{spec}: {checked.name} {checked.version} ({checked.kind} engine), scenario {scenario_id} seed {seed}")
     for number, execution in enumerate(checked.executions, start=1):
-        print(f"  execution {number} (pid {execution.pid}): {execution.events} events,"
-              f" eventsSha256 {execution.events_sha256}")
+        where = f" (pid {execution.pid})" if execution.pid is not None else ""
+        print(f"  execution {number}{where}: {execution.events} events, eventsSha256 {execution.events_sha256}")
+        for line in execution.stderr[:3]:
+            print(f"    stderr: {line}")
     print("  well-formed: every event is one the service records")
     print("  deterministic: both executions' transcripts are byte-identical")
     print(f"  engineCodeHash: {checked.engine_code_hash}")

@@ -183,16 +183,34 @@ def readable_now(sock: Any) -> bool:
     The kernel's own poll(), not gevent's cooperative one (which the patched ``select`` module
     gives): a question that never waits needs no event loop, and gevent's costs about 35 µs.
     """
-    poller = _kernel_poll()()
+    poller = kernel_poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))
 
 
+def kernel_poll() -> Any:
+    """A ``select.poll`` object of the kernel's, whatever gevent patched: for a native thread,
+    which may block in it (a greenlet must not), and for questions that never wait."""
+    return _original("select", "poll")()
+
+
+def os_posix_spawn(*args: Any, **kwargs: Any) -> int:
+    """The OS's ``posix_spawn``: gevent's starts a child watcher for the new process, which only
+    works on the main thread's loop ("child watchers are only available on the default loop")."""
+    return int(_original("os", "posix_spawn")(*args, **kwargs))
+
+
+def os_waitpid(pid: int, options: int) -> tuple[int, int]:
+    """The OS's ``waitpid``: on a native thread, blocking there (gevent's would want a watcher)."""
+    pid_and_status: tuple[int, int] = _original("os", "waitpid")(pid, options)
+    return pid_and_status
+
+
 @functools.cache
-def _kernel_poll() -> Callable[[], Any]:
+def _original(module: str, name: str) -> Any:
     """Looked up once: gevent patches a worker before it serves, never after."""
     if gevent_active():
         from gevent import monkey
 
-        return monkey.get_original("select", "poll")
-    return select.poll
+        return monkey.get_original(module, name)
+    return getattr(__import__(module), name)

@@ -6,6 +6,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field
 from typing import TYPE_CHECKING
 from typing import Any
 from urllib.parse import parse_qs
@@ -28,7 +29,10 @@ DEFAULT_NEW_RUNS_PER_MINUTE = 30
 DEFAULT_LOOKUP_WAIT_S = 20.0
 MAX_LOOKUP_WAIT_S = 25.0
 MAX_BODY_BYTES = 64 * 1024  # the largest request body taken (the contract's 413 past it)
-_ENGINE_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+_PYTHON_ENGINE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+# What an engine's process may see of the service's environment, besides RUN_REGISTRY_ENGINE_ENV.
+ENGINE_INHERITS = ("PATH", "HOME", "LANG")
 
 
 class ConfigError(Exception):
@@ -43,6 +47,11 @@ class Settings:
     max_entries: int = 10_000
     registry_url: str = "memory://"
     engine: str = DEFAULT_ENGINE
+    # A process engine's environment: PATH, HOME, LANG and the variables RUN_REGISTRY_ENGINE_ENV names.
+    engine_environment: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    engine_root: str | None = None  # a process engine's files, for its identity
+    engine_token: str | None = field(default=None, repr=False)  # an HTTP or LLM engine's bearer token
+    engine_describe_s: float = 60.0  # how often a remote engine is described again
     engine_code_hash: str | None = None
     engine_commit: str | None = None
     engine_timeout_s: float = 600.0
@@ -103,6 +112,10 @@ def _read_settings(environ: Mapping[str, str]) -> Settings:
         max_entries=positive_int(environ, "RUN_REGISTRY_MAX_ENTRIES", default=10_000),
         registry_url=_registry_url(environ),
         engine=_engine_spec(environ),
+        engine_environment=_engine_environment(environ),
+        engine_root=_non_empty(environ, "RUN_REGISTRY_ENGINE_ROOT"),
+        engine_token=_non_empty(environ, "RUN_REGISTRY_ENGINE_TOKEN"),
+        engine_describe_s=positive_number(environ, "RUN_REGISTRY_ENGINE_DESCRIBE_S", 60.0, "seconds", 86_400),
         engine_code_hash=_non_empty(environ, "ENGINE_CODE_HASH"),
         engine_timeout_s=positive_number(environ, "RUN_REGISTRY_ENGINE_TIMEOUT_S", 600.0, "seconds", 24 * 3600),
         engine_threads=positive_int(environ, "RUN_REGISTRY_ENGINE_THREADS", default=8),
@@ -311,11 +324,53 @@ def _execution(environ: Mapping[str, str]) -> str:
 
 
 def _engine_spec(environ: Mapping[str, str]) -> str:
+    """``RUN_REGISTRY_ENGINE``: ``module:attribute``, ``command:<command line>``, ``http(s)://...``."""
     name = "RUN_REGISTRY_ENGINE"
     raw = environ.get(name, "").strip() or DEFAULT_ENGINE
-    if not _ENGINE_SPEC.fullmatch(raw):
-        raise ConfigError(f"{name} must look like package.module:attribute, got {_shown(raw)}")
+    if raw.startswith("command:"):
+        if not raw.removeprefix("command:").strip():
+            raise ConfigError(f"{name}=command: needs a command line, such as command:node engine.js")
+        return raw
+    if raw.startswith(("http://", "https://")):
+        problem = _engine_url_problem(raw)
+        if problem:
+            raise ConfigError(f"{name} {problem}, got {_shown(raw)}")
+        return raw
+    if not _PYTHON_ENGINE.fullmatch(raw):
+        raise ConfigError(f"{name} must be package.module:attribute, command:<command line> or an http(s):// URL,"
+                          f" got {_shown(raw)}")
     return raw
+
+
+def _engine_url_problem(url: str) -> str | None:
+    """What is wrong with an engine's base URL, if anything (credentials go in RUN_REGISTRY_ENGINE_TOKEN)."""
+    try:
+        parts = urlparse(url)
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError:
+        return "is not a URL"
+    if not parts.hostname:
+        return "names no host"
+    if parts.username is not None or parts.password is not None:
+        return "must not hold credentials (give them as RUN_REGISTRY_ENGINE_TOKEN)"
+    if parts.fragment or printable(url, 2048) != url:
+        return "must be a plain URL (no fragment, no control characters)"
+    return None
+
+
+def _engine_environment(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """``PATH``, ``HOME``, ``LANG`` and what ``RUN_REGISTRY_ENGINE_ENV`` names (comma-separated):
+    never one of the service's own variables, which hold its keys, its signing key, its backend's URL."""
+    name = "RUN_REGISTRY_ENGINE_ENV"
+    names = [part.strip() for part in environ.get(name, "").split(",") if part.strip()]
+    for variable in names:
+        if not _VARIABLE_NAME.fullmatch(variable):
+            raise ConfigError(f"{name} must be variable names, comma-separated; {_shown(variable)} is not one")
+        if variable.startswith("RUN_REGISTRY_") or variable in ("REDIS_URL", "ENGINE_CODE_HASH"):
+            raise ConfigError(f"{name} may not name {variable}: an engine never sees the service's settings or"
+                              " secrets")
+    return tuple((variable, environ[variable]) for variable in dict.fromkeys((*ENGINE_INHERITS, *names))
+                 if variable in environ)
 
 
 def _switch(environ: Mapping[str, str], name: str, default: bool) -> bool:

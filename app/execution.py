@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
 from typing import Protocol
 
 from app.config import Settings
 from app.engine.base import Engine
+from app.engine.identity import CodeHash
 from app.models import RunIdentity
 from app.models import RunKey
 from app.registry.base import Registry
@@ -34,8 +36,9 @@ class Execution(Protocol):
         Returns at once; the run records itself."""
         ...
 
-    def reproduce(self, key: RunKey) -> Reproduction:
-        """Execute the engine for ``key`` again and wait for its events, with a reservation taken.
+    def reproduce(self, key: RunKey, run_id: str) -> Reproduction:
+        """Execute the engine for ``key`` again (verifying ``run_id``) and wait for its events, with
+        a reservation taken.
 
         :raises EngineFault: the engine failed, or did not finish within the engine timeout.
         :raises RegistryUnavailable: the queue could not be reached.
@@ -49,6 +52,21 @@ class Execution(Protocol):
     def workers(self) -> int | None:
         """Workers serving this engineCodeHash, or ``None`` where there are none to count (local)."""
         ...
+
+
+def queue_key(engine: Engine, code_hash: CodeHash) -> str:
+    """One queue per engineCodeHash, so a worker takes only its own code's runs during a rolling
+    deploy; per engine for a remote one, whose code is not the worker's and may change under
+    every worker at once (a job then says which engineCodeHash its run was started for).
+
+    """
+    if engine.remote:
+        return "remote-" + hashlib.sha256(engine.spec.encode()).hexdigest()[:32]
+    return code_hash.of(engine.identity())
+
+
+def queue_name(settings: Settings, key: str) -> str:
+    return f"{settings.redis_prefix}runs:{key}"
 
 
 class LocalExecution:
@@ -66,8 +84,8 @@ class LocalExecution:
     def execute(self, identity: RunIdentity, owner: str) -> None:
         self.runner.execute(identity, owner)
 
-    def reproduce(self, key: RunKey) -> Reproduction:
-        return self.runner.reproduce(key)
+    def reproduce(self, key: RunKey, run_id: str) -> Reproduction:
+        return self.runner.reproduce(key, run_id)
 
     def in_use(self) -> int:
         return self.runner.slots.in_use
@@ -77,19 +95,19 @@ class LocalExecution:
 
 
 class QueuedExecution:
-    """Runs on workers (``RUN_REGISTRY_EXECUTION=queue``): one RQ queue per engineCodeHash.
+    """Runs on workers (``RUN_REGISTRY_EXECUTION=queue``): one RQ queue per engineCodeHash (per
+    engine, for a remote one: app.worker.queue_key).
 
     A run is enqueued only by the process that started it, holding its owner token, and handed
     over with a deadline: if no worker takes it within ``RUN_REGISTRY_QUEUE_WAIT_S`` it fails.
     """
 
-    def __init__(self, registry: Registry, settings: Settings, engine_code_hash: str) -> None:
+    def __init__(self, registry: Registry, settings: Settings, queue_key: str) -> None:
         from rq import Queue
         from rq.serializers import JSONSerializer
 
         from app.registry.redis_registry import RedisRegistry
         from app.registry.redis_registry import redis_client
-        from app.worker import queue_name
 
         if not isinstance(registry, RedisRegistry):
             raise TypeError("queue execution needs the Redis registry")
@@ -97,7 +115,7 @@ class QueuedExecution:
         self._settings = settings
         url, timeout_ms = settings.registry_url, settings.redis_timeout_ms
         # JSON, not RQ's default pickle: a worker reading a job must not run what its bytes say.
-        self._queue = Queue(queue_name(settings, engine_code_hash), connection=redis_client(url, timeout_ms),
+        self._queue = Queue(queue_name(settings, queue_key), connection=redis_client(url, timeout_ms),
                             serializer=JSONSerializer)
         # Waiting for a verification's result blocks on Redis for up to the engine timeout.
         self._results = redis_client(url, timeout_ms, blocking_read_s=settings.engine_timeout_s + 10)
@@ -125,7 +143,7 @@ class QueuedExecution:
                 failure_ttl=3600,
             )
 
-    def reproduce(self, key: RunKey) -> Reproduction:
+    def reproduce(self, key: RunKey, run_id: str) -> Reproduction:
         from rq.job import Job
         from rq.job import JobStatus
         from rq.serializers import JSONSerializer
@@ -134,7 +152,7 @@ class QueuedExecution:
 
         with _unavailable_on_queue_errors():
             job = self._queue.enqueue_call(
-                reproduce_run, args=(key.scenario_id, key.seed, key.engine_code_hash),
+                reproduce_run, args=(key.scenario_id, key.seed, key.engine_code_hash, run_id),
                 timeout=round(self._settings.engine_timeout_s) + 30,
                 ttl=round(self._settings.queue_wait_s), result_ttl=60, failure_ttl=600,
             )
@@ -146,7 +164,7 @@ class QueuedExecution:
             if result is None and status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
                 raise EngineFault(f"No worker took the verification of scenario {key.scenario_id} seed"
                                   f" {key.seed} in time")
-            raise EngineFault(f"The engine failed to run scenario {key.scenario_id} seed {key.seed}")
+            raise EngineFault(_job_failure(key, result))
         returned: tuple[list[tuple[str, str]], float] = result.return_value  # type: ignore[assignment]
         events, seconds = returned
         return Reproduction([(event_type, data.encode()) for event_type, data in events], seconds)
@@ -160,6 +178,14 @@ class QueuedExecution:
 
         with _unavailable_on_queue_errors():
             return Worker.count(queue=self._queue)
+
+
+def _job_failure(key: RunKey, result: object) -> str:
+    """What a failed verification job says: the worker's EngineFault message (its reason), if it has one."""
+    reason = str(getattr(result, "exc_string", "") or "").strip().splitlines()
+    fault = next((line.split(": ", 1)[1] for line in reversed(reason) if line.startswith("app.runner.EngineFault: ")),
+                 None)
+    return fault or f"The engine failed to run scenario {key.scenario_id} seed {key.seed}"
 
 
 @contextlib.contextmanager

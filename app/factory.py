@@ -9,14 +9,17 @@ from flask import Response
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.access import Access
-from app.code_hash import engine_code_hash
 from app.config import MAX_BODY_BYTES
 from app.config import Settings
 from app.config import load_settings
+from app.engine import as_engine
 from app.engine import load_engine
 from app.engine.base import Engine
+from app.engine.base import ScenarioEngine
+from app.engine.identity import CodeHash
 from app.errors import register_error_handlers
 from app.execution import QueuedExecution
+from app.execution import queue_key
 from app.limits import NewRunLimit
 from app.logs import AccessLog
 from app.logs import register_request_logging
@@ -31,10 +34,11 @@ STDOUT = 1  # the process' standard output, where gunicorn and twelve-factor hos
 
 
 def create_app(
-    settings: Settings | None = None, engine: Engine | None = None, registry: Registry | None = None
+    settings: Settings | None = None, engine: Engine | ScenarioEngine | None = None, registry: Registry | None = None
 ) -> Flask:
-    """Build a wired app: wsgi.py passes nothing; tests pass settings and may pass an engine, or
-    a registry (two apps sharing one registry are two deploys of one fleet).
+    """Build a wired app: wsgi.py passes nothing; tests pass settings and may pass an engine (of
+    any kind, or a Python engine object), or a registry (two apps sharing one registry are two
+    deploys of one fleet).
 
     :raises ConfigError: a setting is invalid or the engine cannot be loaded.
     """
@@ -44,15 +48,16 @@ def create_app(
     app.url_map.merge_slashes = False
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]  # bodies read in the documented order
-    engine = engine or load_engine(settings.engine)
+    engine = as_engine(engine) if engine is not None else load_engine(settings)
     metrics = Metrics(lambda: service.fleet_figures(), settings.metrics_dir)
     new_run_limit = NewRunLimit(settings.new_runs_per_minute, make_limit_storage(settings))
     registry = registry or make_registry(settings)
+    code_hash = CodeHash(settings)
     execution = (
-        QueuedExecution(registry, settings, engine_code_hash(engine, settings))
+        QueuedExecution(registry, settings, queue_key(engine, code_hash))
         if settings.execution == "queue" else None  # None: local, the service's own default
     )
-    service = RunService(registry, engine, settings, new_run_limit, execution=execution)
+    service = RunService(registry, engine, settings, new_run_limit, execution=execution, code_hash=code_hash)
     service.announce_signing_key()
     app.extensions["run_service"] = service
     app.extensions["access"] = Access(settings.api_keys, settings.anonymous_scopes)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import re
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,30 +27,37 @@ from app.concurrency import native_sleep
 from app.concurrency import real_threads
 from app.config import Settings
 from app.engine.base import Engine
-from app.engine.base import Event
+from app.engine.base import EngineError
+from app.engine.base import EngineRun
+from app.engine.events import MAX_TRANSCRIPT_BYTES
+from app.engine.events import encoded_size
+from app.engine.python import exception_reason
 from app.models import EncodedEvent
 from app.models import LedgerCheck
 from app.models import RunError
 from app.models import RunIdentity
 from app.models import RunKey
 from app.models import RunRecord
-from app.models import canonical_json
 from app.registry.base import Registry
 from app.registry.base import RegistryUnavailable
 
 log = logging.getLogger(__name__)
-# An event type becomes an SSE "event:" line: no spaces, no newlines.
-_EVENT_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
-# The largest transcript recorded, and so the most that reading one back may decompress to.
-MAX_TRANSCRIPT_BYTES = 32 * 1024 * 1024
 # How long the recorder keeps retrying a registry that does not answer before it gives the run
 # up (on Redis its lease then lapses and any process fails it).
 REGISTRY_RETRY_S = 5.0
+# How often a recorder waiting on a silent engine looks whether the run is still its process's
+# (a lease lost meanwhile): then the engine is stopped rather than left to the timeout.
+HOLD_CHECK_S = 1.0
 T = TypeVar("T")
 
 
 class EngineFault(Exception):
-    """The engine raised, returned a malformed event, too many bytes, or did not finish in time."""
+    """The engine failed, wrote what is not an event or too much, or did not finish in time; the
+    message is what clients are told, ``detail`` (a Python engine's traceback) is for the log."""
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class _Handoff:
@@ -64,9 +71,20 @@ class _Handoff:
         self._lock = native_lock()
         self._bell = bell()
         self._items: list[EncodedEvent] = []
+        self._notes: list[str] = []
         self._closed = False
         self._fault: EngineFault | None = None
         self._abandoned = False
+        self._run: EngineRun | None = None
+
+    def attach(self, run: EngineRun) -> None:
+        """The execution the events come from: abandoning the handoff stops it (at once, if it is
+        abandoned already)."""
+        with self._lock:
+            self._run = run
+            abandoned = self._abandoned
+        if abandoned:
+            run.cancel()
 
     def put(self, item: EncodedEvent) -> bool:
         """:returns: ``False`` once the recorder has given the run up: the engine may stop."""
@@ -77,6 +95,19 @@ class _Handoff:
             self._bell.ring()
             return True
 
+    def note(self, line: str) -> None:
+        """A line of the engine's standard error, for the recorder to log with the runId (the log's
+        handlers take locks a native thread must not share with greenlets: app/concurrency.py)."""
+        with self._lock:
+            if not self._abandoned:
+                self._notes.append(line)
+                self._bell.ring()
+
+    def last_words(self) -> str | None:
+        with self._lock:
+            run = self._run
+        return run.last_words() if run is not None else None
+
     def close(self, fault: EngineFault | None = None) -> None:
         with self._lock:
             self._closed, self._fault = True, fault
@@ -84,25 +115,30 @@ class _Handoff:
                 self._bell.ring()
 
     def abandon(self) -> None:
-        """The recording side takes no more, whether or not the engine has finished: called once,
-        at its end, it frees the bell (nothing rings it afterwards)."""
+        """The recording side takes no more, whether or not the engine has finished: called at its
+        end, it frees the bell (nothing rings it afterwards) and stops an execution still running."""
         with self._lock:
-            if not self._abandoned:
-                self._abandoned = True
-                self._bell.close()
+            if self._abandoned:
+                return
+            self._abandoned = True
+            self._bell.close()
+            run, closed = self._run, self._closed
+        if run is not None and not closed:
+            run.cancel()
 
-    def take(self, timeout: float) -> tuple[list[EncodedEvent], bool, EngineFault | None]:
+    def take(self, timeout: float) -> tuple[list[EncodedEvent], bool, EngineFault | None, list[str]]:
         """Everything handed over so far (waiting up to ``timeout`` for something), whether the
-        engine is done, and its fault if it failed."""
+        engine is done, its fault if it failed, and its standard error's lines."""
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
-                if self._items or self._closed:
+                if self._items or self._closed or self._notes:
                     items, self._items = self._items, []
-                    return items, self._closed, self._fault
+                    notes, self._notes = self._notes, []
+                    return items, self._closed, self._fault, notes
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return [], False, None
+                return [], False, None, []
             self._bell.wait(remaining)  # a ring after the look above ends this wait at once
 
 
@@ -136,7 +172,8 @@ class Runner:
         """Run the engine for ``identity`` and record it under ``owner``, in the background.
 
         The caller has taken one of ``slots``; it is given back when the engine's thread is
-        free again (a hung engine keeps its slot: Python cannot stop its thread).
+        free again (a hung Python engine keeps its slot: Python cannot stop its thread; an
+        engine of another kind is stopped at the timeout).
         """
         handoff = _Handoff()
         started = time.monotonic()
@@ -151,8 +188,9 @@ class Runner:
         self._threads.submit(contextvars.copy_context().run, self._produce, identity.key, handoff)
         self._record(identity, owner, handoff, started)
 
-    def reproduce(self, key: RunKey) -> Reproduction:
-        """Execute the engine for ``key`` again and wait for all its events (a verification).
+    def reproduce(self, key: RunKey, run_id: str) -> Reproduction:
+        """Execute the engine for ``key`` again and wait for all its events (the verification of
+        ``run_id``, which tags the engine's standard error in the log).
 
         The caller has taken one of ``slots``, given back as ``execute`` says.
 
@@ -165,50 +203,54 @@ class Runner:
         deadline = started + self._timeout_s
         try:
             while True:
-                batch, closed, fault = handoff.take(deadline - time.monotonic())
+                batch, closed, fault, notes = handoff.take(deadline - time.monotonic())
                 events.extend(batch)
+                _log_stderr(run_id, notes, verifying=True)
                 if closed or time.monotonic() >= deadline:
                     break
+            if not closed:
+                fault = self._timed_out(key, handoff.last_words())
         finally:
             handoff.abandon()
         seconds = time.monotonic() - started
-        if not closed:
-            fault = self._timed_out(key)
         self._count_engine_run(seconds, failed=fault is not None)
         if fault is not None:
+            log.error("verification of run %s: %s", run_id, fault, extra=_fault_fields(run_id, fault))
             raise fault
         return Reproduction(events, seconds)
 
-    # The engine's side, on a real thread.
+    # The engine's side, on a real thread: nothing here logs (see _Handoff.note).
 
     def _produce(self, key: RunKey, handoff: _Handoff) -> None:
         which = f"scenario {key.scenario_id} seed {key.seed}"
+        run: EngineRun | None = None
         try:
+            run = self._engine.run(key.scenario_id, key.seed, handoff.note)
+            handoff.attach(run)
             size = 0
-            for event in self._paced(self._engine.run(key.scenario_id, key.seed)):
-                try:
-                    encoded = encoded_event(event)
-                except MalformedEvent as malformed:
-                    log.error("engine %s returned a malformed event for %s: %s", self._engine.name, which, malformed)
-                    raise EngineFault(f"The engine returned malformed events for {which}") from None
-                size += len(encoded[1]) + len(encoded[0]) + 20
+            for encoded in self._paced(run):
+                size += encoded_size(encoded)
                 if size > MAX_TRANSCRIPT_BYTES:
-                    log.error("engine %s returned over %d bytes of events for %s", self._engine.name, size, which)
                     raise EngineFault(f"The engine returned over {MAX_TRANSCRIPT_BYTES} bytes of events for {which}")
                 if not handoff.put(encoded):
-                    return  # given up (timed out): nobody records this run any more
+                    return  # given up (timed out, or no longer this process's): nobody records it any more
             handoff.close()
         except EngineFault as fault:
             handoff.close(fault)
-        except Exception:  # a plugin's failure of any kind is reported, never recorded as a run
-            log.exception("engine %s failed for %s", self._engine.name, which)
-            handoff.close(EngineFault(f"The engine failed to run {which}"))
+        except EngineError as err:
+            handoff.close(EngineFault(f"The engine failed to run {which}: {err}", _traceback(err.__cause__)))
+        except Exception as err:  # an adapter's own failure: reported as the run's, never recorded as one
+            handoff.close(EngineFault(f"The engine failed to run {which}: {exception_reason(err)}", _traceback(err)))
         finally:
-            self.slots.give_back()
+            try:
+                if run is not None:
+                    run.end()  # what of it remains is stopped (a process group), before the slot is free
+            finally:
+                self.slots.give_back()
 
-    def _paced(self, events: object) -> Iterator[Event]:
+    def _paced(self, events: EngineRun) -> Iterator[EncodedEvent]:
         """The engine's events, each after ``RUN_REGISTRY_ENGINE_EVENT_DELAY_MS`` as a streaming engine would."""
-        iterator = iter(events)  # type: ignore[call-overload]
+        iterator = iter(events)
         while True:
             if self._delay_s:
                 self._sleep(self._delay_s)
@@ -231,7 +273,8 @@ class Runner:
         deadline = started + self._timeout_s
         fault: EngineFault | None = None
         while True:
-            batch, closed, fault = handoff.take(deadline - time.monotonic())
+            batch, closed, fault, notes = handoff.take(min(deadline - time.monotonic(), HOLD_CHECK_S))
+            _log_stderr(run_id, notes)
             if batch:
                 appended = self._with_retries(
                     lambda batch=batch: self._registry.append(run_id, owner, len(events) + 1, batch)  # type: ignore[misc]
@@ -245,10 +288,13 @@ class Runner:
                         run_id, owner, RunError("ENGINE_ERROR", f"Run {run_id} could not be recorded")))
                     return
                 events.extend(batch)
+            elif not closed and not self._registry.holds(run_id, owner):
+                log.error("run %s is no longer this process's (its lease lapsed); its engine is stopped", run_id)
+                return  # _record abandons the handoff: the engine is stopped
             if closed:
                 break
             if time.monotonic() >= deadline:
-                fault = self._timed_out(identity.key)
+                fault = self._timed_out(identity.key, handoff.last_words())
                 break
         seconds = time.monotonic() - started
         self._count_engine_run(seconds, failed=fault is not None)
@@ -261,6 +307,7 @@ class Runner:
             if check is not None:
                 log_divergence(identity, run_id, record.events_sha256, check)
         else:
+            log.error("run %s failed: %s", run_id, fault, extra=_fault_fields(run_id, fault))
             ended = bool(self._with_retries(
                 lambda: self._registry.fail(run_id, owner, RunError("ENGINE_ERROR", str(fault)))
             ))
@@ -268,10 +315,10 @@ class Runner:
             log.error("run %s could not be %s: it is no longer this process's", run_id,
                       "finished" if fault is None else "failed")
 
-    def _timed_out(self, key: RunKey) -> EngineFault:
+    def _timed_out(self, key: RunKey, last_words: str | None) -> EngineFault:
         which = f"scenario {key.scenario_id} seed {key.seed}"
-        log.error("engine %s did not finish %s within %g s", self._engine.name, which, self._timeout_s)
-        return EngineFault(f"The engine did not finish {which} within {self._timeout_s:g} s")
+        words = f"; its last line on standard error: {last_words}" if last_words else ""
+        return EngineFault(f"The engine did not finish {which} within {self._timeout_s:g} s{words}")
 
     def _with_retries(self, call: Callable[[], T]) -> T | None:
         """``call``, retried while the registry does not answer, for up to REGISTRY_RETRY_S (then ``None``)."""
@@ -293,6 +340,22 @@ class Runner:
             self._registry.record_engine_run(seconds * 1000, failed)
         except RegistryUnavailable:
             log.warning("engine run not counted: the registry is unavailable")
+
+
+def _traceback(err: BaseException | None) -> str | None:
+    """A Python engine's traceback, formatted where it was raised (it is logged elsewhere)."""
+    return "".join(traceback.format_exception(err)) if err is not None else None
+
+
+def _fault_fields(run_id: str, fault: EngineFault) -> dict[str, str]:
+    return {"runId": run_id, **({"exception": fault.detail} if fault.detail else {})}
+
+
+def _log_stderr(run_id: str, lines: list[str], verifying: bool = False) -> None:
+    """The engine's standard error in the service's log, one line each, tagged with the runId."""
+    for line in lines:
+        log.info("engine stderr%s: %s", " (verifying)" if verifying else "", line,
+                 extra={"runId": run_id, "stream": "stderr"})
 
 
 def log_divergence(identity: RunIdentity, run_id: str, events_sha256: str, check: LedgerCheck) -> None:
@@ -327,24 +390,3 @@ class Slots:
     def give_back(self) -> None:
         with self._lock:
             self.in_use -= 1
-
-
-class MalformedEvent(ValueError):
-    """An engine's event is not one the service records; the message says why."""
-
-
-def encoded_event(event: object) -> EncodedEvent:
-    """A well-formed event, exactly ``{"type": name, "data": object}``, as (type, data's canonical JSON).
-
-    :raises MalformedEvent: it is not one.
-    """
-    if not isinstance(event, dict) or event.keys() != {"type", "data"}:
-        raise MalformedEvent('it is not an object of exactly "type" and "data"')
-    if not isinstance(event["type"], str) or not _EVENT_TYPE.fullmatch(event["type"]):
-        raise MalformedEvent("its type is not a name (a letter, then up to 63 of A-Z a-z 0-9 . _ -)")
-    if not isinstance(event["data"], dict):
-        raise MalformedEvent("its data is not a JSON object")
-    try:
-        return event["type"], canonical_json(event["data"])
-    except (TypeError, ValueError) as err:
-        raise MalformedEvent(f"its data is not JSON ({err})") from None

@@ -14,9 +14,14 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from app.access import Caller
-from app.code_hash import engine_code_hash
 from app.config import Settings
+from app.engine import as_engine
 from app.engine.base import Engine
+from app.engine.base import EngineUnavailable
+from app.engine.base import Identity
+from app.engine.base import ScenarioEngine
+from app.engine.base import UnknownScenario
+from app.engine.identity import CodeHash
 from app.errors import BadInput
 from app.errors import EngineFailed
 from app.errors import EngineMismatch
@@ -90,16 +95,17 @@ class RunService:
     """Get-or-start runs and serve their transcripts, complete or live. Knows nothing about HTTP."""
 
     def __init__(
-        self, registry: Registry, engine: Engine, settings: Settings, new_run_limit: NewRunLimit | None = None,
-        execution: Execution | None = None,
+        self, registry: Registry, engine: Engine | ScenarioEngine, settings: Settings,
+        new_run_limit: NewRunLimit | None = None, execution: Execution | None = None,
+        code_hash: CodeHash | None = None,
     ) -> None:
         self._registry = registry
-        self._engine = engine
+        self._engine = as_engine(engine)
         self._settings = settings
         self.lookup_wait_s = settings.lookup_wait_s  # how long a request waits for a run, unless it says
         self._backend = "redis" if settings.shared_registry else "memory"
-        self.engine_code_hash = engine_code_hash(engine, settings)
-        self._execution = execution or LocalExecution(registry, engine, settings)
+        self._code_hash = code_hash or CodeHash(settings)
+        self._execution = execution or LocalExecution(registry, self._engine, settings)
         # Done runs' bodies, replays, CSVs and packs kept per process (RUN_REGISTRY_TRANSCRIPT_CACHE_MB):
         # the default engine's four come to about 48 KB a run, so 32 MiB holds the 700 or so runs
         # being read at any time.
@@ -127,7 +133,7 @@ class RunService:
         :raises Unavailable: the run would start, and the engine or the registry has no room
             for it (or the backend is down).
         """
-        key = RunKey(scenario_id, seed, self.engine_code_hash)
+        key = RunKey(scenario_id, seed, self.engine_code_hash)  # a remote engine never described: 503
         with _registry_errors:
             found = self._registry.touch(cache_key(key))
             if found is None:
@@ -142,13 +148,16 @@ class RunService:
 
     def _start(self, key: RunKey, caller: Caller) -> tuple[str, str, bool]:
         caller.require("run")  # before anything is counted or started
+        identity = self._ready_engine(key.scenario_id)
+        # Described anew since the key was made (a remote engine back after an outage): its key.
+        key = RunKey(key.scenario_id, key.seed, self._code_hash.of(identity))
         self._admit(caller.limit_key)
         with _registry_errors:
             if not self._execution.reserve():
                 raise Unavailable("The engine is running and queueing all it can; retry shortly")
         owner = secrets.token_hex(16)
         try:
-            started = self._registry.start(key, self._engine.name, self._engine.version, owner)
+            started = self._registry.start(key, identity.name, identity.version, owner)
         except RegistryFull as err:
             self._execution.release()
             raise Unavailable(f"The registry is full of runs still running ({err}); retry shortly") from err
@@ -160,6 +169,35 @@ class RunService:
             return started.run_id, started.status, False
         self._execution.execute(started.identity, owner)
         return started.run_id, started.status, True
+
+    def _ready_engine(self, scenario_id: str) -> Identity:
+        """The engine's identity, when it has the scenario and can take a run now.
+
+        :raises BadInput: it has no such scenario.
+        :raises Unavailable: it cannot take a run (a remote engine that does not answer).
+        """
+        try:
+            self._engine.check_scenario(scenario_id)
+            return self._engine.ready()
+        except UnknownScenario as err:
+            raise BadInput(str(err)) from None
+        except EngineUnavailable as err:
+            raise Unavailable(str(err)) from None
+
+    @property
+    def engine_code_hash(self) -> str:
+        """The engineCodeHash of the engine as it is now (a remote engine's may change).
+
+        :raises Unavailable: a remote engine that has never been reached (its code is unknown).
+        """
+        try:
+            return self._code_hash.of(self._engine.identity())
+        except EngineUnavailable as err:
+            raise Unavailable(str(err)) from None
+
+    def close(self) -> None:
+        """Stop every engine execution in flight (the process shuts down)."""
+        self._engine.close()
 
     def _admit(self, limit_key: str) -> None:
         """Count one engine execution against a caller's limit (``Caller.limit_key``), before anything starts."""
@@ -408,12 +446,13 @@ class RunService:
         return verification
 
     def _reproduce(self, record: RunRecord, caller: Caller) -> Verification:
+        self._ready_engine(record.identity.scenario_id)
         self._admit(caller.limit_key)
         with _registry_errors:
             if not self._execution.reserve():
                 raise Unavailable("The engine is running and queueing all it can; retry shortly")
             try:
-                reproduction = self._execution.reproduce(record.identity.key)
+                reproduction = self._execution.reproduce(record.identity.key, record.run_id)
             except EngineFault as fault:
                 raise EngineFailed(str(fault)) from fault
         replayed_json = encode_events(reproduction.events)
@@ -481,15 +520,20 @@ class RunService:
         return FleetFigures(stats, ledger, queued, workers)
 
     def readiness(self) -> Readiness:
-        """:raises Unavailable: the registry backend (or the job queue) does not answer."""
+        """:raises Unavailable: the registry backend (or the job queue), or a remote engine, does not answer."""
         with _registry_errors:
             self._registry.ping()
             workers = self._execution.workers()
+        try:
+            identity = self._engine.ready()
+        except EngineUnavailable as err:
+            raise Unavailable(str(err)) from None
         return Readiness(
             backend=self._backend,
-            engine_name=self._engine.name,
-            engine_version=self._engine.version,
-            engine_code_hash=self.engine_code_hash,
+            engine_kind=self._engine.kind,
+            engine_name=identity.name,
+            engine_version=identity.version,
+            engine_code_hash=self._code_hash.of(identity),
             execution=self._settings.execution,
             workers=workers,
         )
@@ -507,6 +551,7 @@ class StatsReport:
 @dataclass(frozen=True)
 class Readiness:
     backend: str
+    engine_kind: str
     engine_name: str
     engine_version: str
     engine_code_hash: str

@@ -34,17 +34,22 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from app.code_hash import engine_code_hash
 from app.config import ConfigError
 from app.config import Settings
 from app.config import load_settings
 from app.engine import load_engine
 from app.engine.base import Engine
+from app.engine.base import EngineUnavailable
+from app.engine.identity import CodeHash
+from app.execution import queue_key
+from app.execution import queue_name
 from app.logs import configure_json_logging
+from app.models import RunError
 from app.models import RunIdentity
 from app.models import RunKey
 from app.registry import make_registry
 from app.registry.redis_registry import RedisRegistry
+from app.runner import EngineFault
 from app.runner import Runner
 from app.schemas import MAX_SAFE_INTEGER
 from app.schemas import SCENARIO_ID_PATTERN
@@ -75,19 +80,32 @@ class _Horse:
 
     settings: Settings
     engine: Engine
-    engine_code_hash: str
+    code_hash: CodeHash
     registry: RedisRegistry
     runner: Runner
+
+    def engine_code_hash(self, expected: str) -> str | None:
+        """This worker's engineCodeHash now (``None``: a remote engine that does not answer). A
+        remote engine is asked again when it differs from ``expected``: the web process that
+        started the run may have seen a redeploy first."""
+        try:
+            current = self.code_hash.of(self.engine.identity())
+            if current != expected and self.engine.remote:
+                current = self.code_hash.of(self.engine.ready(fresh=True))
+        except EngineUnavailable as err:
+            log.error("the engine cannot be reached: %s", err)
+            return None
+        return current
 
 
 @cache
 def _horse() -> _Horse:
     settings = load_settings(os.environ)
-    engine = load_engine(settings.engine)
+    engine = load_engine(settings)
     registry = make_registry(settings)
     assert isinstance(registry, RedisRegistry)  # load_settings refuses workers without Redis
     runner = Runner(registry, engine, settings)
-    return _Horse(settings, engine, engine_code_hash(engine, settings), registry, runner)
+    return _Horse(settings, engine, CodeHash(settings), registry, runner)
 
 
 def execute_run(run_id: str, owner: str, engine_code_hash: str, engine_name: str, engine_version: str) -> str:
@@ -97,13 +115,18 @@ def execute_run(run_id: str, owner: str, engine_code_hash: str, engine_name: str
     """
     _die_with_the_worker()
     horse = _horse()
-    if engine_code_hash != horse.engine_code_hash:  # its queue is its hash's: a misrouted job
-        log.error("run %s is for engineCodeHash %s; this worker runs %s", run_id, engine_code_hash,
-                  horse.engine_code_hash)
+    current = horse.engine_code_hash(engine_code_hash)
+    if current != engine_code_hash and not horse.engine.remote:  # its queue is its hash's: a misrouted job
+        log.error("run %s is for engineCodeHash %s; this worker runs %s", run_id, engine_code_hash, current)
         return "refused: another engineCodeHash"
     if not horse.registry.take_over(run_id, owner, executor=f"{socket.gethostname()}:{os.getpid()}"):
         log.warning("run %s is not this job's to execute (already taken, or failed waiting)", run_id)
         return "skipped: not this job's run"
+    if current != engine_code_hash:  # a remote engine redeployed (or gone) since the run started
+        reason = "cannot be reached" if current is None else f"is now engineCodeHash {current}"
+        horse.registry.fail(run_id, owner, RunError("ENGINE_ERROR", f"The engine {horse.engine.spec} {reason};"
+                                                    f" run {run_id} was started for {engine_code_hash}"))
+        return "failed: the engine changed"
     key = RunKey(*_scenario_and_seed(run_id), engine_code_hash)
     identity = RunIdentity.of(key, run_id, engine_name, engine_version)
     horse.runner.slots.take()
@@ -111,16 +134,18 @@ def execute_run(run_id: str, owner: str, engine_code_hash: str, engine_name: str
     return "executed"
 
 
-def reproduce_run(scenario_id: str, seed: int, engine_code_hash: str) -> tuple[list[tuple[str, str]], float]:
+def reproduce_run(scenario_id: str, seed: int, engine_code_hash: str,
+                  run_id: str) -> tuple[list[tuple[str, str]], float]:
     """The job of a verification: the engine's events for the key again (type and data JSON,
     as JSON can carry them), and its time."""
     _die_with_the_worker()
     horse = _horse()
-    if engine_code_hash != horse.engine_code_hash:
-        raise RuntimeError(f"a verification for engineCodeHash {engine_code_hash} on a worker of another")
+    if horse.engine_code_hash(engine_code_hash) != engine_code_hash:
+        raise EngineFault(f"The engine is not engineCodeHash {engine_code_hash} any more: run {run_id} cannot be"
+                          " verified against it")
     if not horse.runner.slots.take():
         raise RuntimeError("no room for a verification")
-    reproduction = horse.runner.reproduce(RunKey(scenario_id, seed, engine_code_hash))
+    reproduction = horse.runner.reproduce(RunKey(scenario_id, seed, engine_code_hash), run_id)
     return [(event_type, data.decode()) for event_type, data in reproduction.events], reproduction.seconds
 
 
@@ -130,9 +155,10 @@ def _execute_run_arguments(args: list[Any]) -> bool:
 
 
 def _reproduce_run_arguments(args: list[Any]) -> bool:
-    return (len(args) == 3 and isinstance(args[0], str) and bool(SCENARIO_ID_PATTERN.match(args[0]))
+    return (len(args) == 4 and isinstance(args[0], str) and bool(SCENARIO_ID_PATTERN.match(args[0]))
             and type(args[1]) is int and -MAX_SAFE_INTEGER <= args[1] <= MAX_SAFE_INTEGER
-            and isinstance(args[2], str) and bool(_NAME(args[2])))
+            and isinstance(args[2], str) and bool(_NAME(args[2])) and isinstance(args[3], str)
+            and bool(_RUN_ID(args[3])))
 
 
 # By their import path: the worker runs as __main__ (python -m app.worker), the web enqueues by path.
@@ -191,10 +217,11 @@ def main() -> None:
     except ConfigError as err:
         sys.exit(f"run-registry worker: refusing to start: {err}")
     connection = Redis.from_url(horse.settings.registry_url)  # RQ blocks on its queue: no short read timeout
-    queue = Queue(queue_name(horse.settings, horse.engine_code_hash), connection=connection, serializer=JSONSerializer)
+    key = queue_key(horse.engine, horse.code_hash)
+    queue = Queue(queue_name(horse.settings, key), connection=connection, serializer=JSONSerializer)
     connection.sadd(Queue.redis_queues_keys, queue.key)  # so `rq info` lists the queue before its first job
-    log.info("run-registry worker: executing runs of %s %s (engineCodeHash %s) from queue %s",
-             horse.engine.name, horse.engine.version, horse.engine_code_hash, queue.name)
+    log.info("run-registry worker: executing runs of engine %s (%s) from queue %s", horse.engine.spec,
+             _described(horse), queue.name)
     worker = _worker_class()([queue], connection=connection, serializer=JSONSerializer, worker_ttl=HEARTBEAT_S + 15,
                              name=f"run-registry-{socket.gethostname()}-{os.getpid()}")
     worker.work(with_scheduler=False, logging_level="INFO")
@@ -252,9 +279,12 @@ def _delete_job(connection: Any, job_id: str, intermediate_queue_key: str) -> No
         pipeline.execute()
 
 
-def queue_name(settings: Settings, code_hash: str) -> str:
-    """One queue per engineCodeHash: a worker takes only its own code's runs."""
-    return f"{settings.redis_prefix}runs:{code_hash}"
+def _described(horse: _Horse) -> str:
+    try:
+        identity = horse.engine.identity()
+    except EngineUnavailable as err:
+        return str(err)
+    return f"{identity.name} {identity.version}, engineCodeHash {horse.code_hash.of(identity)}"
 
 
 if __name__ == "__main__":

@@ -10,17 +10,24 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from app.code_hash import engine_code_hash
-from app.code_hash import engine_source_digest
 from app.config import load_settings
+from app.engine import as_engine
 from app.engine import load_engine
+from app.engine.identity import CHECKOUT
+from app.engine.identity import CodeHash
+from app.engine.identity import python_source_digest
 from app.engine.pricing import PricingEngine
 from harness.fakes import FakeEngine
 
 
+def engine_code_hash(engine, settings, checkout=CHECKOUT) -> str:
+    """The engineCodeHash a service with ``settings`` gives ``engine`` (an adapter, or a Python engine)."""
+    return CodeHash(settings, checkout).of(as_engine(engine).identity())
+
+
 def expected(commit: str, engine=None) -> str:
     engine = engine or PricingEngine()
-    identity = f"{engine.name}\n{engine.version}\n{engine_source_digest(engine)}\n{commit}"
+    identity = f"{engine.name}\n{engine.version}\n{python_source_digest(engine)}\n{commit}"
     return hashlib.sha256(identity.encode()).hexdigest()
 
 
@@ -56,7 +63,7 @@ def test_the_source_digest_covers_every_file_of_the_engines_top_level_package():
                    and path.suffix not in (".pyc", ".pyo"))
     lines = "".join(f"0/{path.relative_to(root).as_posix()}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n"
                     for path in files)
-    assert engine_source_digest(PricingEngine()) == "source:" + hashlib.sha256(lines.encode()).hexdigest()
+    assert python_source_digest(PricingEngine()) == "source:" + hashlib.sha256(lines.encode()).hexdigest()
 
 
 ENGINE_V1 = """
@@ -81,12 +88,12 @@ def outside_engine(tmp_path, monkeypatch):
 
 def test_an_engine_kept_outside_the_repository_edited_without_a_version_bump_has_a_new_hash(outside_engine):
     settings = load_settings({"RUN_REGISTRY_ENGINE": "myeng:Engine", "ENGINE_COMMIT_SHA": "same-deploy"})
-    before = engine_code_hash(load_engine(settings.engine), settings)
+    before = engine_code_hash(load_engine(settings), settings)
     outside_engine.write_text(ENGINE_V1 % "42")  # the answer changed; the version did not
-    after = engine_code_hash(load_engine(settings.engine), settings)
+    after = engine_code_hash(load_engine(settings), settings)
     assert before != after
     outside_engine.write_text(ENGINE_V1 % "41")
-    assert engine_code_hash(load_engine(settings.engine), settings) == before  # its content, nothing else
+    assert engine_code_hash(load_engine(settings), settings) == before  # its content, nothing else
 
 
 def test_a_packaged_engines_helpers_are_part_of_its_hash(tmp_path, monkeypatch):
@@ -99,12 +106,11 @@ def test_a_packaged_engines_helpers_are_part_of_its_hash(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     settings = load_settings({"RUN_REGISTRY_ENGINE": "teameng.engine:Engine", "ENGINE_COMMIT_SHA": "x"})
     try:
-        engine = load_engine(settings.engine)
-        before = engine_code_hash(engine, settings)
+        before = engine_code_hash(load_engine(settings), settings)  # each a service's start
         (package / "__pycache__" / "engine.cpython-311.pyc").write_bytes(b"compiled")
-        assert engine_code_hash(engine, settings) == before  # compiled files are not the engine's code
+        assert engine_code_hash(load_engine(settings), settings) == before  # compiled files are not the engine's code
         (package / "tables.py").write_text("TABLE = 2\n")
-        assert engine_code_hash(engine, settings) != before
+        assert engine_code_hash(load_engine(settings), settings) != before
     finally:
         for name in ("teameng", "teameng.engine", "teameng.tables"):
             sys.modules.pop(name, None)

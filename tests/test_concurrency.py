@@ -18,7 +18,7 @@ def test_events_put_before_the_recorder_looks_are_taken_in_one_batch_with_the_cl
     handoff = _Handoff()
     assert handoff.put(("token", b"{}")) and handoff.put(("done", b"{}"))
     handoff.close()
-    assert handoff.take(timeout=5) == ([("token", b"{}"), ("done", b"{}")], True, None)
+    assert handoff.take(timeout=5) == ([("token", b"{}"), ("done", b"{}")], True, None, [])
 
 
 def test_a_recorder_waiting_is_woken_by_each_put_and_by_the_close_with_its_fault():
@@ -34,7 +34,7 @@ def test_a_recorder_waiting_is_woken_by_each_put_and_by_the_close_with_its_fault
     threading.Thread(target=engine).start()
     taken = []
     while True:
-        items, closed, seen_fault = handoff.take(timeout=10)
+        items, closed, seen_fault, _ = handoff.take(timeout=10)
         taken += items
         if closed:
             break
@@ -42,7 +42,7 @@ def test_a_recorder_waiting_is_woken_by_each_put_and_by_the_close_with_its_fault
 
 
 def test_a_take_with_nothing_handed_over_returns_empty_at_its_timeout():
-    assert _Handoff().take(timeout=0.01) == ([], False, None)
+    assert _Handoff().take(timeout=0.01) == ([], False, None, [])
 
 
 def test_once_abandoned_the_engine_is_told_to_stop_and_its_close_is_harmless():
@@ -78,7 +78,7 @@ GEVENT_HANDOFFS = textwrap.dedent("""
         got = 0
         while True:
             started = time.monotonic()
-            items, closed, _ = handoff.take(10)
+            items, closed, _, _ = handoff.take(10)
             longest = max(longest, time.monotonic() - started)
             got += len(items)
             if closed:

@@ -183,9 +183,9 @@ def test_a_worker_executes_only_the_services_own_jobs_and_deletes_the_rest(tmp_p
             json_jobs.enqueue("os.system", f"touch {marker}-json"),
             json_jobs.enqueue_call("app.worker.execute_run", args=(f"run_x_1_1; touch {marker}", "a" * 32, "h",
                                                                     "e", "1")),
-            json_jobs.enqueue_call("app.worker.reproduce_run", args=("a", 1, "procfile-test"),
+            json_jobs.enqueue_call("app.worker.reproduce_run", args=("a", 1, "procfile-test", "run_a_1_1"),
                                    on_success=Callback("os.system")),
-            json_jobs.enqueue_call("app.worker.reproduce_run", args=("a", True, "procfile-test")),
+            json_jobs.enqueue_call("app.worker.reproduce_run", args=("a", True, "procfile-test", "run_a_1_1")),
         ]
         wait_until(lambda: worker.log().count("refused and deleted") == len(foreign), timeout=30, every=0.05)
         # Its own jobs still run: a queued run, and a verification.

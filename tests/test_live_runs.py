@@ -136,7 +136,7 @@ def test_a_run_that_fails_mid_run_ends_its_stream_with_an_error_and_frees_its_ke
     run_id = http("GET", f"{fleet.starter.url}/runs/lookup?scenarioId={scenario}&seed=1",
                   headers={"Prefer": "respond-async"}).json()["runId"]
     live = read_stream(fleet.watcher, run_id).replace(KEEPALIVE, b"")
-    message = f"The engine failed to run scenario {scenario} seed 1"
+    message = f"The engine failed to run scenario {scenario} seed 1: RuntimeError: engine exploded mid-run"
     assert live.count(b"id: ") == 3 and live.count(b"id: end\n") == 1  # two events, then the end
     assert live.endswith(b'id: end\nevent: error\ndata: {"type":"ENGINE_ERROR","message":"%s"}\n\n' % message.encode())
     metadata = http("GET", f"{fleet.watcher.url}/runs/{run_id}").json()

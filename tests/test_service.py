@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from app.access import open_caller
+from app.engine import as_engine
 from app.errors import BadInput
 from app.errors import EngineFailed
 from app.errors import RunNotFound
@@ -142,7 +143,7 @@ def test_a_run_that_fails_mid_run_ends_its_live_streams_with_an_error_and_frees_
     messages = b"".join(live).replace(b": keepalive\n\n", b"")
     assert messages.endswith(
         b'id: end\nevent: error\ndata: {"type":"ENGINE_ERROR","message":"The engine failed to run scenario a'
-        b' seed 1"}\n\n'
+        b' seed 1: RuntimeError: engine exploded mid-run"}\n\n'
     )
     assert messages.count(b"id: ") == 3 and messages.count(b"id: end\n") == 1  # two events, then the end
     state = service.run(run_id)
@@ -224,8 +225,8 @@ def test_the_event_delay_paces_the_engine_without_changing_its_events():
     settings = test_settings(engine_event_delay_ms=25)
     registry = MemoryRegistry(settings.ttl_ms, settings.max_entries)
     pauses = []
-    runner = Runner(registry, FakeEngine(), settings, sleep=pauses.append)
+    runner = Runner(registry, as_engine(FakeEngine()), settings, sleep=pauses.append)
     assert runner.slots.take()
-    reproduction = runner.reproduce(RunKey("a", 1, "h"))
+    reproduction = runner.reproduce(RunKey("a", 1, "h"), "run_a_1_1")
     assert [event_type for event_type, _ in reproduction.events] == ["start", "token", "token", "report", "done"]
     assert pauses[:5] == [0.025] * 5  # one before each event (and one before learning there is none)

@@ -25,7 +25,8 @@ class Unreadable:
 
 def test_the_services_own_jobs_are_taken():
     assert job_refusal(FIELDS, job()) is None
-    assert job_refusal(FIELDS, job("app.worker.reproduce_run", ["pricing-v1", -7, "hash"])) is None
+    verification = job("app.worker.reproduce_run", ["pricing-v1", -7, "hash", "run_pricing-v1_-7_1"])
+    assert job_refusal(FIELDS, verification) is None
 
 
 @pytest.mark.parametrize(
@@ -41,9 +42,9 @@ def test_the_services_own_jobs_are_taken():
      (FIELDS, job(args=(RUN[0], "not-hex", *RUN[2:])), "its arguments"),
      (FIELDS, job(kwargs={"x": 1}), "its arguments"),
      (FIELDS, job(instance="x"), "its arguments"),
-     (FIELDS, job("app.worker.reproduce_run", ["pricing-v1", "7", "hash"]), "its arguments"),
-     (FIELDS, job("app.worker.reproduce_run", ["pricing-v1", 2**60, "hash"]), "its arguments"),
-     (FIELDS, job("app.worker.reproduce_run", ["../etc", 1, "hash"]), "its arguments")],
+     (FIELDS, job("app.worker.reproduce_run", ["pricing-v1", "7", "hash", "run_pricing-v1_7_1"]), "its arguments"),
+     (FIELDS, job("app.worker.reproduce_run", ["pricing-v1", 2**60, "hash", "run_pricing-v1_1_1"]), "its arguments"),
+     (FIELDS, job("app.worker.reproduce_run", ["../etc", 1, "hash", "run_x_1_1"]), "its arguments")],
     ids=["os-system", "eval", "unreadable", "webhooks", "dependencies", "callback", "too-few", "bad-run-id",
          "bad-owner", "kwargs", "method", "string-seed", "huge-seed", "bad-scenario"],
 )

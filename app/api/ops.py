@@ -46,7 +46,7 @@ def readyz() -> dict[str, Any]:
     body: dict[str, Any] = {
         "status": "ready",
         "backend": ready.backend,
-        "engine": {"name": ready.engine_name, "version": ready.engine_version},
+        "engine": {"kind": ready.engine_kind, "name": ready.engine_name, "version": ready.engine_version},
         "engineCodeHash": ready.engine_code_hash,
         "execution": ready.execution,
     }

@@ -1,32 +1,40 @@
-"""Scenario engines and how the service picks one."""
+"""Engines of every kind, and how the service picks one (``RUN_REGISTRY_ENGINE``).
+
+``load_engine`` is the only place that knows the kinds: everything else holds an ``Engine``.
+"""
 
 from __future__ import annotations
 
-import importlib
-
 from app.config import ConfigError
+from app.config import Settings
 from app.engine.base import Engine
+from app.engine.base import ScenarioEngine
+from app.engine.python import EngineLoadError
+from app.engine.python import InProcessEngine
+from app.engine.python import import_engine
 
 
-def load_engine(spec: str) -> Engine:
-    """Import ``module:attribute``: an engine, or a class or factory that makes one.
+def load_engine(settings: Settings) -> Engine:
+    """The engine ``settings.engine`` names: ``module:attribute`` (a Python engine),
+    ``command:<command line>`` (a process engine), or ``http(s)://...`` (an HTTP engine).
 
-    :raises ConfigError: the module or attribute is missing, or the result is no engine.
+    :raises ConfigError: it cannot be loaded, started or described; the message says why, in one line.
     """
-    module_name, _, attribute = spec.partition(":")
+    spec = settings.engine
     try:
-        target: object = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"RUN_REGISTRY_ENGINE {spec!r} cannot be imported: {err}") from err
-    # A class also has name, version and run, so it passes the protocol check: build it.
-    engine = target
-    if isinstance(target, type) or (callable(target) and not isinstance(target, Engine)):
-        try:
-            engine = target()
-        except TypeError as err:
-            raise ConfigError(f"RUN_REGISTRY_ENGINE {spec!r} cannot be called without arguments: {err}") from err
-    if not isinstance(engine, Engine):
-        raise ConfigError(f"RUN_REGISTRY_ENGINE {spec!r} is not an engine (name, version, run)")
-    return engine
+        if spec.startswith("command:"):
+            from app.engine.process import ProcessEngine
+
+            return ProcessEngine(spec, dict(settings.engine_environment), settings.engine_root)
+        if spec.startswith(("http://", "https://")):
+            from app.engine.http import HttpEngine
+
+            return HttpEngine(spec, settings.engine_token, settings.engine_describe_s, settings.engine_timeout_s)
+        return InProcessEngine(import_engine(spec), spec)
+    except EngineLoadError as err:
+        raise ConfigError(f"RUN_REGISTRY_ENGINE {spec}: {err}") from None
+
+
+def as_engine(engine: Engine | ScenarioEngine) -> Engine:
+    """An engine as the service runs it: a Python engine object is run in this process."""
+    return engine if isinstance(engine, Engine) else InProcessEngine(engine)

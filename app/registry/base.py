@@ -133,6 +133,12 @@ class Registry(Protocol):
         """
         ...
 
+    def holds(self, run_id: str, owner: str) -> bool:
+        """Whether the run is running under ``owner`` still, as far as this process knows (no
+        round trip: with Redis, whether this process still keeps its lease). A recorder whose
+        engine is silent asks it now and then, and stops the engine when it no longer holds."""
+        ...
+
     def get(self, run_id: str) -> RunState | None:
         """The run with this runId (running, done and live, or failed and retained), without renewing it.
 

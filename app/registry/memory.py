@@ -304,6 +304,10 @@ class MemoryRegistry:
         self._done.move_to_end(cache_key)
         return RunRef(done.record.run_id, "done")
 
+    def holds(self, run_id: str, owner: str) -> bool:
+        with self._lock:
+            return self._owned(run_id, owner) is not None
+
     def _owned(self, run_id: str, owner: str) -> _Running | None:
         cache_key = self._keys_by_run_id.get(run_id)
         running = self._running.get(cache_key) if cache_key is not None else None

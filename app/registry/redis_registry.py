@@ -380,6 +380,10 @@ class RedisRegistry:
             followed.end(state.error if state.error is not None else "done")
         return False
 
+    def holds(self, run_id: str, owner: str) -> bool:
+        with self._lock:
+            return self._owned.get(run_id) == owner
+
     def _disown(self, run_id: str) -> None:
         with self._lock:
             self._owned.pop(run_id, None)

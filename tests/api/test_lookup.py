@@ -142,7 +142,9 @@ def test_failed_engine_run_caches_nothing_and_the_next_lookup_retries(fake_clien
     fake_engine.failures = 1
     failed = lookup(fake_client, "scenarioId=a&seed=1")
     assert failed.status_code == 500
-    assert failed.get_json() == {"type": "ENGINE_ERROR", "message": "The engine failed to run scenario a seed 1"}
+    # The engine's reason, as the exception said it: a client knows why without the server's log.
+    assert failed.get_json() == {"type": "ENGINE_ERROR",
+                                 "message": "The engine failed to run scenario a seed 1: RuntimeError: engine exploded"}
     retried = lookup(fake_client, "scenarioId=a&seed=1")
     assert retried.status_code == 200
     assert retried.get_json()["source"] == "new"

@@ -24,7 +24,8 @@ def test_healthz(client):
 def test_readyz_names_the_backend_and_engine(client):
     assert client.get("/readyz").get_json() == {
         "status": "ready", "backend": "memory",
-        "engine": {"name": "pricing-simulator", "version": "1.2.0"}, "engineCodeHash": "test-code-hash",
+        "engine": {"kind": "python", "name": "pricing-simulator", "version": "1.2.0"},
+        "engineCodeHash": "test-code-hash",
         "execution": "local",
     }
 

@@ -76,7 +76,7 @@ def test_a_failed_runs_stream_ends_with_a_message_whose_id_is_no_position_and_re
     run_id = client.get("/runs/lookup?scenarioId=a&seed=1", headers={"Prefer": "respond-async"}).get_json()["runId"]
     body = client.get(f"/runs/{run_id}/events", headers=SSE).get_data()
     assert body.endswith(b'id: end\nevent: error\ndata: {"type":"ENGINE_ERROR","message":"The engine failed to run'
-                         b' scenario a seed 1"}\n\n')
+                         b' scenario a seed 1: RuntimeError: engine exploded mid-run"}\n\n')
     resumed = client.get(f"/runs/{run_id}/events", headers={**SSE, "Last-Event-ID": "end"})
     assert (resumed.status_code, resumed.get_data()) == (204, b"")
     # A client that saw the last event but not the failure is told of it (then stops).

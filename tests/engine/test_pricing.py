@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.config import ConfigError
+from app.config import Settings
 from app.engine import load_engine
 from app.engine.pricing import PricingEngine
 from app.engine.pricing import SplitMix64
@@ -49,8 +50,8 @@ def test_extreme_seeds_and_long_scenario_ids_run():
 
 
 def test_load_engine_accepts_a_class_an_instance_or_a_factory():
-    assert isinstance(load_engine("app.engine.pricing:PricingEngine"), PricingEngine)
-    assert load_engine("harness.fakes:FakeEngine").name == "fake"
+    assert isinstance(load_engine(Settings(engine="app.engine.pricing:PricingEngine")).engine, PricingEngine)
+    assert load_engine(Settings(engine="harness.fakes:FakeEngine")).identity().name == "fake"
 
 
 @pytest.mark.parametrize(
@@ -61,4 +62,4 @@ def test_load_engine_accepts_a_class_an_instance_or_a_factory():
 )
 def test_load_engine_refuses_what_is_no_engine(spec):
     with pytest.raises(ConfigError, match="RUN_REGISTRY_ENGINE"):
-        load_engine(spec)
+        load_engine(Settings(engine=spec))

@@ -1,0 +1,105 @@
+"""A remote engine's identity: what it last said of itself, described again from time to time.
+
+An HTTP engine or an LLM server is deployed apart from the service, so what it is can change
+while the service runs. Each process describes it at start-up and again every
+``RUN_REGISTRY_ENGINE_DESCRIBE_S`` (in the background, on the first request after that time: a
+lookup hit only reads what is known), so a redeployed engine starts new runs without a restart.
+One that cannot be reached leaves the last description in place (cached runs are still found)
+and makes the engine unavailable for new runs until a description succeeds again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+
+from app.concurrency import native_lock
+from app.concurrency import spawn
+from app.engine.base import EngineUnavailable
+from app.engine.base import Identity
+
+log = logging.getLogger(__name__)
+# How soon an engine that did not answer is asked again: by a request that would start a run,
+# or in the background.
+RETRY_S = 1.0
+
+
+class Description:
+    """The identity a remote engine last gave, kept current."""
+
+    def __init__(self, describe: Callable[[], Identity], every_s: float, what: str) -> None:
+        """Describe at once (a failure is kept, not raised: the service starts without its engine)."""
+        self._describe = describe
+        self._every_s = every_s
+        self._what = what
+        self._lock = native_lock()
+        self._identity: Identity | None = None
+        self._problem: str | None = None
+        self._due = 0.0
+        self._describing_in = 0  # the pid of the process describing in the background, if one is
+        self._refresh()
+        if self._problem is not None:
+            log.warning("engine %s cannot be reached (%s): lookups that would start a run answer 503 until it can",
+                        what, self._problem)
+
+    def current(self) -> Identity:
+        """The last description, cheaply; one that is due is renewed in the background.
+
+        :raises EngineUnavailable: the engine has never been described.
+        """
+        identity = self._identity
+        if time.monotonic() >= self._due:
+            self._renew_in_background()
+        if identity is None:
+            raise EngineUnavailable(self._unreachable())
+        return identity
+
+    def ready(self, fresh: bool = False) -> Identity:
+        """The description, described again now if the engine did not answer last time (or ``fresh``).
+
+        :raises EngineUnavailable: it does not answer now either.
+        """
+        if fresh or (self._problem is not None and time.monotonic() >= self._due):
+            self._refresh()
+        if self._problem is not None or self._identity is None:
+            raise EngineUnavailable(self._unreachable())
+        return self.current()
+
+    def trouble(self, problem: str) -> None:
+        """A run could not reach the engine: the next run waits for a description that succeeds."""
+        with self._lock:
+            self._problem = problem
+            self._due = time.monotonic()
+
+    def _unreachable(self) -> str:
+        return f"The engine {self._what} cannot be reached ({self._problem or 'not described yet'}); retry shortly"
+
+    def _renew_in_background(self) -> None:
+        with self._lock:
+            if self._describing_in == os.getpid():  # a forked process (a work-horse) may renew its own
+                return
+            self._describing_in = os.getpid()
+        spawn(self._refresh, name="describe")
+
+    def _refresh(self) -> None:
+        try:
+            identity = self._describe()
+        except EngineUnavailable as err:
+            with self._lock:
+                self._problem = str(err)
+                self._due = time.monotonic() + min(RETRY_S, self._every_s)
+                self._describing_in = 0
+            return
+        with self._lock:
+            previous = self._identity
+            if previous is None or identity != previous:
+                self._identity = identity  # a new object only when it changed: engineCodeHash is kept per object
+            self._problem = None
+            self._due = time.monotonic() + self._every_s
+            self._describing_in = 0
+        if previous is not None and identity != previous:
+            log.warning("engine %s describes itself anew (%s %s, digest %s; was %s %s, digest %s):"
+                        " new runs from now on", self._what, identity.name, identity.version, identity.digest,
+                        previous.name, previous.version, previous.digest)
