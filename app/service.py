@@ -135,7 +135,10 @@ class RunService:
         """
         key = RunKey(scenario_id, seed, self.engine_code_hash)  # a remote engine never described: 503
         with _registry_errors:
-            found = self._registry.touch(cache_key(key))
+            if self._engine.available() or self._registry.peek(cache_key(key)):
+                found = self._registry.touch(cache_key(key))
+            else:  # an engine that does not answer: the miss starts nothing, so it is not counted as one
+                found = None
             if found is None:
                 run_id, status, started = self._start(key, caller)
             else:

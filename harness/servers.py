@@ -87,6 +87,34 @@ def live_children(pid: int) -> list[int]:
     return pids
 
 
+def running_processes(marker: str) -> list[int]:
+    """Live processes (zombies aside) whose command line holds ``marker``: a test's engine copied
+    into its own directory is found by that directory, whatever else runs on the machine."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # the process went while we looked
+        if marker in command and state not in ("Z", "X") and int(entry.name) != os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes (zombies aside) of a process group."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return members
+
+
 def said_workers(log: str) -> int:
     """How many worker processes gunicorn.conf.py said, at start-up (in ``log``), it would run."""
     said = re.search(r"run-registry: (\d+) worker process", log)

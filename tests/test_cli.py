@@ -117,7 +117,7 @@ def test_check_engine_passes_a_deterministic_engine_and_names_what_fails_in_the_
     steady = cli("check-engine", "teamengines:Steady", key=None, cwd=tmp_path)
     assert steady.returncode == 0, steady.stderr
     lines = steady.stdout.splitlines()
-    assert lines[0] == "teamengines:Steady: steady 1, scenario check-engine seed 42"
+    assert lines[0] == "teamengines:Steady: steady 1 (python engine), scenario check-engine seed 42"
     pids = {line.split("(pid ")[1].split(")")[0] for line in lines[1:3]}
     assert len(pids) == 2  # two processes of their own
     assert "deterministic: both executions' transcripts are byte-identical" in steady.stdout
@@ -126,7 +126,8 @@ def test_check_engine_passes_a_deterministic_engine_and_names_what_fails_in_the_
     one_line_failure(cli("check-engine", "teamengines:SetOrder", key=None, cwd=tmp_path),
                      "not deterministic: two executions of scenario check-engine seed 42 differ")
     one_line_failure(cli("check-engine", "teamengines:Malformed", key=None, cwd=tmp_path),
-                     'malformed: event 2 is refused: it is not an object of exactly "type" and "data"')
+                     'the engine failed: event 2 is not one the service records: it is not an object of exactly'
+                     ' "type" and "data"')
     one_line_failure(cli("check-engine", "teamengines:Nothing", key=None, cwd=tmp_path), "cannot be imported")
     (tmp_path / "teamengines.py").write_text(ENGINES.replace('"seed": seed', '"seed": seed, "edited": True'))
     edited = cli("check-engine", "teamengines:Steady", key=None, cwd=tmp_path)

@@ -119,6 +119,11 @@ class Engine(ABC):
         """
         return self.identity()
 
+    def available(self) -> bool:
+        """Cheaply, whether the engine's last word was that it can take runs (a remote engine
+        whose last description failed: ``False``). Asked on every lookup: it must not wait."""
+        return True
+
     def check_scenario(self, scenario_id: str) -> None:  # noqa: B027 - most kinds run any scenario
         """:raises UnknownScenario: the engine has no such scenario (before anything is started)."""
 

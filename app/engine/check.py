@@ -98,7 +98,7 @@ def _execute(engine: Engine, scenario_id: str, seed: int, timeout_s: float) -> E
     try:
         run = engine.run(scenario_id, seed, stderr.append)
     except EngineError as err:
-        raise EngineCheckFailed(f"failed: {_one_line(str(err))}") from None
+        raise EngineCheckFailed(f"the engine failed: {_one_line(str(err))}") from None
     timer = threading.Timer(timeout_s, run.cancel)
     timer.start()
     started = time.monotonic()
@@ -108,7 +108,7 @@ def _execute(engine: Engine, scenario_id: str, seed: int, timeout_s: float) -> E
         if time.monotonic() - started >= timeout_s:
             raise EngineCheckFailed(f"the engine did not finish scenario {scenario_id} seed {seed} within"
                                     f" {timeout_s:g} s{_last_words(run.last_words())}") from None
-        raise EngineCheckFailed(f"failed: {_one_line(str(err))}") from None
+        raise EngineCheckFailed(f"the engine failed: {_one_line(str(err))}") from None
     finally:
         timer.cancel()
         run.end()
@@ -158,9 +158,9 @@ def _execute_here(spec: str, scenario_id: str, seed: int) -> dict[str, object]:
     try:
         events = _transcript(iter(InProcessEngine(import_engine(spec), spec).run(scenario_id, seed)))
     except EngineError as err:
-        return {"problem": f"failed: {_one_line(str(err))}"}
+        return {"problem": f"the engine failed: {_one_line(str(err))}"}
     except Exception as err:  # the engine's own failure, reported as the service would fail the run
-        return {"problem": f"failed: {exception_reason(err)}"}
+        return {"problem": f"the engine failed: {exception_reason(err)}"}
     execution = _execution(os.getpid(), events)
     return {"pid": execution.pid, "events": execution.events, "eventsSha256": execution.events_sha256,
             "transcript": execution.transcript.hex()}

@@ -66,6 +66,9 @@ class HttpEngine(Engine):
     def ready(self, fresh: bool = False) -> Identity:
         return self.description.ready(fresh)
 
+    def available(self) -> bool:
+        return self.description.answering
+
     def run(self, scenario_id: str, seed: int, on_stderr: StderrSink | None = None) -> EngineRun:
         return _HttpRun(self, scenario_id, seed)
 

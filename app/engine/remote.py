@@ -67,6 +67,11 @@ class Description:
             raise EngineUnavailable(self._unreachable())
         return self.current()
 
+    @property
+    def answering(self) -> bool:
+        """Whether the last description (or run) reached the engine."""
+        return self._problem is None
+
     def trouble(self, problem: str) -> None:
         """A run could not reach the engine: the next run waits for a description that succeeds."""
         with self._lock:

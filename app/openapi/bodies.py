@@ -25,6 +25,8 @@ class LookupResponse(Schema):
 class EngineInfo(Schema):
     name = fields.String(required=True)
     version = fields.String(required=True)
+    kind = fields.String(validate=validate.OneOf(["python", "process", "http", "openai"]),
+                         metadata={"description": "readiness: how the service runs its engine (docs/engines.md)"})
 
 
 class LookupPending(Schema):
