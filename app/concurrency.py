@@ -200,6 +200,13 @@ def os_posix_spawn(*args: Any, **kwargs: Any) -> int:
     return int(_original("os", "posix_spawn")(*args, **kwargs))
 
 
+def os_close(fd: int) -> None:
+    """The OS's ``close``: gevent's (25.8 and later) defers the close to the next turn of the
+    calling thread's event loop, which never comes on an engine thread blocked in the kernel's
+    poll, nor while the worker starts: a child waiting for its input's end waited for ever."""
+    _original("os", "close")(fd)
+
+
 def os_waitpid(pid: int, options: int) -> tuple[int, int]:
     """The OS's ``waitpid``: on a native thread, blocking there (gevent's would want a watcher)."""
     pid_and_status: tuple[int, int] = _original("os", "waitpid")(pid, options)

@@ -264,6 +264,13 @@ class Runner:
     def _record(self, identity: RunIdentity, owner: str, handoff: _Handoff, started: float) -> None:
         try:
             self._record_events(identity, owner, handoff, started)
+        except BaseException:
+            # The process is being stopped under the run (an RQ worker's warm shutdown raises in its
+            # horse): the run fails now, rather than when its lease lapses, and its engine stops.
+            handoff.abandon()
+            self._with_retries(lambda: self._registry.fail(identity.run_id, owner, RunError(
+                "ENGINE_ERROR", f"Run {identity.run_id} was given up: the process executing it is stopping")))
+            raise
         finally:
             handoff.abandon()
 

@@ -10,7 +10,10 @@ Written on the OS's calls rather than ``subprocess``, for two reasons measured h
 - once anything in the process starts one of those watchers, libev reaps every child with
   ``waitpid(-1)`` on SIGCHLD, and a ``waitpid`` of ours finds the exit status gone (3 of 20 spawns
   from a native thread got ECHILD). So nothing here, nor anything the service runs on a worker
-  (engineCodeHash's git HEAD, ``capture``), starts one: ``posix_spawn`` and ``waitpid`` are the OS's.
+  (engineCodeHash's git HEAD, ``capture``), starts one: ``posix_spawn`` and ``waitpid`` are the OS's;
+- gevent's ``os.close`` defers the close to its loop's next turn, which never came while the
+  worker started (or on an engine thread blocked in poll): a child waiting for its input's end
+  waited for ever. ``close`` is the OS's too.
 
 A child is started with ``posix_spawn`` (its own process group, signals back to their defaults,
 an environment given whole), waited for through a pidfd polled beside its pipes with the
@@ -36,6 +39,7 @@ from pathlib import Path
 
 from app.concurrency import kernel_poll
 from app.concurrency import native_lock
+from app.concurrency import os_close
 from app.concurrency import os_posix_spawn
 from app.concurrency import os_waitpid
 
@@ -80,11 +84,11 @@ class Child:
             )
         except BaseException:
             for fd in (stdin_write, stdout_read, stderr_read):
-                os.close(fd)
+                os_close(fd)
             raise
         finally:
             for fd in (stdin_read, stdout_write, stderr_write):
-                os.close(fd)
+                os_close(fd)
         self._stdin: int | None = stdin_write
         self._streams = {stdout_read: STDOUT, stderr_read: STDERR}
         self._wake_read, self._wake_write = os.pipe()
@@ -107,7 +111,7 @@ class Child:
         except BrokenPipeError:
             pass  # it exited, or closed its input: its exit status will say what happened
         finally:
-            os.close(self._stdin)
+            os_close(self._stdin)
             self._stdin = None
 
     def output(self, deadline: float | None = None) -> Iterator[tuple[int, bytes]]:
@@ -198,7 +202,7 @@ class Child:
         for fd in (*self._streams, self._wake_read, self._wake_write, self._pidfd, self._stdin):
             if fd is not None:
                 with contextlib.suppress(OSError):
-                    os.close(fd)
+                    os_close(fd)
         if self._warden is not None:
             self._warden.release(self.pid)
 
@@ -327,10 +331,10 @@ class Warden:
                            file_actions=[(os.POSIX_SPAWN_DUP2, read_end, 0)], setpgroup=0,
                            setsigdef=_DEFAULT_SIGNALS, setsigmask=())
         except OSError:
-            os.close(write_end)
+            os_close(write_end)
             write_end = None  # type: ignore[assignment]
         finally:
-            os.close(read_end)
+            os_close(read_end)
         self._owner = os.getpid()
         self._fd = write_end
 

@@ -106,6 +106,7 @@ class ProcessEngine(Engine):
             time.sleep(0.01)
         for child in live:
             child.kill_group()
+            self._warden.release(child.pid)  # stopped here: the process may end before its thread says so
 
     def _start(self) -> Child:
         try:

@@ -51,7 +51,11 @@ class Description:
         """
         identity = self._identity
         if time.monotonic() >= self._due:
-            self._renew_in_background()
+            if identity is None and self._take_turn():
+                self._refresh()  # nothing is known to serve meanwhile: ask now (one request asks, the rest wait not)
+                identity = self._identity
+            else:
+                self._renew_in_background()
         if identity is None:
             raise EngineUnavailable(self._unreachable())
         return identity
@@ -82,11 +86,17 @@ class Description:
         return f"The engine {self._what} cannot be reached ({self._problem or 'not described yet'}); retry shortly"
 
     def _renew_in_background(self) -> None:
+        if self._take_turn():
+            spawn(self._refresh, name="describe")
+
+    def _take_turn(self) -> bool:
+        """Whether this caller describes the engine now (one at a time per process; a forked
+        process, such as a work-horse, describes for itself)."""
         with self._lock:
-            if self._describing_in == os.getpid():  # a forked process (a work-horse) may renew its own
-                return
+            if self._describing_in == os.getpid():
+                return False
             self._describing_in = os.getpid()
-        spawn(self._refresh, name="describe")
+            return True
 
     def _refresh(self) -> None:
         try:

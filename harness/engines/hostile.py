@@ -15,6 +15,9 @@ import subprocess
 import sys
 import time
 
+# A child of the engine's own, sleeping; its command line names this file, so a test finds it too.
+SLEEPER = [sys.executable, "-I", "-S", "-c", "import time; time.sleep(3600)", __file__]
+
 
 def emit(event_type, data):
     sys.stdout.write(json.dumps({"type": event_type, "data": data}) + "\n")
@@ -84,7 +87,7 @@ def main():
         sys.stdout.flush()
         emit("done", {})
     elif behaviour == "hang":  # a child of its own, then nothing, for ever (until it is stopped)
-        child = subprocess.Popen([sys.executable, "-I", "-S", "-c", "import time; time.sleep(3600)"])
+        child = subprocess.Popen(SLEEPER)
         emit("start", {"seed": seed, "child": child.pid})
         print(f"waiting for ever; my child is {child.pid}", file=sys.stderr, flush=True)
         time.sleep(3600)
@@ -93,8 +96,7 @@ def main():
         emit("start", {"seed": seed})
         time.sleep(3600)
     elif behaviour == "leaves-a-child":  # a well-formed run, and a child left running behind it
-        child = subprocess.Popen([sys.executable, "-I", "-S", "-c", "import time; time.sleep(3600)"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        child = subprocess.Popen(SLEEPER, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         emit("start", {"seed": seed})
         emit("report", {"leftBehind": child.pid})
         emit("done", {"totalTokens": 0})
