@@ -151,11 +151,20 @@ def _lookup(service: Service, scenario_id: str, seed: str, watch: bool) -> int:
     if not watch:
         return 0
     for event in service.events(run_id):
-        if event.type == "error":
-            print(f"run-registry: lookup: run {run_id} failed: {json.loads(event.data)['message']}", file=sys.stderr)
+        if event.type == "error":  # the service's end of a failed run (engines may not send this type)
+            print(f"run-registry: lookup: run {run_id} failed: {_error_message(event.data)}", file=sys.stderr)
             return 1
         print(f"{event.id} {event.type} {event.data}", flush=True)
     return 0
+
+
+def _error_message(data: str) -> str:
+    """The message of a failed run's last SSE message, whatever arrived as its data."""
+    try:
+        message = json.loads(data).get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return message if isinstance(message, str) else f"(no message: {data[:200]!r})"
 
 
 def _path(run_id: str) -> str:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 
+from bench import engine_kinds
 from bench import fleet
 from bench import inprocess
 from bench import live
@@ -58,7 +59,7 @@ BENCH_KEYS = ",".join(f"bench-{index}:{hashlib.sha256(f'bench-secret-{index}'.en
 BENCH_KEY = {"Authorization": "Bearer bench-secret-2"}
 # What `--smoke` runs of the table: each kind of row once, so that every way of measuring runs.
 SMOKE_ROWS = ("lookup hit", "lookup miss (new runs)", "events JSON", "events JSON, 304 (If-None-Match)",
-              "lookup hit, keys on", "lookup hit, Redis, 1 worker")
+              "lookup hit, keys on", "lookup hit, Redis, 1 worker", "lookup hit, process engine")
 
 
 @dataclass
@@ -95,14 +96,16 @@ def main() -> None:
     require_binary("redis-server")
 
     with tempfile.TemporaryDirectory(prefix="run-registry-bench-") as scratch:
-        parts = (load_test, compare_settings, measure_live, measure_fleet, measure_in_process)
+        parts = (load_test, compare_settings, measure_live, measure_fleet, measure_engine_kinds, measure_in_process)
         if args.smoke:  # its figures mean nothing, only that every part runs: all at once, on servers of their own
             with ThreadPoolExecutor(max_workers=len(parts)) as pool:
-                table, settings, live_figures, fleet_figures, figures = (
+                table, settings, live_figures, fleet_figures, kind_figures, figures = (
                     future.result() for future in [pool.submit(part, Path(scratch), args) for part in parts])
         else:
-            table, settings, live_figures, fleet_figures, figures = (part(Path(scratch), args) for part in parts)
+            table, settings, live_figures, fleet_figures, kind_figures, figures = (
+                part(Path(scratch), args) for part in parts)
         live_figures.update(fleet_figures)
+        live_figures.update(kind_figures)
     report = render(table, settings, live_figures, figures, args)
     print(report)
     if args.markdown:
@@ -138,6 +141,10 @@ def load_test(scratch: Path, args: argparse.Namespace) -> list[Row]:
         as shared_one,
         Gunicorn(scratch / "peer.log", app="bench.peer:app", defaults=True) as peer,
         Gunicorn(scratch / "keyed.log", env={**env, "RUN_REGISTRY_API_KEYS": BENCH_KEYS}) as keyed,
+        # The Node.js example engine: a hit must not care what kind of engine made the run.
+        Gunicorn(scratch / "process.log", env={**env, "RUN_REGISTRY_ENGINE": f"command:{require_binary('node')}"
+                                               f" {ROOT / 'examples' / 'engines' / 'process-engine.mjs'}"})
+        as process,
     ):
         # Four Redis workers take the longest to start, for one row: not in the smoke run.
         shared = None if args.smoke else optional.enter_context(Gunicorn(
@@ -147,6 +154,7 @@ def load_test(scratch: Path, args: argparse.Namespace) -> list[Row]:
         http("GET", shared_one.url + lookup)
         peer_run_id = http("GET", peer.url + lookup).json()["runId"]
         keyed_run_id = http("GET", keyed.url + lookup, headers=BENCH_KEY).json()["runId"]
+        process_run_id = http("GET", process.url + lookup, timeout=30).json()["runId"]
         etag = http("GET", f"{memory.url}/runs/{run_id}/events").headers["ETag"]
         rows = [
             Row("lookup hit", lookup, peer_path=lookup),
@@ -164,6 +172,10 @@ def load_test(scratch: Path, args: argparse.Namespace) -> list[Row]:
             Row("events JSON, keys on", f"/runs/{keyed_run_id}/events", headers=BENCH_KEY, target="keyed",
                 floor_of="events JSON"),
             Row("lookup hit, Redis, 1 worker", lookup, target="redis", floor_of="lookup hit"),
+            # A process engine's runs: the floor is the same request to the default (Python) engine's service.
+            Row("lookup hit, process engine", lookup, target="process", floor_of="lookup hit"),
+            Row("events JSON, process engine", f"/runs/{process_run_id}/events", target="process",
+                floor_of="events JSON"),
             Row("lookup hit, Redis, 4 workers", lookup, target="redis4", floor_of="lookup hit"),
         ]
         if args.smoke:  # one row of each kind: the service's own floor, a peer, a script, a 304, Redis
@@ -178,6 +190,7 @@ def load_test(scratch: Path, args: argparse.Namespace) -> list[Row]:
             targets = {
                 "memory": (memory, memory.cpu_seconds),
                 "keyed": (keyed, keyed.cpu_seconds),
+                "process": (process, process.cpu_seconds),
                 "redis": (shared_one, lambda: shared_one.cpu_seconds() + redis_server.cpu_seconds()),
             }
             if shared is not None:
@@ -217,6 +230,15 @@ def measure_live(scratch: Path, args: argparse.Namespace) -> dict[str, str]:
                                                   settle_s=0.5 if args.smoke else 3))
     figures.update(live.event_latency(scratch, runs=1 if args.smoke else 3, delay_ms=2 if args.smoke else 10))
     return figures
+
+
+def measure_engine_kinds(scratch: Path, args: argparse.Namespace) -> dict[str, str]:
+    """A process engine against the command run by hand, and its events' way to a live client."""
+    kinds_scratch = scratch / "kinds"
+    kinds_scratch.mkdir()
+    if args.smoke:
+        return engine_kinds.measure(kinds_scratch, runs=2, latency_runs=1, delay_ms=2)
+    return engine_kinds.measure(kinds_scratch)
 
 
 def measure_fleet(scratch: Path, args: argparse.Namespace) -> dict[str, str]:

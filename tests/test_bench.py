@@ -30,7 +30,9 @@ def test_the_benchmark_runs_and_prints_its_table(tmp_path):
                    "server memory per live stream", "lookup hits while they stream", "slow and",
                    "event creation to a live client, memory", "event creation to a live client, redis",
                    "new runs a second, 2 workers", "lookup to the first live event",
-                   "live streams of one run over two web processes"):
+                   "live streams of one run over two web processes",
+                   "lookup to done against the command run directly", "event creation to a live client, process engine",
+                   "less a Python engine's"):
         assert figure in text, figure
 
 

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,13 +98,18 @@ def _execute(engine: Engine, scenario_id: str, seed: int, timeout_s: float) -> E
         run = engine.run(scenario_id, seed, stderr.append)
     except EngineError as err:
         raise EngineCheckFailed(f"the engine failed: {_one_line(str(err))}") from None
-    timer = threading.Timer(timeout_s, run.cancel)
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        run.cancel()
+
+    timer = threading.Timer(timeout_s, stop)
     timer.start()
-    started = time.monotonic()
     try:
         events = _transcript(iter(run))
     except EngineError as err:
-        if time.monotonic() - started >= timeout_s:
+        if timed_out.is_set():
             raise EngineCheckFailed(f"the engine did not finish scenario {scenario_id} seed {seed} within"
                                     f" {timeout_s:g} s{_last_words(run.last_words())}") from None
         raise EngineCheckFailed(f"the engine failed: {_one_line(str(err))}") from None
