@@ -97,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     engine.add_argument("spec", metavar="engine", help="as RUN_REGISTRY_ENGINE takes it: module:attribute,"
                                                       " command:<command line>, or http(s)://...")
-    engine.add_argument("--scenario", default="check-engine", metavar="scenarioId")
+    engine.add_argument("--scenario", metavar="scenarioId",
+                        help="default: the first of an LLM engine's scenarios, else check-engine")
     engine.add_argument("--seed", type=int, default=42)
     engine.add_argument("--timeout", type=float, default=60.0, metavar="seconds", help="for each execution")
     args = parser.parse_args(argv)
@@ -173,7 +174,7 @@ def _path(run_id: str) -> str:
     return quote(run_id, safe="")
 
 
-def _check_engine(spec: str, scenario_id: str, seed: int, timeout_s: float) -> int:
+def _check_engine(spec: str, scenario_id: str | None, seed: int, timeout_s: float) -> int:
     from app.engine.check import EngineCheckFailed
     from app.engine.check import check_engine
 
@@ -182,7 +183,8 @@ def _check_engine(spec: str, scenario_id: str, seed: int, timeout_s: float) -> i
     except EngineCheckFailed as err:
         print(f"run-registry: check-engine: {spec}: {err}", file=sys.stderr)
         return 1
-    print(f"{spec}: {checked.name} {checked.version} ({checked.kind} engine), scenario {scenario_id} seed {seed}")
+    print(f"{spec}: {checked.name} {checked.version} ({checked.kind} engine), scenario {checked.scenario_id}"
+          f" seed {seed}")
     for number, execution in enumerate(checked.executions, start=1):
         where = f" (pid {execution.pid})" if execution.pid is not None else ""
         print(f"  execution {number}{where}: {execution.events} events, eventsSha256 {execution.events_sha256}")

@@ -52,6 +52,7 @@ class Settings:
     engine_root: str | None = None  # a process engine's files, for its identity
     engine_token: str | None = field(default=None, repr=False)  # an HTTP or LLM engine's bearer token
     engine_describe_s: float = 60.0  # how often a remote engine is described again
+    scenarios_path: str | None = None  # an LLM engine's scenarios (RUN_REGISTRY_SCENARIOS)
     engine_code_hash: str | None = None
     engine_commit: str | None = None
     engine_timeout_s: float = 600.0
@@ -116,6 +117,7 @@ def _read_settings(environ: Mapping[str, str]) -> Settings:
         engine_root=_non_empty(environ, "RUN_REGISTRY_ENGINE_ROOT"),
         engine_token=_non_empty(environ, "RUN_REGISTRY_ENGINE_TOKEN"),
         engine_describe_s=positive_number(environ, "RUN_REGISTRY_ENGINE_DESCRIBE_S", 60.0, "seconds", 86_400),
+        scenarios_path=_non_empty(environ, "RUN_REGISTRY_SCENARIOS"),
         engine_code_hash=_non_empty(environ, "ENGINE_CODE_HASH"),
         engine_timeout_s=positive_number(environ, "RUN_REGISTRY_ENGINE_TIMEOUT_S", 600.0, "seconds", 24 * 3600),
         engine_threads=positive_int(environ, "RUN_REGISTRY_ENGINE_THREADS", default=8),
@@ -324,9 +326,16 @@ def _execution(environ: Mapping[str, str]) -> str:
 
 
 def _engine_spec(environ: Mapping[str, str]) -> str:
-    """``RUN_REGISTRY_ENGINE``: ``module:attribute``, ``command:<command line>``, ``http(s)://...``."""
+    """``RUN_REGISTRY_ENGINE``: ``module:attribute``, ``command:<command line>``, ``http(s)://...``,
+    ``openai:http(s)://...``."""
     name = "RUN_REGISTRY_ENGINE"
     raw = environ.get(name, "").strip() or DEFAULT_ENGINE
+    if raw.startswith("openai:"):
+        base = raw.removeprefix("openai:")
+        problem = _engine_url_problem(base) if base.startswith(("http://", "https://")) else "is not an http(s) URL"
+        if problem:
+            raise ConfigError(f"{name}=openai:<base URL>: the base URL {problem}, got {_shown(raw)}")
+        return raw
     if raw.startswith("command:"):
         if not raw.removeprefix("command:").strip():
             raise ConfigError(f"{name}=command: needs a command line, such as command:node engine.js")
@@ -337,8 +346,8 @@ def _engine_spec(environ: Mapping[str, str]) -> str:
             raise ConfigError(f"{name} {problem}, got {_shown(raw)}")
         return raw
     if not _PYTHON_ENGINE.fullmatch(raw):
-        raise ConfigError(f"{name} must be package.module:attribute, command:<command line> or an http(s):// URL,"
-                          f" got {_shown(raw)}")
+        raise ConfigError(f"{name} must be package.module:attribute, command:<command line>, an http(s):// URL or"
+                          f" openai:<base URL>, got {_shown(raw)}")
     return raw
 
 

@@ -133,6 +133,8 @@ class RunService:
         :raises Unavailable: the run would start, and the engine or the registry has no room
             for it (or the backend is down).
         """
+        if self._engine.names_scenarios:
+            self._known_scenario(scenario_id)
         key = RunKey(scenario_id, seed, self.engine_code_hash)  # a remote engine never described: 503
         with _registry_errors:
             if self._engine.available() or self._registry.peek(cache_key(key)):
@@ -179,13 +181,18 @@ class RunService:
         :raises BadInput: it has no such scenario.
         :raises Unavailable: it cannot take a run (a remote engine that does not answer).
         """
+        self._known_scenario(scenario_id)
         try:
-            self._engine.check_scenario(scenario_id)
             return self._engine.ready()
-        except UnknownScenario as err:
-            raise BadInput(str(err)) from None
         except EngineUnavailable as err:
             raise Unavailable(str(err)) from None
+
+    def _known_scenario(self, scenario_id: str) -> None:
+        """:raises BadInput: the engine has no such scenario (an LLM engine's file does not name it)."""
+        try:
+            self._engine.check_scenario(scenario_id)
+        except UnknownScenario as err:
+            raise BadInput(str(err)) from None
 
     @property
     def engine_code_hash(self) -> str:

@@ -33,7 +33,7 @@ class HttpEngineServer(ThreadingHTTPServer):
         self.requests: list[dict[str, str]] = []
 
     def serve_in_background(self) -> HttpEngineServer:
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         return self
 
     def stop(self) -> None:

@@ -229,8 +229,12 @@ class LlamaServer:
     """harness/llm/server.mjs (node-llama-cpp's llama.cpp over the tiny model) on a free port."""
 
     def __init__(self, log_path: Path, *, ignore_seed: bool = False, api_key: str | None = None,
-                 model: Path | None = None) -> None:
-        self.port = free_port()
+                 model: Path | None = None, port: int | None = None, token_delay_ms: int = 0,
+                 chunk_times: Path | None = None) -> None:
+        """``port``: another server's, to take its place once it is stopped (a redeploy)."""
+        self.port = port or free_port()
+        self.token_delay_ms = token_delay_ms
+        self.chunk_times = chunk_times
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.log_path = log_path
         self.ignore_seed = ignore_seed
@@ -248,6 +252,10 @@ class LlamaServer:
             args.append("--ignore-seed")
         if self.api_key is not None:
             args += ["--api-key", self.api_key]
+        if self.token_delay_ms:
+            args += ["--token-delay-ms", str(self.token_delay_ms)]
+        if self.chunk_times is not None:
+            args += ["--chunk-times", str(self.chunk_times)]
         # An allow-listed environment: nothing of the test's (NODE_OPTIONS, a proxy) reaches node.
         env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR") if name in os.environ}
         with open(self.log_path, "wb") as log:

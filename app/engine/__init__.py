@@ -16,7 +16,8 @@ from app.engine.python import import_engine
 
 def load_engine(settings: Settings) -> Engine:
     """The engine ``settings.engine`` names: ``module:attribute`` (a Python engine),
-    ``command:<command line>`` (a process engine), or ``http(s)://...`` (an HTTP engine).
+    ``command:<command line>`` (a process engine), ``http(s)://...`` (an HTTP engine), or
+    ``openai:<base URL>`` (an OpenAI-compatible LLM server, with ``RUN_REGISTRY_SCENARIOS``).
 
     :raises ConfigError: it cannot be loaded, started or described; the message says why, in one line.
     """
@@ -30,6 +31,11 @@ def load_engine(settings: Settings) -> Engine:
             from app.engine.http import HttpEngine
 
             return HttpEngine(spec, settings.engine_token, settings.engine_describe_s, settings.engine_timeout_s)
+        if spec.startswith("openai:"):
+            from app.engine.openai import OpenAIEngine
+
+            return OpenAIEngine(spec, settings.scenarios_path, settings.engine_token, settings.engine_describe_s,
+                                settings.engine_timeout_s)
         return InProcessEngine(import_engine(spec), spec)
     except EngineLoadError as err:
         raise ConfigError(f"RUN_REGISTRY_ENGINE {spec}: {err}") from None

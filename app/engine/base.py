@@ -100,6 +100,9 @@ class Engine(ABC):
     # Whether the engine's identity comes from elsewhere, and may change while the service runs
     # (an HTTP engine or an LLM server redeployed): it is described again from time to time.
     remote: ClassVar[bool] = False
+    # Whether it runs only the scenarios it names (an LLM engine's file): a lookup of another is
+    # refused before anything is looked up or counted.
+    names_scenarios: ClassVar[bool] = False
 
     def __init__(self, spec: str) -> None:
         self.spec = spec  # as RUN_REGISTRY_ENGINE gave it (shown in messages: it holds no secret)
@@ -126,6 +129,10 @@ class Engine(ABC):
 
     def check_scenario(self, scenario_id: str) -> None:  # noqa: B027 - most kinds run any scenario
         """:raises UnknownScenario: the engine has no such scenario (before anything is started)."""
+
+    def example_scenario(self) -> str | None:
+        """A scenario the engine has, for check-engine to run when none is named (``None``: any will do)."""
+        return None
 
     @abstractmethod
     def run(self, scenario_id: str, seed: int, on_stderr: StderrSink | None = None) -> EngineRun:

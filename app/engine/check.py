@@ -53,6 +53,7 @@ class Execution:
 
 @dataclass(frozen=True)
 class EngineCheck:
+    scenario_id: str
     kind: str
     name: str
     version: str
@@ -60,8 +61,11 @@ class EngineCheck:
     executions: tuple[Execution, Execution]
 
 
-def check_engine(spec: str, scenario_id: str, seed: int, timeout_s: float) -> EngineCheck:
-    """:raises EngineCheckFailed: with what is wrong."""
+def check_engine(spec: str, scenario_id: str | None, seed: int, timeout_s: float) -> EngineCheck:
+    """Check ``scenario_id`` (``None``: one the engine names, else ``check-engine``) at ``seed``.
+
+    :raises EngineCheckFailed: with what is wrong.
+    """
     if os.getcwd() not in sys.path:  # gunicorn, run where the engine is, finds it there too
         sys.path.insert(0, os.getcwd())
     try:
@@ -71,6 +75,7 @@ def check_engine(spec: str, scenario_id: str, seed: int, timeout_s: float) -> En
         raise EngineCheckFailed(_one_line(str(err).removeprefix(f"RUN_REGISTRY_ENGINE {spec}: "))) from None
     except Exception as err:  # a plugin's failure of any kind, at import: say it in one line
         raise EngineCheckFailed(_one_line(str(err))) from None
+    scenario_id = scenario_id or engine.example_scenario() or "check-engine"
     try:
         try:
             engine.check_scenario(scenario_id)
@@ -88,7 +93,7 @@ def check_engine(spec: str, scenario_id: str, seed: int, timeout_s: float) -> En
         raise EngineCheckFailed(f"not deterministic: two executions of scenario {scenario_id} seed {seed} differ"
                                 f" ({first.events} events, eventsSha256 {first.events_sha256[:12]}..., then"
                                 f" {second.events} events, {second.events_sha256[:12]}...){_where(first, second)}")
-    return EngineCheck(engine.kind, identity.name, identity.version, code_hash, (first, second))
+    return EngineCheck(scenario_id, engine.kind, identity.name, identity.version, code_hash, (first, second))
 
 
 def _execute(engine: Engine, scenario_id: str, seed: int, timeout_s: float) -> Execution:

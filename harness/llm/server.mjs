@@ -2,14 +2,19 @@
 // tests: one model file, one context sequence, one thread, requests served one at a time.
 //
 //   node server.mjs --model PATH --port N [--host 127.0.0.1] [--ignore-seed] [--api-key K]
-//                   [--node-modules DIR]
+//                   [--node-modules DIR] [--token-delay-ms D] [--chunk-times FILE]
+//
+// --token-delay-ms pauses before each content chunk (a big model's pace, so a client watches the
+// text arrive); --chunk-times appends "<seed> <n> <epoch ms>" to FILE as each content chunk is
+// written (the benchmark's start of an event's way to a live client).
 //
 // Prints exactly one line, "listening on http://HOST:PORT", to stdout once it serves; logs go to
 // stderr. --node-modules names the node_modules directory that holds node-llama-cpp (an ES
 // module's imports ignore NODE_PATH); without it the import resolves from this file's folder.
 
 import { createHash, randomBytes, randomInt, timingSafeEqual } from "node:crypto";
-import { createReadStream, existsSync, readFileSync } from "node:fs";
+import { appendFileSync, createReadStream, existsSync, readFileSync } from "node:fs";
+import { setTimeout as sleep } from "node:timers/promises";
 import http from "node:http";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
@@ -27,6 +32,8 @@ const { values: args } = parseArgs({
         "ignore-seed": { type: "boolean", default: false },
         "api-key": { type: "string" },
         "node-modules": { type: "string" },
+        "token-delay-ms": { type: "string", default: "0" },
+        "chunk-times": { type: "string" },
     },
 });
 if (!args.model || args.port === undefined || !/^\d+$/.test(args.port)) {
@@ -268,6 +275,13 @@ async function complete(request, onText, isGone) {
     return { content: sent, finishReason, promptTokens: prompt.length, completionTokens: generated.length };
 }
 
+const tokenDelayMs = Number(args["token-delay-ms"]);
+
+/** The moment a content chunk is written, for the benchmark (--chunk-times). */
+function noteChunk(seed, n) {
+    if (args["chunk-times"]) appendFileSync(args["chunk-times"], `${seed} ${n} ${(performance.timeOrigin + performance.now()).toFixed(3)}\n`);
+}
+
 // One request at a time on the one sequence: each waits for those before it.
 let queue = Promise.resolve();
 function serialized(job) {
@@ -348,11 +362,25 @@ async function chatCompletions(httpRequest, response) {
         try {
             // Errors found before the first token (a prompt too long) are still plain HTTP errors.
             let first = true;
+            let chunks = 0;
+            const pieces = [];
             result = await complete(request, (text) => {
+                if (tokenDelayMs > 0) {
+                    pieces.push(text); // paced below, after generation: the model itself never waits
+                    return;
+                }
                 if (first) send(delta({ role: "assistant", content: "" }));
                 first = false;
                 send(delta({ content: text }));
+                noteChunk(request.seed, ++chunks);
             }, gone);
+            for (const text of pieces) {
+                await sleep(tokenDelayMs);
+                if (first) send(delta({ role: "assistant", content: "" }));
+                first = false;
+                send(delta({ content: text }));
+                noteChunk(request.seed, ++chunks);
+            }
             if (first) send(delta({ role: "assistant", content: "" }));
         } catch (error) {
             if (!started) throw error;
