@@ -261,3 +261,31 @@ def test_a_model_streams_live_through_gunicorn_and_a_server_that_ignores_the_see
     assert metric(metrics, 'run_registry_determinism_checks_total{result="diverged"}') == 1
     assert run["determinism"]["status"] == "diverged" and run["determinism"]["divergences"] == 1
     assert "diverged" in log and TOKEN not in log
+
+
+def test_the_replay_page_shows_the_models_text_as_it_streams_and_its_token_counts(llama, tmp_path):
+    from harness.browser import chromium
+    from harness.servers import ROOT
+
+    port = free_port()
+    env = {"RUN_REGISTRY_ENGINE": f"openai:http://127.0.0.1:{port}/v1", "RUN_REGISTRY_SCENARIOS": str(llama.scenarios),
+           "RUN_REGISTRY_ENGINE_TOKEN": TOKEN}
+    with (LlamaServer(tmp_path / "slow.log", api_key=TOKEN, port=port, token_delay_ms=40),
+          Gunicorn(tmp_path / "gunicorn.log", env=env) as server, chromium() as browser):
+        run_id = http("GET", f"{server.url}/runs/lookup?scenarioId=pricing-brief&seed=33",
+                      headers={"Prefer": "respond-async"}).json()["runId"]
+        page = browser.new_page()
+        page.goto(f"{server.url}/runs/{run_id}/replay")
+        some_text = "() => (document.getElementById('transcript') || {textContent: ''}).textContent.length > 0"
+        page.wait_for_function(some_text, timeout=10_000)
+        partial = page.text_content("#transcript")
+        page.wait_for_selector("body[data-replay=complete]", timeout=20_000)
+        events = http("GET", f"{server.url}/runs/{run_id}/events").json()["events"]
+        text = "".join(event["data"]["text"] for event in events if event["type"] == "token")
+        assert page.text_content("#transcript") == text and text.startswith(partial) and len(partial) < len(text)
+        report = page.text_content("#report")
+        assert "finishReason" in report and "length" in report and "completionTokens" in report and "40" in report
+        screenshots = ROOT / "artifacts" / "screenshots"
+        screenshots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(screenshots / "replay-llm-run.png"), full_page=True)
+        page.close()
