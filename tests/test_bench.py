@@ -32,7 +32,7 @@ def test_the_benchmark_runs_and_prints_its_table(tmp_path):
                    "new runs a second, 2 workers", "lookup to the first live event",
                    "live streams of one run over two web processes",
                    "lookup to done against the command run directly", "event creation to a live client, process engine",
-                   "less a Python engine's"):
+                   "less a Python engine's", "sent straight to the server", "first token, from the server's write"):
         assert figure in text, figure
 
 

@@ -125,21 +125,22 @@ def test_an_unreachable_engine_starts_the_service_answers_503_and_counts_nothing
     assert refused.get_json()["type"] == "UNAVAILABLE" and url in refused.get_json()["message"]
     stats = client.get("/registry/stats").get_json()
     assert (stats["misses"], stats["total_entries"]) == (0, 0)
-    server = HttpEngineServer(port).serve_in_background()
-    try:
+    # The engine in a process of its own, so that its end ends its connections too (kept alive).
+    with subprocess.Popen([str(ROOT / ".venv" / "bin" / "python"), "-m", "harness.http_engine", "--port", str(port)],
+                          cwd=ROOT, stdout=subprocess.PIPE, text=True) as engine:
+        assert engine.stdout.readline().startswith("listening on")
         time.sleep(1.05)  # the engine is asked again at most once a second
         looked = client.get("/runs/lookup?scenarioId=steady-a&seed=1")
         assert looked.status_code == 200, looked.get_json()  # the first of two runs this client may start
         assert client.get("/readyz").status_code == 200
-        server.stop()
-        # Gone again: cached runs are served as before; the run that meets it gone fails (the second
-        # run), and then new runs are refused without being counted (no 429).
-        assert client.get("/runs/lookup?scenarioId=steady-a&seed=1").get_json()["source"] == "cache"
-        failed = client.get("/runs/lookup?scenarioId=steady-b&seed=1")
-        assert failed.status_code == 500 and "it could not be reached" in failed.get_json()["message"]
-        assert client.get("/runs/lookup?scenarioId=steady-c&seed=1").status_code == 503
-    finally:
-        server.server_close()
+        engine.kill()
+        engine.wait()
+    # Gone again: cached runs are served as before; the run that meets it gone fails (the second
+    # run), and then new runs are refused without being counted (no 429).
+    assert client.get("/runs/lookup?scenarioId=steady-a&seed=1").get_json()["source"] == "cache"
+    failed = client.get("/runs/lookup?scenarioId=steady-b&seed=1")
+    assert failed.status_code == 500 and "it could not be reached" in failed.get_json()["message"]
+    assert client.get("/runs/lookup?scenarioId=steady-c&seed=1").status_code == 503
 
 
 def test_a_redeployed_engine_starts_new_runs_without_a_restart(remote, caplog):

@@ -30,12 +30,10 @@ from app.engine.events import encoded_event
 from app.engine.events import event_from_line
 from app.engine.remote import Description
 from app.engine.wire import MESSAGE
-from app.engine.wire import CountingTransport
 from app.engine.wire import TooLarge
-from app.engine.wire import client
+from app.engine.wire import Wire
 from app.engine.wire import engine_message
 from app.engine.wire import read_some
-from app.engine.wire import ssl_context
 from app.engine.wire import wire_problem
 from app.models import EncodedEvent
 from app.text import printable
@@ -52,9 +50,7 @@ class HttpEngine(Engine):
     def __init__(self, spec: str, token: str | None, describe_every_s: float, read_timeout_s: float) -> None:
         super().__init__(spec)
         self.base = spec.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._read_timeout_s = read_timeout_s
-        self._ssl = ssl_context()
+        self.wire = Wire({"Authorization": f"Bearer {token}"} if token else {}, read_timeout_s)
         self.description = Description(self._describe, describe_every_s, spec)
 
     def identity(self) -> Identity:
@@ -63,21 +59,18 @@ class HttpEngine(Engine):
     def ready(self, fresh: bool = False) -> Identity:
         return self.description.ready(fresh)
 
+    def close(self) -> None:
+        self.wire.close()
+
     def available(self) -> bool:
         return self.description.answering
 
     def run(self, scenario_id: str, seed: int, on_stderr: StderrSink | None = None) -> EngineRun:
         return _HttpRun(self, scenario_id, seed)
 
-    def client(self, transport: CountingTransport, read_timeout_s: float | None = None) -> httpx.Client:
-        return client(transport, self._headers, read_timeout_s or self._read_timeout_s)
-
-    def transport(self) -> CountingTransport:
-        return CountingTransport(self._ssl)
-
     def _describe(self) -> Identity:
         try:
-            with self.client(self.transport(), DESCRIBE_TIMEOUT_S) as describing:
+            with self.wire.for_description(DESCRIBE_TIMEOUT_S) as describing:
                 response = describing.get(f"{self.base}/describe", timeout=DESCRIBE_TIMEOUT_S)
                 body = response.read()
         except (httpx.HTTPError, OSError) as err:
@@ -100,14 +93,13 @@ class _HttpRun(EngineRun):
     def __init__(self, engine: HttpEngine, scenario_id: str, seed: int) -> None:
         self._engine = engine
         self._request = {"scenarioId": scenario_id, "seed": seed}
-        self._transport = engine.transport()
-        self._client = engine.client(self._transport)
+        self._connection = engine.wire.for_run()
         self._stopped = False
 
     def __iter__(self) -> Iterator[EncodedEvent]:
         engine = self._engine
         try:
-            with self._client.stream("POST", f"{engine.base}/run", json=self._request,
+            with self._connection.client.stream("POST", f"{engine.base}/run", json=self._request,
                                      headers={"Accept": "text/event-stream, application/x-ndjson"}) as response:
                 if response.status_code != 200:
                     raise EngineError(f"POST /run answered {response.status_code}:"
@@ -133,11 +125,10 @@ class _HttpRun(EngineRun):
         """Shut the connection down: the engine thread's read ends at once, and the engine sees
         its client gone."""
         self._stopped = True
-        self._transport.shutdown()
+        self._connection.cancel()
 
     def end(self) -> None:
-        self._transport.closing()
-        self._client.close()
+        self._connection.end()
 
 
 def _server_sent_events(response: httpx.Response) -> Iterator[EncodedEvent]:

@@ -47,12 +47,10 @@ from app.engine.events import MalformedEvent
 from app.engine.events import encoded_event
 from app.engine.python import EngineLoadError
 from app.engine.remote import Description
-from app.engine.wire import CountingTransport
 from app.engine.wire import TooLarge
-from app.engine.wire import client
+from app.engine.wire import Wire
 from app.engine.wire import engine_message
 from app.engine.wire import read_some
-from app.engine.wire import ssl_context
 from app.engine.wire import wire_problem
 from app.models import EncodedEvent
 from app.schemas import SCENARIO_ID_PATTERN
@@ -150,9 +148,7 @@ class OpenAIEngine(Engine):
         self.base = spec.removeprefix("openai:").rstrip("/")
         self.scenarios, scenario_bytes = load_scenarios(scenarios_path)
         self._scenarios_digest = hashlib.sha256(scenario_bytes).hexdigest()
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._read_timeout_s = read_timeout_s
-        self._ssl = ssl_context()
+        self.wire = Wire({"Authorization": f"Bearer {token}"} if token else {}, read_timeout_s)
         self.description = Description(self._describe, describe_every_s, spec)
 
     def identity(self) -> Identity:
@@ -160,6 +156,9 @@ class OpenAIEngine(Engine):
 
     def ready(self, fresh: bool = False) -> Identity:
         return self.description.ready(fresh)
+
+    def close(self) -> None:
+        self.wire.close()
 
     def available(self) -> bool:
         return self.description.answering
@@ -182,15 +181,9 @@ class OpenAIEngine(Engine):
         extra = scenario.pop("extra", {})
         return {**extra, **scenario, "seed": seed, "stream": True, "stream_options": {"include_usage": True}}
 
-    def client(self, transport: CountingTransport, read_timeout_s: float | None = None) -> httpx.Client:
-        return client(transport, self._headers, read_timeout_s or self._read_timeout_s)
-
-    def transport(self) -> CountingTransport:
-        return CountingTransport(self._ssl)
-
     def _describe(self) -> Identity:
         try:
-            with self.client(self.transport(), DESCRIBE_TIMEOUT_S) as describing:
+            with self.wire.for_description(DESCRIBE_TIMEOUT_S) as describing:
                 response = describing.get(f"{self.base}/models", timeout=DESCRIBE_TIMEOUT_S)
                 body = response.read()
         except (httpx.HTTPError, OSError, TooLarge) as err:
@@ -221,14 +214,14 @@ class _CompletionRun(EngineRun):
         self._engine = engine
         self._scenario_id = scenario_id
         self._seed = seed
-        self._transport = engine.transport()
-        self._client = engine.client(self._transport)
+        self._connection = engine.wire.for_run()
         self._stopped = False
 
     def __iter__(self) -> Iterator[EncodedEvent]:
         engine = self._engine
         try:
-            with self._client.stream("POST", f"{engine.base}/chat/completions", headers={"Accept": "text/event-stream"},
+            with self._connection.client.stream("POST", f"{engine.base}/chat/completions",
+                                                headers={"Accept": "text/event-stream"},
                                      json=engine.request(self._scenario_id, self._seed)) as response:
                 if response.status_code != 200:
                     raise EngineError(f"POST /chat/completions answered {response.status_code}:"
@@ -289,11 +282,10 @@ class _CompletionRun(EngineRun):
 
     def cancel(self) -> None:
         self._stopped = True
-        self._transport.shutdown()
+        self._connection.cancel()
 
     def end(self) -> None:
-        self._transport.closing()
-        self._client.close()
+        self._connection.end()
 
 
 def _chunk(event: str, data: str) -> dict[str, Any]:
