@@ -11,21 +11,26 @@ run: $(STAMP)
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 # The fleet on one machine: a private redis-server (nothing kept on disk) that requires a password
-# (made once, kept in .redis-$(REDIS_PORT).conf, readable by you alone), WORKERS workers executing the
+# (made once, kept in .redis-$(REDIS_PORT).conf, readable by you alone), the fleet's evidence signing
+# key (made once, beside it in .signing-key-$(REDIS_PORT).pem, mode 0600), WORKERS workers executing the
 # runs from the job queue (default 1: `make run-redis WORKERS=4`), and gunicorn with WEB_CONCURRENCY
 # web workers (default: two per core) on http://127.0.0.1:3001; Ctrl-C stops them all, quietly.
 REDIS_CONF := $(CURDIR)/.redis-$(REDIS_PORT).conf
+SIGNING_KEY := $(CURDIR)/.signing-key-$(REDIS_PORT).pem
 WORKERS ?= 1
 run-redis: $(STAMP)
 	test -s $(REDIS_CONF) || (umask 077; printf 'requirepass %s\n' \
 		"$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(24))')" > $(REDIS_CONF))
+	test -s $(SIGNING_KEY) || $(BIN)/run-registry new-signing-key $(SIGNING_KEY) > /dev/null
 	redis-server $(REDIS_CONF) --port $(REDIS_PORT) --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
 		--pidfile $(CURDIR)/.redis-$(REDIS_PORT).pid --logfile $(CURDIR)/.redis-$(REDIS_PORT).log
+	for try in $$(seq 100); do redis-cli -p $(REDIS_PORT) ping 2>&1 | grep -q -e PONG -e NOAUTH && break; sleep 0.05; done
 	export RUN_REGISTRY_URL="redis://:$$(sed -n 's/^requirepass //p' $(REDIS_CONF))@127.0.0.1:$(REDIS_PORT)/0" \
-		RUN_REGISTRY_EXECUTION=queue; \
+		RUN_REGISTRY_EXECUTION=queue RUN_REGISTRY_SIGNING_KEY=$${RUN_REGISTRY_SIGNING_KEY:-$(SIGNING_KEY)}; \
 		workers=""; for n in $$(seq $(WORKERS)); do $(BIN)/python -m app.worker & workers="$$workers $$!"; done; \
 		trap 'kill -TERM $$workers 2>/dev/null; wait $$workers 2>/dev/null; \
-		      kill $$(cat $(CURDIR)/.redis-$(REDIS_PORT).pid) 2>/dev/null; true' EXIT; \
+		      redis=$$(cat $(CURDIR)/.redis-$(REDIS_PORT).pid); kill $$redis 2>/dev/null; \
+		      while kill -0 $$redis 2>/dev/null; do sleep 0.05; done; true' EXIT; \
 		trap 'exit 0' INT TERM; \
 		$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 

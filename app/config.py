@@ -70,7 +70,7 @@ class Settings:
     ledger_max_keys: int = 100_000
     api_keys: tuple[ApiKey, ...] = ()  # none: the service is open (docs/operations.md)
     anonymous_scopes: frozenset[str] = frozenset()  # what a request without a key may do, with keys
-    signing_key: SigningKey | None = None  # none: the registry keeps one it made (docs/operations.md)
+    signing_key: SigningKey | None = None  # none: made at start-up (the embedded registry only)
     previous_public_keys: tuple[PublicKey, ...] = ()  # listed after the current key, for older packs
     execution: str = "local"  # "local": the web process runs the engine; "queue": workers do
     queue_wait_s: float = 60.0
@@ -104,6 +104,11 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     if settings.execution == "queue" and not settings.shared_registry:
         raise ConfigError("RUN_REGISTRY_EXECUTION=queue needs a Redis registry (RUN_REGISTRY_URL or REDIS_URL):"
                           " workers and web processes share it")
+    if settings.shared_registry and settings.signing_key is None:
+        raise ConfigError("RUN_REGISTRY_SIGNING_KEY is required with a Redis registry: every process of a fleet"
+                          " signs with the one key, and it is never kept in the registry; make one with"
+                          " `run-registry new-signing-key signing-key.pem` and set"
+                          " RUN_REGISTRY_SIGNING_KEY=signing-key.pem (or the file's text)")
     return settings
 
 

@@ -110,7 +110,7 @@ class RunService:
         # the default engine's four come to about 48 KB a run, so 32 MiB holds the 700 or so runs
         # being read at any time.
         self._transcripts = TranscriptCache(settings.transcript_cache_mb * 2**20)
-        self._evidence_keys = EvidenceKeys(registry, settings.signing_key, settings.previous_public_keys)
+        self._evidence_keys = EvidenceKeys(settings.signing_key, settings.previous_public_keys)
         self._defects = DefectLog(log)
         self._new_runs = new_run_limit or NewRunLimit(settings.new_runs_per_minute)
         self._verifications: SingleFlight[Verification] = SingleFlight()
@@ -302,16 +302,13 @@ class RunService:
 
     def signing_key(self) -> SigningKey:
         """The key evidence is signed with (the ETag of a signed representation names it)."""
-        with _registry_errors:
-            return self._evidence_keys.current()
+        return self._evidence_keys.current()
 
     def public_keys(self) -> list[PublicKey]:
-        with _registry_errors:
-            return self._evidence_keys.public_keys()
+        return self._evidence_keys.public_keys()
 
     def announce_signing_key(self) -> None:
-        """:raises ConfigError: the registry keeps something else where the fleet's key should be."""
-        self._evidence_keys.announce(self._settings.shared_registry)
+        self._evidence_keys.announce()
 
     def _sse_replay(self, record: RunRecord) -> SseReplay:
         transcripts = self._transcripts

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -32,6 +33,30 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def fleet_signing_key() -> str:
+    """A signing key file for the tests' fleets (a Redis registry needs one configured), made once
+    per process, readable by its owner alone."""
+    global _fleet_key
+    if _fleet_key is None:
+        from app.signing import SigningKey
+
+        directory = Path(tempfile.mkdtemp(prefix="run-registry-test-key-"))
+        path = directory / "signing-key.pem"
+        path.write_bytes(SigningKey.generate().pem())
+        path.chmod(0o600)
+        _fleet_key = str(path)
+    return _fleet_key
+
+
+def with_fleet_key(env: dict[str, str]) -> dict[str, str]:
+    """``env``, with a signing key when its registry is a Redis and it names none (as an operator must)."""
+    url = env.get("RUN_REGISTRY_URL") or env.get("REDIS_URL") or ""
+    if url.startswith(("redis://", "rediss://")) and not env.get("RUN_REGISTRY_SIGNING_KEY"):
+        return {**env, "RUN_REGISTRY_SIGNING_KEY": fleet_signing_key()}
+    return env
+
+
+_fleet_key: str | None = None
 _given_ports: set[int] = set()
 _given_ports_lock = threading.Lock()
 _FIRST_PORT = 10_000
@@ -183,8 +208,8 @@ class Gunicorn:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         # No new-run limit unless a test sets one: tests start runs faster than any client should.
-        self.env = {**os.environ, "ENGINE_CODE_HASH": "gunicorn-test", "RUN_REGISTRY_NEW_RUNS_PER_MINUTE": "0",
-                    **(env or {})}
+        self.env = with_fleet_key({**os.environ, "ENGINE_CODE_HASH": "gunicorn-test",
+                                   "RUN_REGISTRY_NEW_RUNS_PER_MINUTE": "0", **(env or {})})
         self.defaults = defaults
         # Without -c, gunicorn reads ./gunicorn.conf.py: with defaults it starts where there is none.
         self.cwd = log_path.parent if defaults else ROOT
@@ -429,8 +454,9 @@ class ProcfileProcess:
         self.log_path = log_path
         self.port = free_port() if kind == "web" else None
         self.url = f"http://127.0.0.1:{self.port}" if self.port else None
-        self.env = {**os.environ, "PATH": f"{GUNICORN.parent}:{os.environ.get('PATH', '')}",
-                    "ENGINE_CODE_HASH": "procfile-test", "RUN_REGISTRY_NEW_RUNS_PER_MINUTE": "0", **(env or {})}
+        self.env = with_fleet_key({**os.environ, "PATH": f"{GUNICORN.parent}:{os.environ.get('PATH', '')}",
+                                   "ENGINE_CODE_HASH": "procfile-test", "RUN_REGISTRY_NEW_RUNS_PER_MINUTE": "0",
+                                   **(env or {})})
         if self.port:
             self.env["PORT"] = str(self.port)
         self.process: subprocess.Popen[bytes] | None = None

@@ -13,7 +13,10 @@ from app.config import ConfigError
 from app.config import Settings
 from app.config import load_settings
 from app.config import registry_url_for_display
+from app.signing import SigningKey
 from harness.servers import ROOT
+
+FLEET_KEY = {"RUN_REGISTRY_SIGNING_KEY": SigningKey.generate().pem().decode()}  # a Redis registry needs one
 
 
 def test_defaults():
@@ -91,7 +94,7 @@ def test_first_commit_variable_wins():
     "url", ["redis://127.0.0.1:6379/0", "redis://localhost", "rediss://:secret@cache.internal:6380/2", "memory://"]
 )
 def test_registry_urls_accepted(url):
-    settings = load_settings({"RUN_REGISTRY_URL": url})
+    settings = load_settings({"RUN_REGISTRY_URL": url, **FLEET_KEY})
     assert settings.registry_url == url and settings.shared_registry == (url != "memory://")
 
 
@@ -127,19 +130,31 @@ def test_a_refused_registry_url_echoes_no_part_of_it(url):
     ids=["user-info", "query-password", "user-and-query-db", "escaped", "raw-at"],
 )
 def test_the_registry_url_is_shown_without_any_form_of_its_password(url, shown):
-    assert registry_url_for_display(load_settings({"RUN_REGISTRY_URL": url}).registry_url) == shown
+    assert registry_url_for_display(load_settings({"RUN_REGISTRY_URL": url, **FLEET_KEY}).registry_url) == shown
 
 
 def test_a_redis_add_on_url_is_taken_when_the_service_has_none_of_its_own():
-    assert load_settings({"REDIS_URL": "redis://addon.example:6379/0"}).registry_url == "redis://addon.example:6379/0"
-    both = {"REDIS_URL": "redis://addon.example:6379/0", "RUN_REGISTRY_URL": "redis://own.example:6379/1"}
+    added = {"REDIS_URL": "redis://addon.example:6379/0", **FLEET_KEY}
+    assert load_settings(added).registry_url == "redis://addon.example:6379/0"
+    both = {**added, "RUN_REGISTRY_URL": "redis://own.example:6379/1"}
     assert load_settings(both).registry_url == "redis://own.example:6379/1"
     with pytest.raises(ConfigError, match=r"^REDIS_URL must be redis://"):
         load_settings({"REDIS_URL": "memcached://addon.example"})
 
 
+def test_a_fleet_refuses_to_start_without_a_configured_signing_key_and_says_how_to_make_one():
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"RUN_REGISTRY_URL": "redis://127.0.0.1:6379/0"})
+    assert str(refused.value) == (
+        "RUN_REGISTRY_SIGNING_KEY is required with a Redis registry: every process of a fleet signs with the one"
+        " key, and it is never kept in the registry; make one with `run-registry new-signing-key signing-key.pem`"
+        " and set RUN_REGISTRY_SIGNING_KEY=signing-key.pem (or the file's text)")
+    assert load_settings({}).signing_key is None  # the embedded registry makes one for its process
+
+
 def test_queue_execution_needs_a_shared_registry():
-    assert load_settings({"RUN_REGISTRY_EXECUTION": "queue", "REDIS_URL": "redis://h:6379/0"}).execution == "queue"
+    queued = {"RUN_REGISTRY_EXECUTION": "queue", "REDIS_URL": "redis://h:6379/0", **FLEET_KEY}
+    assert load_settings(queued).execution == "queue"
     with pytest.raises(ConfigError, match="RUN_REGISTRY_EXECUTION=queue needs a Redis registry"):
         load_settings({"RUN_REGISTRY_EXECUTION": "queue"})
     with pytest.raises(ConfigError, match="RUN_REGISTRY_EXECUTION must be local or queue"):

@@ -76,7 +76,7 @@ def routes(done_run: str) -> list[tuple[str, str, str, bytes | None, dict[str, s
         ("CSV", "GET", f"/runs/{done_run}/export.csv", None, {}, {"read"}),
         ("snapshot", "GET", f"/runs/{done_run}/snapshot", None, {}, {"read"}),
         ("attestation", "GET", f"/runs/{done_run}/attestation", None, {}, {"read"}),
-        ("signing keys", "GET", "/signing-keys", None, {}, {"read"}),
+        ("signing keys", "GET", "/signing-keys", None, {}, set()),  # public keys are public
         ("verify", "POST", f"/runs/{done_run}/verify", None, {}, {"read", "run"}),
         ("compare of cached runs", "POST", "/compare", json.dumps(compare).encode(), json_type, {"read"}),
         ("compare that starts a run", "POST", "/compare", json.dumps(fresh_compare).encode(), json_type,

@@ -70,7 +70,7 @@ def attestation(run_id: str) -> Response:
 
 
 @bp.get("/signing-keys")
-@requires("read")
+@requires()  # public keys are public: whoever checks a pack has no key (section 12)
 def signing_keys() -> dict[str, Any]:
     """The public keys that check signed evidence offline: the key in use first, then retired ones.
     ---

@@ -162,12 +162,6 @@ class Registry(Protocol):
         so that its key's next lookup starts a new run. Nothing happens if it is not there."""
         ...
 
-    def signing_key(self, candidate: bytes) -> bytes:
-        """The fleet's evidence signing key (PKCS#8 PEM): the one the registry keeps, or, when it
-        keeps none, ``candidate``, kept from now on. However many processes ask at once with keys
-        of their own, all get the one key kept."""
-        ...
-
     def record_engine_run(self, duration_ms: float, failed: bool) -> None:
         """Count one execution of the engine (a new run or a verification) and its time."""
         ...

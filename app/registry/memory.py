@@ -98,7 +98,6 @@ class MemoryRegistry:
         self._engine_ms_total = 0.0
         self._engine_durations: dict[str, list[int]] = {}
         self._engine_seconds: dict[str, float] = {}
-        self._signing_key: bytes | None = None
         self._ledger = MemoryLedger(ledger_ms, ledger_keys)
 
     def touch(self, cache_key: str) -> RunRef | None:
@@ -254,12 +253,6 @@ class MemoryRegistry:
                         engine_durations={outcome: (tuple(buckets), self._engine_seconds[outcome])
                                           for outcome, buckets in self._engine_durations.items()},
                     )
-
-    def signing_key(self, candidate: bytes) -> bytes:
-        with self._lock:
-            if self._signing_key is None:
-                self._signing_key = candidate
-            return self._signing_key
 
     def record_engine_run(self, duration_ms: float, failed: bool) -> None:
         outcome = "failed" if failed else "succeeded"

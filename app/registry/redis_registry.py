@@ -106,7 +106,7 @@ class RedisRegistry:
         self._follow_client = redis_client(url, timeout_ms, blocking_read_s=FOLLOW_BLOCK_MS / 1000 + timeout_ms / 1000)
         self._scripts = {name: self._client.register_script(_script(name)) for name in (
             "touch", "peek", "start", "append", "finish", "fail", "reap", "renew", "discard", "stats", "engine_run",
-            "hand_over", "take_over", "signing_key", "check_reproduction", "ledger_figures")}
+            "hand_over", "take_over", "check_reproduction", "ledger_figures")}
         self._executor = f"{socket.gethostname()}:{os.getpid()}"
         self._defects = DefectLog(log)
         self._lock = threading.Lock()
@@ -280,10 +280,6 @@ class RedisRegistry:
         """Fail running runs whose executor's lease lapsed; how many. Every process does this
         every few seconds, so a dead executor's run ends within a bound."""
         return int(self._call("reap", REAP_SLICE, EXECUTOR_LOST, FAILED_RETENTION_MS, NO_WORKER))
-
-    def signing_key(self, candidate: bytes) -> bytes:
-        kept: bytes = self._call("signing_key", candidate)
-        return kept
 
     def ping(self) -> None:
         with _unavailable_on_redis_errors():

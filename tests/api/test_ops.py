@@ -112,7 +112,7 @@ def test_the_openapi_document_declares_the_bearer_scheme_and_each_operations_sco
         ("/runs/lookup", "get"): ["read"], ("/runs/{run_id}", "get"): ["read"],
         ("/runs/{run_id}/events", "get"): ["read"], ("/runs/{run_id}/replay", "get"): [],
         ("/runs/{run_id}/snapshot", "get"): ["read"], ("/runs/{run_id}/export.csv", "get"): ["read"],
-        ("/runs/{run_id}/attestation", "get"): ["read"], ("/signing-keys", "get"): ["read"],
+        ("/runs/{run_id}/attestation", "get"): ["read"], ("/signing-keys", "get"): [],
         ("/runs/{run_id}/verify", "post"): ["read", "run"], ("/compare", "post"): ["read"],
         ("/healthz", "get"): [], ("/readyz", "get"): [], ("/registry/stats", "get"): ["ops"],
         ("/registry/determinism", "get"): ["ops"], ("/", "get"): [],

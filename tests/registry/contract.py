@@ -278,18 +278,6 @@ class RegistryContract:
         assert len({result.run_id for result in results}) == 1
         assert registry.get(results[0].run_id).hits == 31
 
-    def test_the_first_signing_key_offered_is_the_one_kept_for_everyone(self, registry):
-        barrier = threading.Barrier(16)
-
-        def offer(index):
-            barrier.wait()
-            return registry.signing_key(f"key of process {index}".encode())
-
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            kept = set(pool.map(offer, range(16)))
-        assert len(kept) == 1 and kept.pop().startswith(b"key of process ")
-        assert registry.signing_key(b"a later process's key") == registry.signing_key(b"another's")
-
     # The determinism ledger.
 
     def test_a_keys_first_done_run_is_its_reference_and_a_re_run_after_expiry_reproduces_it(

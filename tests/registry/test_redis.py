@@ -358,26 +358,6 @@ def unusable(connection) -> bool:
         return True
 
 
-def test_after_redis_loses_the_fleets_signing_key_the_fleet_signs_with_one_again_within_a_minute(
-        make_registry, redis_url):
-    from app.evidence_keys import RECHECK_S
-    from app.evidence_keys import EvidenceKeys
-
-    first, second = (EvidenceKeys(make_registry(), None, ()) for _ in range(2))
-    with freeze_time("2026-12-01 12:00:00") as frozen:
-        known = first.current()
-        assert second.current() == known
-        redis.Redis.from_url(redis_url).flushall()  # restarted without persistence: no key kept
-        newcomer = EvidenceKeys(make_registry(), None, ()).current()  # a process started since makes one
-        assert newcomer != known and first.current() == known  # the others learn of it at their next look
-        frozen.tick(RECHECK_S)
-        assert first.current() == newcomer and second.current() == newcomer
-        redis.Redis.from_url(redis_url).flushall()
-        frozen.tick(RECHECK_S)
-        assert first.current() == newcomer  # the first to look again keeps its key for everyone
-        assert EvidenceKeys(make_registry(), None, ()).current() == newcomer
-
-
 def test_a_ledger_entry_that_is_not_one_is_treated_as_absent(make_registry, redis_server):
     registry = make_registry()
     create(registry)
