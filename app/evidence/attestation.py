@@ -6,6 +6,11 @@ here: securesystemslib would add a dependency for them and insists that a signat
 match its own key ids. The tests check these envelopes with securesystemslib's DSSE verifier
 and these Statements with in-toto's own validator. Imports nothing of the service but
 ``app.signing``, so the check runs anywhere ``cryptography`` is installed, with no service.
+
+The check reads a pack as its entries and nothing else, back to back, so that what it checks is
+what any extractor gets: one reading the central directory (Python's zipfile) and one reading
+local headers in order from a stream (``bsdtar -xf -``) alike. Every size is bounded before it is
+read, and again as it inflates.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import io
 import json
-import zipfile
+import stat
+import struct
+import zlib
+from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,9 +44,52 @@ SUBJECTS = ("manifest.json", "events.json", "events.csv")  # the signed files, i
 PACK_FILES = (*SUBJECTS, ATTESTATION, CHECKSUMS)
 PREDICATE_FIELDS = ("runId", "scenarioId", "seed", "engineCodeHash", "engine", "cacheKey", "createdAt", "count",
                     "eventsSha256")
-# Far above any pack the service makes (transcripts are bounded), far below what would exhaust
-# a machine: a hostile "pack" is refused, not read into memory whole.
-MAX_MEMBER_BYTES = 1 << 30
+
+# Bounds far above any pack the service makes and far below what costs a checker seconds or
+# gigabytes. A transcript is never read back past MAX_TRANSCRIPT_BYTES (app/engine/events.py) and
+# 4096 bytes around it (app/transcripts.py); written out, not imported, so that the check imports
+# nothing of the service (a test holds them equal).
+_TRANSCRIPT_BYTES = 32 * 1024 * 1024 + 4096
+MAX_FILE_BYTES = {
+    # Ids, hashes, and the engine's name and version (128 characters each from a remote engine):
+    # under 2 KiB.
+    "manifest.json": 64 * 1024,
+    "events.json": _TRANSCRIPT_BYTES,
+    # Each event's data again, and its text as Python's str() writes it: up to 5 times the JSON
+    # (U+007F is one byte in JSON, four in str()'s \x7f, and one more in the data column).
+    "events.csv": 6 * _TRANSCRIPT_BYTES,
+    # The statement in base64 (4/3 of it) and a signature or a few, about 130 bytes each.
+    ATTESTATION: 256 * 1024,
+    CHECKSUMS: 1024,  # five lines of a digest and a name
+}
+# The signed statement: the manifest's fields and three digests.
+MAX_STATEMENT_BYTES = 64 * 1024
+# The service signs with one key; a few leave room to co-sign. Each is tried with every key given.
+MAX_SIGNATURES = 8
+# Stored or deflated, a file takes at most its bound in a pack (deflate only grows what does not
+# compress, and these files are text); a pack is those and their headers. Past this, a file is no
+# evidence pack: for a caller deciding how much of one to read.
+MAX_PACK_BYTES = sum(MAX_FILE_BYTES.values()) + 4096
+
+# The ZIP records (APPNOTE.TXT 4.3.7, 4.3.12, 4.3.16), little-endian, after their signatures.
+_LOCAL = struct.Struct("<4sHHHHHIIIHH")  # version needed, flags, method, time, date, CRC-32, sizes, name, extra
+_CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")  # made by, the local fields, comment, disk, attributes, offset
+_END = struct.Struct("<4sHHHHIIH")  # disks, entries (this disk, all), directory size and offset, comment
+_LOCAL_SIGNATURE, _CENTRAL_SIGNATURE, _END_SIGNATURE = b"PK\x03\x04", b"PK\x01\x02", b"PK\x05\x06"
+_STORED, _DEFLATED = 0, 8
+# A data descriptor puts an entry's sizes after its data, where a streaming extractor has to guess
+# where a stored entry ends. Refused: the service writes its packs whole (snapshot.py, to a
+# seekable buffer), so its local headers hold their sizes.
+_ENCRYPTED, _DATA_DESCRIPTOR, _UTF8_NAME = 0x0001, 0x0008, 0x0800
+_DEFLATE_LEVEL = 0x0006  # bits 1 and 2: which level deflate used, for information only
+# A size or offset of this value says "see the ZIP64 record". Refused: no file's bound nears
+# 4 GiB nor a pack's five entries 65535, so a pack never needs ZIP64 (zipfile writes it only past
+# 2 GiB), and one that has it has been made by something else.
+_ZIP64 = 0xFFFF_FFFF
+_UNIX = 3
+_CHUNK = 1024 * 1024  # inflated at a time: what a deflated file costs in memory beyond the pack
+# The files the check reads; of the others it needs only their digests, taken as they inflate.
+_READ = ("manifest.json", ATTESTATION, CHECKSUMS)
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -74,7 +124,7 @@ def envelope(payload: bytes, key: SigningKey) -> bytes:
 
 def checksums(files: Mapping[str, bytes]) -> bytes:
     """SHA256SUMS of ``files``, as ``sha256sum -c`` reads it."""
-    return "".join(f"{sha256_hex(data)}  {name}\n" for name, data in files.items()).encode()
+    return _checksums({name: sha256_hex(data) for name, data in files.items()})
 
 
 def sha256_hex(data: bytes) -> str:
@@ -91,82 +141,265 @@ class CheckedPack:
 
     predicate: dict[str, Any]
     key_id: str
+    # Signed by a key other than the first given: GET /signing-keys lists the key in use first,
+    # then retired ones.
+    retired: bool
 
 
 def check_pack(pack: bytes, keys: Sequence[PublicKey]) -> CheckedPack:
     """Check an evidence pack offline: its attestation is signed by one of ``keys``, every file
-    is the one the signed statement names, and nothing is missing or added.
+    is the one the signed statement names, and nothing is missing, added or hidden.
 
     :raises PackRefused: with what is wrong.
     """
-    files = _pack_files(pack)
-    payload, key_id = _signed_payload(files[ATTESTATION], keys)
+    digests, files = _pack_files(pack)
+    payload, signer = _signed_payload(files[ATTESTATION], keys)
     signed = _statement(payload)
     for subject in signed["subject"]:
-        if sha256_hex(files[subject["name"]]) != subject["digest"]["sha256"]:
+        if digests[subject["name"]] != subject["digest"]["sha256"]:
             raise PackRefused(f"{subject['name']} is not the file the signed statement names (its SHA-256 differs)")
     predicate = signed["predicate"]
     manifest = _json_object(files["manifest.json"], "manifest.json")
     if any(manifest.get(field) != predicate[field] for field in PREDICATE_FIELDS):
         raise PackRefused("manifest.json does not describe the run the signed statement does")
-    if sha256_hex(files["events.json"]) != predicate["eventsSha256"]:
+    if digests["events.json"] != predicate["eventsSha256"]:
         raise PackRefused("events.json is not the transcript whose eventsSha256 the signed statement names")
-    if files[CHECKSUMS] != checksums({name: files[name] for name in PACK_FILES[:-1]}):
+    if files[CHECKSUMS] != _checksums({name: digests[name] for name in PACK_FILES[:-1]}):
         raise PackRefused(f"{CHECKSUMS} does not list the pack's files and their digests")
-    return CheckedPack(predicate, key_id)
+    return CheckedPack(predicate, keys[signer].key_id, retired=signer > 0)
 
 
-def _pack_files(pack: bytes) -> dict[str, bytes]:
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(pack))
-        entries = archive.infolist()
-    except (zipfile.BadZipFile, ValueError) as err:
-        raise PackRefused(f"not a ZIP file ({err})") from None
-    names = [entry.filename for entry in entries]
+@dataclass(frozen=True)
+class _Entry:
+    """A file as the central directory lists it: what its local header must repeat, and where."""
+
+    name: str
+    raw_name: bytes
+    flags: int
+    method: int
+    crc: int
+    compressed: int
+    size: int
+    offset: int
+    extra: int  # the lengths of its extra field and comment, its disk
+    comment: int
+    disk: int
+    mode: int  # its unix type and permissions (0 when made elsewhere)
+
+
+def _pack_files(pack: bytes) -> tuple[dict[str, str], dict[str, bytes]]:
+    """Every file's SHA-256, and the bytes of those the check reads, once the pack is found to be
+    exactly its entries, back to back, then its central directory and its end record."""
+    if len(pack) > MAX_PACK_BYTES:
+        raise PackRefused(f"is {len(pack)} bytes, more than any evidence pack ({MAX_PACK_BYTES})")
+    directory, entries = _central_directory(pack)
+    names = [entry.name for entry in entries]
     if len(set(names)) != len(names):
         raise PackRefused("holds a file name twice")
     if missing := [name for name in PACK_FILES if name not in names]:
         raise PackRefused(f"{', '.join(missing)} missing")
     if extra := [name for name in names if name not in PACK_FILES]:
         raise PackRefused(f"holds files an evidence pack does not: {', '.join(_shown(name) for name in extra[:5])}")
-    files = {}
     for entry in entries:
-        if entry.file_size > MAX_MEMBER_BYTES:
-            raise PackRefused(f"{entry.filename} is larger than any evidence pack holds")
-        try:
-            with archive.open(entry) as member:
-                data = member.read(MAX_MEMBER_BYTES + 1)
-        except (zipfile.BadZipFile, NotImplementedError, RuntimeError, ValueError, EOFError) as err:
-            raise PackRefused(f"{entry.filename} is damaged ({err})") from None
-        if len(data) > MAX_MEMBER_BYTES:
-            raise PackRefused(f"{entry.filename} is larger than any evidence pack holds")
-        files[entry.filename] = data
-    return files
+        _check_entry(entry)
+    _check_layout(pack, entries, directory)
+    digests, files = {}, {}
+    for entry in entries:
+        digests[entry.name], data = _member(pack, entry, keep=entry.name in _READ)
+        if entry.name in _READ:
+            files[entry.name] = data
+    return digests, files
 
 
-def _signed_payload(document: bytes, keys: Sequence[PublicKey]) -> tuple[bytes, str]:
-    """The envelope's payload, once a signature of one of ``keys`` over it is found."""
+def _central_directory(pack: bytes) -> tuple[int, list[_Entry]]:
+    """Where the central directory starts, and its entries; it must end where the end record,
+    the pack's last 22 bytes, begins."""
+    end = len(pack) - _END.size
+    if end < 0 or pack[end:end + 4] != _END_SIGNATURE:
+        raise PackRefused(_no_end_record(pack))
+    _, disk, directory_disk, listed_here, listed, size, start, comment = _END.unpack_from(pack, end)
+    if comment:
+        raise PackRefused("its end of central directory record is damaged (a comment past the end)")
+    if _ZIP64 in (size, start) or 0xFFFF in (listed_here, listed):
+        raise PackRefused("uses ZIP64, which no evidence pack needs")
+    if disk or directory_disk or listed_here != listed:
+        raise PackRefused("spans several disks")
+    if start + size != end:
+        raise PackRefused(f"its central directory ({size} bytes at byte {start}) does not end where its end record"
+                          f" begins (byte {end}): bytes were prepended, inserted or cut")
+    entries = []
+    position = start
+    for _ in range(listed):
+        if position + _CENTRAL.size > end:
+            raise PackRefused("its central directory is damaged (cut short)")
+        (signature, made_by, _, flags, method, _, _, crc, compressed, file_size, name_length, extra_length,
+         comment_length, disk_start, _, attributes, offset) = _CENTRAL.unpack_from(pack, position)
+        if signature != _CENTRAL_SIGNATURE:
+            raise PackRefused("its central directory is damaged (an entry has no signature)")
+        raw_name = pack[position + _CENTRAL.size:position + _CENTRAL.size + name_length]
+        name = raw_name.decode("utf-8" if flags & _UTF8_NAME else "cp437", "replace")
+        entries.append(_Entry(name, raw_name, flags, method, crc, compressed, file_size, offset, extra_length,
+                              comment_length, disk_start, attributes >> 16 if made_by >> 8 == _UNIX else 0))
+        position += _CENTRAL.size + name_length + extra_length + comment_length
+    if position != end:
+        raise PackRefused(f"its central directory is damaged (it does not hold exactly its {listed} entries)")
+    return start, entries
+
+
+def _no_end_record(pack: bytes) -> str:
+    """Why the pack does not end in an end of central directory record."""
+    found = pack.rfind(_END_SIGNATURE)
+    if found < 0 or len(pack) - found < _END.size:
+        return "not a ZIP file (no end of central directory record)"
+    after = len(pack) - found - _END.size
+    if _END.unpack_from(pack, found)[-1] == after:
+        return "has a ZIP comment, which no evidence pack has"
+    return f"has {after} bytes after its end of central directory record"
+
+
+def _check_entry(entry: _Entry) -> None:
+    """An entry as the service writes one: a regular file, stored or deflated, with nothing an
+    extractor could read another way (an extra field may rename a file: Info-ZIP's Unicode path)."""
+    name = entry.name
+    if entry.flags & _ENCRYPTED:
+        raise PackRefused(f"{name} is encrypted")
+    if entry.flags & _DATA_DESCRIPTOR:
+        raise PackRefused(f"{name} has its sizes in a data descriptor after its data, not in its header")
+    if entry.method not in (_STORED, _DEFLATED):
+        raise PackRefused(f"{name} is compressed with method {entry.method}; a pack's files are stored (0) or"
+                          " deflated (8)")
+    if entry.flags & ~(_UTF8_NAME | (_DEFLATE_LEVEL if entry.method == _DEFLATED else 0)):
+        raise PackRefused(f"{name} has general purpose flags {entry.flags:#06x}, which no evidence pack sets")
+    if _ZIP64 in (entry.compressed, entry.size, entry.offset):
+        raise PackRefused("uses ZIP64, which no evidence pack needs")
+    if entry.extra or entry.comment or entry.disk:
+        raise PackRefused(f"{name} has an extra field, a comment or a disk in the central directory, which no"
+                          " evidence pack has")
+    if stat.S_IFMT(entry.mode) not in (0, stat.S_IFREG):  # 0: permissions alone (zipfile's own default)
+        raise PackRefused(f"{name} is not a regular file (mode {entry.mode:o})")
+    limit = MAX_FILE_BYTES[name]
+    if entry.size > limit or entry.compressed > limit:
+        raise PackRefused(f"{name} is {max(entry.size, entry.compressed)} bytes, more than an evidence pack's"
+                          f" ever is ({limit})")
+    if entry.method == _STORED and entry.compressed != entry.size:
+        raise PackRefused(f"{name} is stored, yet its compressed size and its size differ")
+
+
+def _check_layout(pack: bytes, entries: Sequence[_Entry], directory: int) -> None:
+    """Each entry's local header where the entry before ends (the first at byte 0), repeating its
+    central directory entry, and the central directory where the last entry ends."""
+    position = 0
+    previous: _Entry | None = None
+    for entry in entries:
+        if entry.offset != position:
+            raise PackRefused(_misplaced(entry.offset - position, previous, entry.name))
+        if position + _LOCAL.size > directory or pack[position:position + 4] != _LOCAL_SIGNATURE:
+            raise PackRefused(f"{entry.name} has no local header where its central directory entry says")
+        _, _, flags, method, _, _, crc, compressed, size, name_length, extra_length = _LOCAL.unpack_from(pack, position)
+        local_name = pack[position + _LOCAL.size:position + _LOCAL.size + name_length]
+        if local_name != entry.raw_name:
+            raise PackRefused(f"{entry.name}'s local header names another file,"
+                              f" {_shown(local_name.decode('utf-8', 'replace'))}")
+        differing = [field for field, local, central in (
+            ("flags", flags, entry.flags), ("method", method, entry.method), ("CRC-32", crc, entry.crc),
+            ("compressed size", compressed, entry.compressed), ("size", size, entry.size)) if local != central]
+        if differing:
+            raise PackRefused(f"{entry.name}'s local header and central directory entry differ"
+                              f" ({', '.join(differing)})")
+        if extra_length:
+            raise PackRefused(f"{entry.name}'s local header has an extra field, which no evidence pack has")
+        position += _LOCAL.size + name_length + entry.compressed
+        previous = entry
+    if position != directory:
+        raise PackRefused(_misplaced(directory - position, previous, "its central directory"))
+
+
+def _misplaced(gap: int, previous: _Entry | None, what: str) -> str:
+    """Why ``what`` does not start where the entry before it ends."""
+    if gap < 0:
+        inside = previous.name if previous else "nothing"
+        return f"{what} starts inside {inside}: its entries overlap or are out of order"
+    where = f"before {what}" if previous is None else f"between {previous.name} and {what}"
+    return f"has {gap} bytes {where} that its central directory does not list"
+
+
+def _member(pack: bytes, entry: _Entry, keep: bool) -> tuple[str, bytes]:
+    """The file's SHA-256, and its bytes if ``keep``; its CRC-32 and size checked as it inflates,
+    so that only the files kept are held, not the others."""
+    start = entry.offset + _LOCAL.size + len(entry.raw_name)
+    stored = memoryview(pack)[start:start + entry.compressed]
+    digest, crc, size, kept = hashlib.sha256(), 0, 0, bytearray()
+    for chunk in _inflated(stored, entry) if entry.method == _DEFLATED else (stored,):
+        digest.update(chunk)
+        crc = zlib.crc32(chunk, crc)
+        size += len(chunk)
+        if keep:
+            kept += chunk
+    if size != entry.size:
+        raise PackRefused(f"{entry.name} inflates to {size} bytes, not the {entry.size} its headers say")
+    if crc != entry.crc:
+        raise PackRefused(f"{entry.name} is damaged (its CRC-32 differs)")
+    return digest.hexdigest(), bytes(kept)
+
+
+def _inflated(deflated: memoryview, entry: _Entry) -> Iterator[bytes]:
+    """``deflated`` inflated a chunk at a time, never past the size its headers say (they may lie),
+    and ending exactly where its compressed size does."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, as ZIP holds it
+    size, left = 0, len(deflated)
+    try:
+        for start in range(0, len(deflated), _CHUNK):
+            data: bytes | memoryview = deflated[start:start + _CHUNK]
+            while data and not inflater.eof:
+                chunk = inflater.decompress(data, _CHUNK)
+                size += len(chunk)
+                if size > entry.size:
+                    raise PackRefused(f"{entry.name} inflates to more than the {entry.size} bytes its headers say")
+                yield chunk
+                data = inflater.unconsumed_tail
+            left -= min(_CHUNK, len(deflated) - start)
+            if inflater.eof:
+                break
+    except zlib.error as err:
+        raise PackRefused(f"{entry.name} is damaged ({err})") from None
+    if not inflater.eof or left + len(inflater.unused_data):
+        raise PackRefused(f"{entry.name}'s deflated data does not end where its compressed size says")
+
+
+def _checksums(digests: Mapping[str, str]) -> bytes:
+    return "".join(f"{digest}  {name}\n" for name, digest in digests.items()).encode()
+
+
+def _signed_payload(document: bytes, keys: Sequence[PublicKey]) -> tuple[bytes, int]:
+    """The envelope's payload, and the place in ``keys`` of the first key that signed it."""
     envelope_ = _json_object(document, ATTESTATION)
     payload_type, payload_b64, signatures = (envelope_.get(name) for name in ("payloadType", "payload", "signatures"))
     if payload_type != PAYLOAD_TYPE:
         raise PackRefused(f"{ATTESTATION} is not a DSSE envelope of an in-toto statement (payloadType)")
     if not isinstance(payload_b64, str) or not isinstance(signatures, list) or not signatures:
         raise PackRefused(f"{ATTESTATION} is not a DSSE envelope (payload, signatures)")
+    if len(signatures) > MAX_SIGNATURES:
+        raise PackRefused(f"{ATTESTATION} holds {len(signatures)} signatures; an evidence pack has at most"
+                          f" {MAX_SIGNATURES}")
     payload = _base64(payload_b64, "payload")
+    if len(payload) > MAX_STATEMENT_BYTES:
+        raise PackRefused(f"{ATTESTATION}'s payload is {len(payload)} bytes, more than a signed statement ever is"
+                          f" ({MAX_STATEMENT_BYTES})")
     message = pae(payload_type, payload)
-    named = []
+    sigs, named = [], []
     for signature in signatures:
         if not isinstance(signature, dict) or not isinstance(signature.get("sig"), str):
             raise PackRefused(f"{ATTESTATION} holds a malformed signature")
-        sig = _base64(signature["sig"], "signature")
+        sigs.append(_base64(signature["sig"], "signature"))
         keyid = signature.get("keyid")
         named.append(keyid if isinstance(keyid, str) else "(none)")
-        for key in keys:  # a keyid is a hint (DSSE): a signature is tried with every key
+    for position, key in enumerate(keys):  # keys first: a pack the key in use signed is not a retired key's
+        for sig in sigs:  # a keyid is a hint (DSSE): a signature is tried with every key
             try:
                 key.key.verify(sig, message)
             except InvalidSignature:
                 continue
-            return payload, key.key_id
+            return payload, position
     raise PackRefused(
         f"not signed by the given key{'s' if len(keys) > 1 else ''} (its signature names keyId"
         f" {', '.join(_shown(name) for name in named[:3])}; the key given is {keys[0].key_id if keys else 'none'})"
@@ -198,6 +431,8 @@ def _subject_name(subject: object) -> str | None:
 def _json_object(data: bytes, name: str) -> dict[str, Any]:
     try:
         document = json.loads(data)
+    except RecursionError:  # json's parser recurses once per level: thousands deep, it runs out of stack
+        raise PackRefused(f"{name} is nested too deeply to be JSON the service wrote") from None
     except (UnicodeDecodeError, ValueError):
         raise PackRefused(f"{name} is not JSON") from None
     if not isinstance(document, dict):

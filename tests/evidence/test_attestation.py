@@ -208,6 +208,28 @@ def test_a_pack_signed_by_another_key_is_refused(signed_client, signing_key):
         check_pack(pack_of(other, done_run(other)), [signing_key.public])
 
 
+def test_a_pack_signed_by_a_retired_key_passes_saying_so(signed_client, signing_key):
+    retired = SigningKey.generate()
+    keys = [signing_key.public, retired.public]  # as GET /signing-keys lists them: the key in use first
+    old_client = create_app(test_settings(signing_key=retired), engine=FakeEngine()).test_client()
+    old_pack = pack_of(old_client, done_run(old_client))
+    checked = check_pack(old_pack, keys)
+    assert (checked.key_id, checked.retired) == (retired.key_id, True)
+    assert check_pack(old_pack, [retired.public]).retired is False  # the first key given is the one in use
+    checked = check_pack(pack_of(signed_client, done_run(signed_client)), keys)
+    assert (checked.key_id, checked.retired) == (signing_key.key_id, False)
+
+    # Signed by both, it is the key in use's, whichever signature comes first.
+    files = files_of(old_pack)
+    document = json.loads(files["attestation.json"])
+    document["signatures"].append(json.loads(envelope(base64.b64decode(document["payload"]), signing_key))[
+        "signatures"][0])
+    files["attestation.json"] = json.dumps(document).encode()
+    files["SHA256SUMS"] = checksums({name: files[name] for name in PACK_FILES[:-1]})
+    checked = check_pack(repacked(files), keys)
+    assert (checked.key_id, checked.retired) == (signing_key.key_id, False)
+
+
 def test_a_statement_signed_by_another_key_under_this_keys_id_is_refused(signed_client, signing_key):
     files = files_of(pack_of(signed_client, done_run(signed_client)))
     forged = json.loads(envelope(base64.b64decode(json.loads(files["attestation.json"])["payload"]),
@@ -358,30 +380,3 @@ def test_public_keys_from_pem_reads_every_key_of_a_file():
     keys = [SigningKey.generate() for _ in range(3)]
     assert [key.key_id for key in public_keys_from_pem("".join(k.public.pem for k in keys).encode())] == [
         key.key_id for key in keys]
-
-
-def test_a_registry_that_does_not_answer_changes_no_key_and_one_never_asked_is_a_503(frozen):
-    from app.evidence_keys import RECHECK_S
-    from app.evidence_keys import EvidenceKeys
-    from app.registry.base import RegistryUnavailable
-    from app.registry.memory import MemoryRegistry
-
-    class Unreachable(MemoryRegistry):
-        down = False
-
-        def signing_key(self, candidate: bytes) -> bytes:
-            if self.down:
-                raise RegistryUnavailable("redis: ConnectionError")
-            return super().signing_key(candidate)
-
-    registry = Unreachable(ttl_ms=60_000, max_entries=10)
-    keys = EvidenceKeys(registry, None, ())
-    known = keys.current()
-    registry.down = True
-    frozen.tick(RECHECK_S)
-    assert keys.current() == known
-    with pytest.raises(RegistryUnavailable):
-        EvidenceKeys(registry, None, ()).current()
-    client = create_app(test_settings(), engine=FakeEngine(), registry=registry).test_client()
-    reply = client.get("/signing-keys")
-    assert reply.status_code == 503 and reply.get_json()["type"] == "UNAVAILABLE"
