@@ -82,6 +82,9 @@ def parse_keys(value: str) -> tuple[ApiKey, ...]:
     return keys
 
 
+SECRET_PREFIX = "rr_"
+
+
 def new_key(key_id: str, scopes: str) -> tuple[str, str]:
     """A new secret and its ``RUN_REGISTRY_API_KEYS`` entry.
 
@@ -90,7 +93,9 @@ def new_key(key_id: str, scopes: str) -> tuple[str, str]:
     if not KEY_ID.fullmatch(key_id):
         raise KeyEntryError("a keyId is 1-64 characters of A-Z a-z 0-9 . _ -")
     parse_scopes(scopes, f"key {key_id}")
-    secret = secrets.token_urlsafe(32)  # 256 bits
+    # 256 bits. The prefix: a secret never starts with "-" (1 in 64 of bare URL-safe tokens did, and
+    # `run-registry --key <secret>` then took it for an option), and secret scanners can find it.
+    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
     return secret, f"{key_id}:{hashlib.sha256(secret.encode()).hexdigest()}:{scopes}"
 
 

@@ -6,6 +6,7 @@
     run-registry verify <runId>                         execute it again: does it reproduce?
     run-registry compare <scenarioId> <seed> <scenarioId> <seed>
     run-registry new-key <keyId> <scopes>               a new secret and its RUN_REGISTRY_API_KEYS entry
+    run-registry new-signing-key <file>                 a new evidence signing key, in a file of mode 0600
     run-registry verify-pack <pack.zip> --key <pem>     check an evidence pack offline
     run-registry check-engine <engine>                  is an engine well-formed and deterministic?
 
@@ -19,13 +20,18 @@ nothing of the service they do not need (verify-pack: ``cryptography`` alone, no
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import os
+import re
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from typing import NoReturn
 
+from app.evidence.attestation import MAX_PACK_BYTES
 from app.evidence.attestation import PackRefused
 from app.evidence.attestation import check_pack
 from app.signing import KeyMaterialError
@@ -35,7 +41,10 @@ from app.signing import public_keys_from_pem
 if TYPE_CHECKING:
     from app.client import Service
 
-MAX_PACK_BYTES = 4 << 30  # a file larger than this is no evidence pack (transcripts are bounded)
+# What a terminal would act on, or cannot show: C0 and C1 controls, line and paragraph separators,
+# and the rest of what is not printable; but for the text's own newlines and tabs.
+# Bidirectional overrides and isolates too: they reorder what a terminal shows ("Trojan Source").
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069\ufff9-\ufffb]")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the service (default: RUN_REGISTRY_SERVICE_URL, else http://127.0.0.1:3001)")
     online.add_argument("--key", default=os.environ.get("RUN_REGISTRY_KEY"),
                         help="the secret of an API key (default: RUN_REGISTRY_KEY); never put it in a URL")
+    online.add_argument("--wait", type=float, default=600.0, metavar="seconds",
+                        help="how long to keep asking about a run that is still running (default 600)")
     lookup = commands.add_parser("lookup", parents=[online], help="look a run up (get or start it); print its runId",
                                  description="Print the runId of scenarioId and seed, starting the run if the"
                                              " registry has none. --watch prints its events as they come.")
@@ -68,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    description="Save the run's ZIP evidence pack (check it with verify-pack).")
     snapshot.add_argument("run_id", metavar="runId")
     snapshot.add_argument("-o", "--output", required=True, metavar="file")
+    snapshot.add_argument("--force", action="store_true", help="replace the file if it exists")
     compare = commands.add_parser("compare", parents=[online], help="compare two runs (each looked up)",
                                   description="Look both up (get or start) and print their diff (POST /compare).")
     for side in ("left", "right"):
@@ -80,6 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     make_key.add_argument("key_id", metavar="keyId", help="1-64 characters of A-Z a-z 0-9 . _ -")
     make_key.add_argument("scopes", help="one or more of read, run, ops joined by +, such as read+run")
+    signing = commands.add_parser(
+        "new-signing-key", help="write a new Ed25519 signing key (PKCS#8 PEM, readable by you alone) to a file",
+        description="Write a new evidence signing key to a new file, mode 0600, for RUN_REGISTRY_SIGNING_KEY (a fleet"
+                    " on Redis needs one: the registry never keeps a key). Refuses to overwrite a file.",
+    )
+    signing.add_argument("file")
     check = commands.add_parser(
         "verify-pack", help="check an evidence pack offline against the service's public key",
         description="Check a snapshot ZIP with nothing but the public key: its attestation is signed by the key,"
@@ -104,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "new-key":
         return _new_key(args.key_id, args.scopes)
+    if args.command == "new-signing-key":
+        return _new_signing_key(args.file)
     if args.command == "verify-pack":
         return _verify_pack(args.pack, args.key)
     if args.command == "check-engine":
@@ -116,29 +136,32 @@ def _online(args: argparse.Namespace) -> int:
     from app.client import Service
     from app.client import ServiceError
 
-    service = Service(args.url, args.key)
+    service = Service(args.url, args.key, pending_deadline_s=args.wait)
     try:
         if args.command == "lookup":
             return _lookup(service, args.scenario_id, args.seed, args.watch)
         if args.command == "events":
-            print(service.done(f"/runs/{_path(args.run_id)}/events").body.decode())
+            print(terminal_safe(service.done(f"/runs/{_path(args.run_id)}/events").body.decode("utf-8", "replace")))
             return 0
         if args.command == "snapshot":
-            pack = service.done(f"/runs/{_path(args.run_id)}/snapshot").body
-            with open(args.output, "wb") as file:
-                file.write(pack)
-            print(f"{args.output}: {len(pack):,} bytes (check it: run-registry verify-pack {args.output} --key <keys>)")
+            answer = service.done(f"/runs/{_path(args.run_id)}/snapshot")
+            if answer.headers.get("Content-Type") != "application/zip" or not answer.body.startswith(b"PK\x03\x04"):
+                raise ServiceError("the answer is not a ZIP evidence pack; nothing was written")
+            _write_new(args.output, answer.body, args.force)
+            print(f"{terminal_safe(args.output)}: {len(answer.body):,} bytes (check it: run-registry verify-pack"
+                  f" {terminal_safe(args.output)} --key <keys>)")
             return 0
         if args.command == "verify":
             verdict = service.ask("POST", f"/runs/{_path(args.run_id)}/verify").json()
-            print(json.dumps(verdict, indent=2))
+            print(json.dumps(verdict, indent=2, ensure_ascii=True))  # ASCII: nothing a terminal acts on
             return 0 if verdict["reproducible"] else 1
         sides = {side: {"scenarioId": getattr(args, f"{side}_scenario"), "seed": getattr(args, f"{side}_seed")}
                  for side in ("left", "right")}
-        print(json.dumps(service.ask("POST", "/compare", sides, headers={"Prefer": "wait=25"}).json(), indent=2))
+        compared = service.ask("POST", "/compare", sides, headers={"Prefer": "wait=25"}).json()
+        print(json.dumps(compared, indent=2, ensure_ascii=True))
         return 0
     except ServiceError as err:
-        print(f"run-registry: {args.command}: {err}", file=sys.stderr)
+        print(f"run-registry: {args.command}: {terminal_safe(str(err))}", file=sys.stderr)
         return 1
     except OSError as err:
         print(f"run-registry: {args.command}: {err.filename}: {err.strerror}", file=sys.stderr)
@@ -155,8 +178,41 @@ def _lookup(service: Service, scenario_id: str, seed: str, watch: bool) -> int:
         if event.type == "error":  # the service's end of a failed run (engines may not send this type)
             print(f"run-registry: lookup: run {run_id} failed: {_error_message(event.data)}", file=sys.stderr)
             return 1
-        print(f"{event.id} {event.type} {event.data}", flush=True)
+        print(terminal_safe(f"{event.id} {event.type} {event.data}"), flush=True)
     return 0
+
+
+def terminal_safe(text: str) -> str:
+    """Text from a server or an engine, made safe to print: every character a terminal would act
+    on (C0 and C1 controls: ESC[2J, OSC titles and hyperlinks, U+009B), and every other one that is
+    not printable, written as a JSON escape ``\\u009b``. Lossless inside JSON strings, where
+    such characters can only be; line breaks of the text itself are kept."""
+    return _UNPRINTABLE.sub(lambda found: _escaped(found.group()), text)
+
+
+def _escaped(character: str) -> str:
+    code = ord(character)
+    if code > 0xFFFF:  # a JSON escape is UTF-16: a pair of surrogates
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
+def _write_new(path: str, data: bytes, force: bool) -> None:
+    """Write ``data`` to ``path`` whole or not at all: into a new file beside it, renamed over it
+    (a symlink at ``path`` is replaced, not followed); an existing file only with ``force``."""
+    if os.path.lexists(path) and not force:
+        raise FileExistsError(errno.EEXIST, "exists; not overwritten (--force replaces it)", path)
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=".run-registry-", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def _error_message(data: str) -> str:
@@ -196,6 +252,28 @@ def _check_engine(spec: str, scenario_id: str | None, seed: int, timeout_s: floa
     return 0
 
 
+def _new_signing_key(path: str) -> int:
+    """A new key in a new file, created readable by its owner alone (never widened afterwards)."""
+    from app.signing import SigningKey
+
+    key = SigningKey.generate()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        print(f"run-registry: new-signing-key: {path} exists; it is not overwritten (a key in use would be lost)",
+              file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"run-registry: new-signing-key: {path}: {err.strerror}", file=sys.stderr)
+        return 1
+    with os.fdopen(fd, "wb") as file:
+        file.write(key.pem())
+    print(f"{path}: a new Ed25519 signing key, keyId {key.key_id}")
+    print(f"Start every process of the service with RUN_REGISTRY_SIGNING_KEY={path} (or the file's text); keep the"
+          " file secret, and give its public key (GET /signing-keys) to whoever checks packs.")
+    return 0
+
+
 def _new_key(key_id: str, scopes: str) -> int:
     from app.access import KeyEntryError
     from app.access import new_key
@@ -225,13 +303,19 @@ def _verify_pack(pack_path: str, key_path: str) -> int:
     try:
         checked = check_pack(pack, keys)
     except PackRefused as err:
-        print(f"run-registry: verify-pack: {pack_path} is NOT genuine: {err}", file=sys.stderr)
+        print(f"run-registry: verify-pack: {terminal_safe(pack_path)} is NOT genuine: {terminal_safe(str(err))}",
+              file=sys.stderr)
         return 1
-    run = checked.predicate
-    print(f"{pack_path}: genuine, signed by keyId {checked.key_id}")
-    print(f"  run {run['runId']}: scenarioId {run['scenarioId']}, seed {run['seed']}, {run['count']} events")
-    print(f"  eventsSha256 {run['eventsSha256']}")
-    print(f"  engineCodeHash {run['engineCodeHash']}")
+    # The predicate is signed, not harmless: its strings went through an engine and a scenarioId.
+    run = {name: terminal_safe(str(value)) for name, value in checked.predicate.items()}
+    # Still genuine (exit 0): a rotation retires a key, and packs it signed before stay evidence. A
+    # compromised key is dropped from /signing-keys, and then no longer checks anything out.
+    signer = f"keyId {checked.key_id}" + (", a retired key (not the first of those given)" if checked.retired else "")
+    print(f"{terminal_safe(pack_path)}: genuine, signed by {signer}")
+    print(f"  run {run.get('runId')}: scenarioId {run.get('scenarioId')}, seed {run.get('seed')},"
+          f" {run.get('count')} events")
+    print(f"  eventsSha256 {run.get('eventsSha256')}")
+    print(f"  engineCodeHash {run.get('engineCodeHash')}")
     return 0
 
 

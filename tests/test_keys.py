@@ -196,6 +196,7 @@ def test_new_key_prints_a_secret_and_the_entry_the_service_takes(tmp_path):
     lines = dict(line.split(": ", 1) for line in made.stdout.splitlines() if line.startswith(("secret:", "entry:")))
     secret, entry = lines["secret"].strip(), lines["entry"].strip()
     assert entry == f"deploy-bot:{digest(secret)}:read+run" and len(secret) >= 40
+    assert secret.startswith("rr_")  # never "-": a command line would take it for an option
     with Gunicorn(tmp_path / "gunicorn.log", env={"RUN_REGISTRY_API_KEYS": entry}) as server:
         assert http("GET", f"{server.url}/runs/lookup?scenarioId=a&seed=1",
                     headers={"Authorization": f"Bearer {secret}"}).status == 200
