@@ -26,6 +26,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from typing import Protocol
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def gevent_active() -> bool:
@@ -89,6 +92,19 @@ class _FedNativeThreads:
         while True:
             call, args = self._queued.get()
             self._pool.spawn(call, *args)  # waits here, for a free thread, in order
+
+
+def off_the_hub(call: Callable[[], T]) -> T:
+    """``call()``, a computation that may take long, on a native thread of gevent's own pool while
+    the calling greenlet waits cooperatively: the process's other connections are served
+    meanwhile (the interpreter hands the hub its turn every few milliseconds), where on the
+    greenlet itself none would be. Without gevent, called here. ``call`` must touch nothing that
+    greenlets guard with gevent's locks (app/concurrency.py's first paragraph)."""
+    if gevent_active():
+        import gevent
+
+        return gevent.get_hub().threadpool.apply(call)
+    return call()
 
 
 def native_lock() -> threading.Lock:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from flask import Flask
 from flask import Response
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.access import Access
@@ -46,8 +48,9 @@ def create_app(
     app = RegistryFlask(__name__)
     # "/runs//events" is no route: werkzeug would answer it with an HTML redirect to "/runs/events".
     app.url_map.merge_slashes = False
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # bodies read in the documented order
+    app.json = StrictJSONProvider(app)
+    app.json.ensure_ascii = False
+    app.json.sort_keys = False  # bodies read in the documented order
     engine = as_engine(engine) if engine is not None else load_engine(settings)
     metrics = Metrics(lambda: service.fleet_figures(), settings.metrics_dir)
     new_run_limit = NewRunLimit(settings.new_runs_per_minute, make_limit_storage(settings))
@@ -71,6 +74,15 @@ def create_app(
         hops = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)  # type: ignore[method-assign]
     return app
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, refusing NaN and infinities (which JSON has not: Python writes ``-Infinity``,
+    and clients fail to parse the body). What computes a number makes it finite or null; this
+    makes a slip a 500 in the log, never a body no client can read."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return super().dumps(obj, allow_nan=False, **kwargs)
 
 
 class RegistryFlask(Flask):

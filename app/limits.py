@@ -30,16 +30,17 @@ class NewRunLimit:
         self._item = RateLimitItemPerMinute(per_minute) if per_minute else None
         self._limiter = MovingWindowRateLimiter(storage or MemoryStorage())
 
-    def admit(self, client: str) -> None:
-        """Count one execution for ``client`` (a caller's limit key: its keyId, or its network).
+    def admit(self, client: str, cost: int = 1) -> None:
+        """Count ``cost`` executions for ``client`` (a caller's limit key: its keyId, or its network),
+        all or none.
 
-        :raises RateLimited: it has had its share this minute; nothing was counted.
+        :raises RateLimited: it has not that many left this minute; nothing was counted.
         :raises RegistryUnavailable: the shared storage does not answer.
         """
         if self._item is None:
             return
         try:
-            if self._limiter.hit(self._item, client):
+            if self._limiter.hit(self._item, client, cost=cost):
                 return
             reset_at = self._limiter.get_window_stats(self._item, client).reset_time
         except StorageError as err:

@@ -188,14 +188,28 @@ def run_ref_field(side: str) -> fields.Nested:
     return fields.Nested(RunRef, required=True, error_messages={"required": f"{side} is required"})
 
 
+class JsonBoolean(fields.Boolean):
+    """JSON's ``true`` and ``false`` only: ``"no"``, ``0`` or ``1`` (which Python's sets take for
+    booleans, ``0 == False``) would be a guess at what the client meant."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 class CompareBody(Schema):
-    """``POST /compare``: ``{"left": {"scenarioId", "seed"}, "right": {...}}``."""
+    """``POST /compare``: ``{"left": {"scenarioId", "seed"}, "right": {...}}``, and ``"start": false``
+    to compare only runs that exist (a page opened from a URL: it starts nothing by itself)."""
 
     class Meta:
         unknown = EXCLUDE
 
     left = run_ref_field("left")
     right = run_ref_field("right")
+    start = JsonBoolean(load_default=True, error_messages={"invalid": "start must be true or false",
+                                                           "null": "start must be true or false"},
+                        metadata={"description": "false: a side without a run is not started (404)"})
 
     @pre_load
     def require_objects(self, data: Any, **kwargs: Any) -> Any:

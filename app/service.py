@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import secrets
 import time
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from app.access import Caller
+from app.concurrency import off_the_hub
 from app.config import Settings
 from app.engine import as_engine
 from app.engine.base import Engine
@@ -33,8 +35,9 @@ from app.errors import ServiceError
 from app.errors import Unavailable
 from app.evidence.attestation import ATTESTATION
 from app.evidence.csv_export import events_csv
+from app.evidence.diff import RunFacts
 from app.evidence.diff import TranscriptDiff
-from app.evidence.diff import diff_transcripts
+from app.evidence.diff import diff_facts
 from app.evidence.diff import first_difference
 from app.evidence.snapshot import pack_files
 from app.evidence.snapshot import snapshot_zip
@@ -121,11 +124,11 @@ class RunService:
 
     # Lookups.
 
-    def lookup(self, scenario_id: str, seed: int, caller: Caller, wait_s: float) -> Lookup:
+    def lookup(self, scenario_id: str, seed: int, caller: Caller, wait_s: float, admitted: bool = False) -> Lookup:
         """The runId of the key's run, starting one if there is none; waits up to ``wait_s`` for it.
 
         ``caller`` is who asks: a lookup that would start a run needs its ``run`` scope, and counts
-        against its new-run limit.
+        against its new-run limit (unless ``admitted``: a compare counted its sides together).
 
         :raises EngineFailed: the run failed while this lookup waited for it.
         :raises Unauthorized, Forbidden: the run would start, and ``caller`` may not start runs.
@@ -142,7 +145,7 @@ class RunService:
             else:  # an engine that does not answer: the miss starts nothing, so it is not counted as one
                 found = None
             if found is None:
-                run_id, status, started = self._start(key, caller)
+                run_id, status, started = self._start(key, caller, admitted)
             else:
                 run_id, status, started = found.run_id, found.status, False
         source: Source = "new" if started else "cache"
@@ -151,12 +154,13 @@ class RunService:
             raise self._failure(run_id, ending if isinstance(ending, RunError) else None)
         return Lookup(run_id, source, done=ending == "done")
 
-    def _start(self, key: RunKey, caller: Caller) -> tuple[str, str, bool]:
+    def _start(self, key: RunKey, caller: Caller, admitted: bool = False) -> tuple[str, str, bool]:
         caller.require("run")  # before anything is counted or started
         identity = self._ready_engine(key.scenario_id)
         # Described anew since the key was made (a remote engine back after an outage): its key.
         key = RunKey(key.scenario_id, key.seed, self._code_hash.of(identity))
-        self._admit(caller.limit_key)
+        if not admitted:
+            self._admit(caller.limit_key)
         with _registry_errors:
             if not self._execution.reserve():
                 raise Unavailable("The engine is running and queueing all it can; retry shortly")
@@ -209,10 +213,10 @@ class RunService:
         """Stop every engine execution in flight (the process shuts down)."""
         self._engine.close()
 
-    def _admit(self, limit_key: str) -> None:
-        """Count one engine execution against a caller's limit (``Caller.limit_key``), before anything starts."""
+    def _admit(self, limit_key: str, cost: int = 1) -> None:
+        """Count ``cost`` engine executions against a caller's limit (``Caller.limit_key``), before anything starts."""
         with _registry_errors:
-            self._new_runs.admit(limit_key)
+            self._new_runs.admit(limit_key, cost)
 
     def _wait_for_end(self, run_id: str, wait_s: float, client: str | None) -> str | RunError:
         """How the run stands after waiting up to ``wait_s`` for it to end (no waiting past the
@@ -398,31 +402,49 @@ class RunService:
 
     # Comparing and verifying.
 
-    def compare(self, left: tuple[str, int], right: tuple[str, int], caller: Caller, wait_s: float) -> Comparison:
+    def compare(self, left: tuple[str, int], right: tuple[str, int], caller: Caller, wait_s: float,
+                start: bool = True) -> Comparison:
         """Look both runs up (get or start, renewing them), wait for them, and diff their transcripts.
 
-        Each side that starts a run needs the caller's ``run`` scope and counts against its
-        new-run limit; a caller without it is refused before either side is renewed.
+        The sides that would start a run need the caller's ``run`` scope and are counted against
+        its new-run limit together, before either starts (at the limit's edge neither does).
+        With ``start`` false a side that has no run is not started: the comparison only reads.
 
+        :raises RunNotFound: ``start`` is false, and a side has no run.
         :raises RunPending: a side is still running after the wait.
         :raises Unauthorized, Forbidden: a side would start a run, and ``caller`` may not.
+        :raises RateLimited: the sides that would start runs are more than the caller's budget.
         """
-        if "run" not in caller.scopes:
-            with _registry_errors:
-                missing = not all(self._registry.peek(cache_key(RunKey(*side, self.engine_code_hash)))
-                                  for side in (left, right))
-            if missing:
-                caller.require("run")
+        sides = {"left": left, "right": right}
+        with _registry_errors:
+            missing = {name: side for name, side in sides.items()
+                       if not self._registry.peek(cache_key(RunKey(*side, self.engine_code_hash)))}
+        if missing and not start:
+            name, (scenario_id, seed) = next(iter(missing.items()))
+            raise RunNotFound(f"{name}: scenario {scenario_id} seed {seed} has no run; compare with"
+                              ' "start": true to start it')
+        if missing:
+            for scenario_id, _ in missing.values():
+                if self._engine.names_scenarios:
+                    self._known_scenario(scenario_id)
+            caller.require("run")
+            self._admit(caller.limit_key, cost=len(set(missing.values())))
         # Both started first, then waited for together: the wait is the lookup's, not twice it.
-        left_lookup = self.lookup(*left, caller, wait_s=0)
-        right_lookup = self.lookup(*right, caller, wait_s=0)
+        left_lookup = self.lookup(*left, caller, wait_s=0, admitted=bool(missing))
+        right_lookup = self.lookup(*right, caller, wait_s=0, admitted=bool(missing))
         deadline = time.monotonic() + wait_s
         left_record = self.done_run(left_lookup.run_id, wait_s, caller)
         right_record = self.done_run(right_lookup.run_id, max(0.0, deadline - time.monotonic()), caller)
-        return Comparison(
-            left_record, left_lookup.source, right_record, right_lookup.source,
-            diff_transcripts(self._transcripts.events(left_record), self._transcripts.events(right_record)),
-        )
+        identical = left_record.events_digest == right_record.events_digest
+        return Comparison(left_record, left_lookup.source, right_record, right_lookup.source,
+                          diff_facts(self._facts(left_record), self._facts(right_record), identical))
+
+    def _facts(self, record: RunRecord) -> RunFacts:
+        """A done run's facts for comparing it, made once (off the hub: a large transcript takes
+        a while) and kept with its other representations."""
+        events_json = self._transcripts.events_json(record)
+        return self._transcripts.representation(
+            record, "facts", lambda: off_the_hub(lambda: RunFacts.of(json.loads(events_json))))
 
     def verify(self, run_id: str, caller: Caller) -> Verification:
         """Execute the engine again and check the new transcript against the recorded bytes.

@@ -11,14 +11,15 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from app.engine.base import Event
+from app.engine.events import MAX_TRANSCRIPT_BYTES
+from app.evidence.diff import RunFacts
 from app.evidence.sse import SseReplay
 from app.models import EncodedEvent
 from app.models import RunRecord
 from app.models import canonical_json
-from app.runner import MAX_TRANSCRIPT_BYTES
 
-Kept = bytes | SseReplay
-K = TypeVar("K", bytes, SseReplay)
+Kept = bytes | SseReplay | RunFacts
+K = TypeVar("K", bytes, SseReplay, RunFacts)
 
 
 class CorruptTranscript(Exception):
@@ -63,7 +64,7 @@ class TranscriptCache:
                 self._kept.move_to_end(key)
                 return entry[0]  # type: ignore[return-value]
         value = encode()  # outside the lock: two first readers may both make it; the bytes are the same
-        size = value.size if isinstance(value, SseReplay) else len(value)
+        size = len(value) if isinstance(value, bytes) else value.size
         if size > self.max_bytes:
             return value
         with self._lock:

@@ -44,6 +44,7 @@ def compare() -> Response:
         '202': Pending
         '400': BadInput
         '403': Forbidden
+        '404': NotFound
         '413': TooLarge
         '415': NotJson
         '429': RateLimited
@@ -58,6 +59,7 @@ def compare() -> Response:
         (body["right"]["scenario_id"], body["right"]["seed"]),
         caller(),
         wait.seconds,
+        start=body["start"],
     )
     diff = result.diff
     return answered_with(wait, jsonify({
