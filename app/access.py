@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import NamedTuple
 
+from app.errors import CrossSiteRequest
 from app.errors import Forbidden
 from app.errors import Unauthorized
 
@@ -109,6 +110,9 @@ class Caller(NamedTuple):
     key_id: str | None
     scopes: frozenset[str]
     client: str
+    # A browser said the request comes from a page of another site, or from a navigation no person
+    # made (Fetch Metadata): it may read, never start engine work (docs/operations.md).
+    foreign: bool = False
 
     @property
     def limit_key(self) -> str:
@@ -120,6 +124,9 @@ class Caller(NamedTuple):
         :raises Forbidden: its key lacks one of ``scopes``."""
         missing = [scope for scope in scopes if scope not in self.scopes]
         if not missing:
+            if self.foreign and "run" in scopes:
+                raise CrossSiteRequest("A request from another site's page, or a navigation no one made, may not"
+                                       " start runs: start it from this service's own page, or call the API directly")
             return
         if self.key_id is None:
             raise Unauthorized(f"This needs a key with the {'+'.join(scopes)} scope:"
@@ -168,6 +175,18 @@ class Access:
 
 
 @functools.lru_cache(maxsize=4096)
-def open_caller(client: str) -> Caller:
+def open_caller(client: str, foreign: bool = False) -> Caller:
     """The caller of a service without keys: its client, with every scope (one per client, kept)."""
-    return Caller(None, ALL_SCOPES, client)
+    return Caller(None, ALL_SCOPES, client, foreign)
+
+
+def foreign_request(site: str | None, mode: str | None, user: str | None) -> bool:
+    """Whether Fetch Metadata (``Sec-Fetch-Site``, ``-Mode``, ``-User``) says a browser sends this for a
+    page of another site (``cross-site``, or ``same-site``: another origin of the same domain), or
+    navigates this page by a script's will rather than a person's (same-origin, no user action).
+    A request without them (curl, the CLI, an old browser) is its sender's own."""
+    if site is None or site == "none":  # not a browser's; or typed, a bookmark
+        return False
+    if site != "same-origin":
+        return True
+    return mode == "navigate" and user != "?1"

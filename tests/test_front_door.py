@@ -72,6 +72,9 @@ def test_the_home_page_looks_a_run_up_and_the_replay_page_watches_it_live_with_i
 def test_the_compare_view_draws_both_runs_series_of_a_name_on_one_chart(open_server, browser):
     page = browser.new_page()
     page.goto(f"{open_server.url}/?left=pricing-v1:42&right=pricing-v2:42")  # a comparison has a URL
+    page.wait_for_selector("body[data-compare='not-started']", timeout=30_000)  # a URL starts nothing
+    shot(page, "compare-from-a-url-offers-to-start-the-runs")
+    page.click("#start-compare")  # a person's action does
     page.wait_for_selector("body[data-compare='shown']", timeout=30_000)
     assert page.get_attribute("body", "data-charts") == "2"
     for name in ("profit", "buyers"):
@@ -102,6 +105,8 @@ def test_with_keys_the_pages_ask_for_one_and_a_failed_runs_page_offers_no_downlo
     assert SECRET not in page.url
     shot(page, "failed-run-with-keys-no-downloads")
     page.goto(f"{keyed_server.url}/?left=paced-1-3:1&right=paced-1-3:2")
+    page.wait_for_selector("body[data-compare='not-started']", timeout=30_000)
+    page.click("#start-compare")
     page.wait_for_selector("body[data-compare='shown']", timeout=30_000)
     assert page.get_attribute("body", "data-charts") == "0"  # runs whose reports carry no series
     shot(page, "compare-view-with-keys-no-series")

@@ -17,6 +17,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.access import Access
 from app.access import Caller
+from app.access import foreign_request
 from app.access import open_caller
 from app.api.negotiation import Wait
 from app.api.negotiation import etag_matches
@@ -164,8 +165,13 @@ def keys_configured() -> bool:
 
 def caller() -> Caller:
     """This request's caller: as the door found it, or (without keys) its client, with every scope."""
-    found: Caller | None = request.environ.get(_CALLER)
-    return found if found is not None else open_caller(client_address())
+    environ = request.environ
+    foreign = "HTTP_SEC_FETCH_SITE" in environ and foreign_request(
+        environ["HTTP_SEC_FETCH_SITE"], environ.get("HTTP_SEC_FETCH_MODE"), environ.get("HTTP_SEC_FETCH_USER"))
+    found: Caller | None = environ.get(_CALLER)
+    if found is None:
+        return open_caller(client_address(), foreign)
+    return found._replace(foreign=True) if foreign else found
 
 
 def bound_request_body() -> None:
