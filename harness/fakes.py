@@ -185,8 +185,9 @@ class ScenarioPacedEngine:
 
     ``paced-<ms>-<tokens>``: a start, ``<tokens>`` tokens, a report and a done, ``<ms>`` apart
     (``paced-<ms>-<tokens>-breaks``: the same, failing instead of its report);
-    a scenarioId starting ``breaks`` fails after its first two events; anything else is
-    ``transcript(scenario, seed)`` at once. Pacing changes when events come, never what they are.
+    a scenarioId starting ``breaks`` fails after its first two events; ``series-<points>`` reports a
+    series of that many points; anything else is ``transcript(scenario, seed)`` at once. Pacing
+    changes when events come, never what they are.
     """
 
     name = "scenario-paced"
@@ -194,6 +195,14 @@ class ScenarioPacedEngine:
 
     def run(self, scenario_id: str, seed: int):
         paced = re.fullmatch(r"paced-(\d+)-(\d+)(-breaks)?", scenario_id)
+        series = re.fullmatch(r"series-(\d+)", scenario_id)
+        if series is not None:
+            points = [[index, (index * 7919 + seed) % 1000] for index in range(int(series.group(1)))]
+            yield {"type": "start", "data": {"seed": seed}}
+            yield {"type": "report", "data": {"points": len(points),
+                                              "series": [{"name": "noise", "x": "n", "y": "value", "points": points}]}}
+            yield {"type": "done", "data": {}}
+            return
         if paced is None:
             events = transcript(scenario_id, seed)
             if scenario_id.startswith("breaks"):

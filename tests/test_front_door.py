@@ -111,3 +111,21 @@ def test_with_keys_the_pages_ask_for_one_and_a_failed_runs_page_offers_no_downlo
     assert page.get_attribute("body", "data-charts") == "0"  # runs whose reports carry no series
     shot(page, "compare-view-with-keys-no-series")
     page.close()
+
+
+def test_a_series_of_200000_points_is_drawn_thinned(keyed_server, browser):
+    """Math.min.apply over 200,000 points overflowed the stack ("Maximum call stack size exceeded")."""
+    headers = {"Authorization": f"Bearer {SECRET}"}
+    run_id = http("GET", f"{keyed_server.url}/runs/lookup?scenarioId=series-200000&seed=1", headers=headers,
+                  timeout=30).json()["runId"]
+    page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{keyed_server.url}/")
+    page.evaluate(f"sessionStorage.setItem('run-registry-key', '{SECRET}')")
+    page.goto(f"{keyed_server.url}/runs/{run_id}/replay")
+    page.wait_for_selector("body[data-replay='complete']", timeout=30_000)
+    assert errors == []
+    assert int(page.get_attribute(".chart polyline", "data-drawn")) <= 501
+    assert page.locator(".chart circle").count() == 0  # no dot per point of a long line
+    page.close()

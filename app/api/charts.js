@@ -6,6 +6,29 @@ var Charts = (function () {
   var SVG = "http://www.w3.org/2000/svg";
   var COLOURS = ["#2b6cb0", "#c05621", "#2f855a", "#6b46c1"];
   var WIDTH = 520, HEIGHT = 260, LEFT = 64, RIGHT = 16, TOP = 16, BOTTOM = 44;
+  var DRAWN = 500;  // points drawn of a line at most: a chart 520 wide shows no more, and 200,000 hung the page
+  var MARKED = 60;  // points marked with a dot at most (a dot per point of a long line is a smear)
+
+  // Every step-th point, and the last: what is drawn of a long series (its bounds are the whole's).
+  function thinned(points) {
+    if (points.length <= DRAWN) { return points; }
+    var step = Math.ceil(points.length / DRAWN), kept = [];
+    for (var i = 0; i < points.length; i += step) { kept.push(points[i]); }
+    if (kept[kept.length - 1] !== points[points.length - 1]) { kept.push(points[points.length - 1]); }
+    return kept;
+  }
+
+  // Smallest and largest of a coordinate over every line: a loop (Math.min.apply overflows the stack).
+  function bounds(lines, axis) {
+    var low = Infinity, high = -Infinity;
+    lines.forEach(function (line) {
+      line.series.points.forEach(function (point) {
+        if (point[axis] < low) { low = point[axis]; }
+        if (point[axis] > high) { high = point[axis]; }
+      });
+    });
+    return [low, high];
+  }
 
   function node(name, attributes, text) {
     var element = document.createElementNS(SVG, name);
@@ -23,7 +46,7 @@ var Charts = (function () {
   // A series is well-formed when its points are pairs of finite numbers: anything else is not drawn.
   function usable(series) {
     return series && typeof series.name === "string" && Array.isArray(series.points) && series.points.length > 0
-      && series.points.every(function (point) {
+      && series.points.every(function (point) {  // a loop over every point, once, before drawing
         return Array.isArray(point) && point.length === 2 && isFinite(point[0]) && isFinite(point[1])
           && typeof point[0] === "number" && typeof point[1] === "number";
       });
@@ -37,10 +60,8 @@ var Charts = (function () {
     var caption = document.createElement("figcaption");
     caption.textContent = title;
     figure.appendChild(caption);
-    var points = [].concat.apply([], lines.map(function (line) { return line.series.points; }));
-    var xs = points.map(function (p) { return p[0]; }), ys = points.map(function (p) { return p[1]; });
-    var x0 = Math.min.apply(null, xs), x1 = Math.max.apply(null, xs);
-    var y0 = Math.min(0, Math.min.apply(null, ys)), y1 = Math.max.apply(null, ys);
+    var xb = bounds(lines, 0), yb = bounds(lines, 1);
+    var x0 = xb[0], x1 = xb[1], y0 = Math.min(0, yb[0]), y1 = yb[1];
     if (x1 === x0) { x1 = x0 + 1; }
     if (y1 === y0) { y1 = y0 + 1; }
     function px(x) { return LEFT + (x - x0) / (x1 - x0) * (WIDTH - LEFT - RIGHT); }
@@ -63,12 +84,15 @@ var Charts = (function () {
                                   transform: "rotate(-90 14 " + (TOP + HEIGHT - BOTTOM) / 2 + ")"}, String(first.y || "")));
     lines.forEach(function (line, index) {
       var colour = COLOURS[index % COLOURS.length];
-      var path = line.series.points.map(function (p) { return px(p[0]).toFixed(1) + "," + py(p[1]).toFixed(1); });
+      var drawn = thinned(line.series.points);
+      var path = drawn.map(function (p) { return px(p[0]).toFixed(1) + "," + py(p[1]).toFixed(1); });
       svg.appendChild(node("polyline", {points: path.join(" "), fill: "none", stroke: colour, "stroke-width": 2,
-                                        "data-line": line.label}));
-      line.series.points.forEach(function (p) {
-        svg.appendChild(node("circle", {cx: px(p[0]), cy: py(p[1]), r: 3, fill: colour}));
-      });
+                                        "data-line": line.label, "data-drawn": drawn.length}));
+      if (drawn.length <= MARKED) {
+        drawn.forEach(function (p) {
+          svg.appendChild(node("circle", {cx: px(p[0]), cy: py(p[1]), r: 3, fill: colour}));
+        });
+      }
     });
     figure.appendChild(svg);
     if (lines.length > 1 || lines[0].label) {
