@@ -39,12 +39,17 @@ class _Entry:
 
 class MemoryLedger:
     """References by cache key, least recently checked first; at most ``max_keys`` of them, each
-    forgotten ``ttl_ms`` after its last check. Every operation is O(1) (amortised)."""
+    forgotten ``ttl_ms`` after its last check. Every operation is O(1) (amortised).
+
+    Keys that diverged are kept apart and forgotten past the bound only once no key that never
+    diverged is left: a caller making new keys by the thousand cannot push a divergence out.
+    """
 
     def __init__(self, ttl_ms: int = DEFAULT_LEDGER_MS, max_keys: int = DEFAULT_LEDGER_KEYS) -> None:
         self.ttl_ms = ttl_ms
         self.max_keys = max_keys
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()  # never diverged
+        self._diverged_keys: OrderedDict[str, _Entry] = OrderedDict()
         self._reproduced = 0
         self._diverged = 0
         self._divergences: deque[Divergence] = deque(maxlen=LATEST_DIVERGENCES)
@@ -73,7 +78,7 @@ class MemoryLedger:
 
     def figures(self, latest: int, now: int) -> LedgerFigures:
         self._forget_stale(now)
-        return LedgerFigures(len(self._entries), self._reproduced, self._diverged,
+        return LedgerFigures(len(self._entries) + len(self._diverged_keys), self._reproduced, self._diverged,
                              tuple(list(self._divergences)[:latest]))
 
     def _check(
@@ -84,16 +89,21 @@ class MemoryLedger:
         entry = self._live(cache_key, now)
         if entry is None:
             entry = self._entries[cache_key] = _Entry(run_id, reference, now)
-            while len(self._entries) > self.max_keys:
-                self._entries.popitem(last=False)
+            while len(self._entries) + len(self._diverged_keys) > self.max_keys:
+                (self._entries or self._diverged_keys).popitem(last=False)
+            if cache_key not in self._entries:  # the bound is all diverged keys: the newest one goes
+                return LedgerCheck("reference", entry.view())
             if not counted_when_new:
                 return LedgerCheck("reference", entry.view())
         entry.checked_at = now
-        self._entries.move_to_end(cache_key)
+        kept = self._diverged_keys if entry.divergences else self._entries
+        kept.move_to_end(cache_key)
         entry.checks += 1
         if digest == entry.digest:
             self._reproduced += 1
             return LedgerCheck("reproduced", entry.view())
+        if not entry.divergences:  # kept apart from now on
+            self._diverged_keys[cache_key] = self._entries.pop(cache_key)
         entry.divergences += 1
         self._diverged += 1
         self._divergences.appendleft(Divergence(
@@ -101,15 +111,19 @@ class MemoryLedger:
         return LedgerCheck("diverged", entry.view())
 
     def _live(self, cache_key: str, now: int) -> _Entry | None:
-        entry = self._entries.get(cache_key)
-        if entry is not None and entry.checked_at + self.ttl_ms <= now:
-            del self._entries[cache_key]
-            return None
-        return entry
+        for kept in (self._entries, self._diverged_keys):
+            entry = kept.get(cache_key)
+            if entry is not None:
+                if entry.checked_at + self.ttl_ms <= now:
+                    del kept[cache_key]
+                    return None
+                return entry
+        return None
 
     def _forget_stale(self, now: int) -> None:
-        for _ in range(FORGET_SLICE):
-            oldest = next(iter(self._entries.values()), None)
-            if oldest is None or oldest.checked_at + self.ttl_ms > now:
-                return
-            self._entries.popitem(last=False)
+        for kept in (self._entries, self._diverged_keys):
+            for _ in range(FORGET_SLICE):
+                oldest = next(iter(kept.values()), None)
+                if oldest is None or oldest.checked_at + self.ttl_ms > now:
+                    break
+                kept.popitem(last=False)

@@ -319,10 +319,10 @@ class RegistryContract:
         assert registry.check_reproduction(record, digest_of(EVENTS)).result == "reproduced"
         diverged = registry.check_reproduction(record, digest_of(OTHER_EVENTS))
         assert diverged.result == "diverged" and diverged.entry == LedgerEntry(first, digest_of(EVENTS), 2, 1)
-        create(registry, "k2")  # the ledger holds one key: k1's is forgotten
-        assert registry.ledger(key("k1").digest) is None
+        create(registry, "k2")  # the ledger holds one key, and k1 diverged: k2's is not kept
+        assert registry.ledger(key("k2").digest) is None
         again = registry.check_reproduction(record, digest_of(OTHER_EVENTS))
-        assert again.result == "diverged" and again.entry == LedgerEntry(first, digest_of(EVENTS), 1, 1)
+        assert again.result == "diverged" and again.entry == LedgerEntry(first, digest_of(EVENTS), 3, 2)
 
     def test_a_key_not_checked_for_its_ledger_time_is_forgotten_and_starts_afresh(self, make_registry, ledger_wait):
         ledger_ms, advance = ledger_wait
@@ -343,6 +343,19 @@ class RegistryContract:
         assert registry.ledger_figures(0).keys == 3
         assert registry.ledger(key("k1").digest) is None  # the least recently checked
         assert all(registry.ledger(key(name).digest) for name in ("k0", "k2", "k3"))
+
+    def test_a_flood_of_new_keys_forgets_keys_that_never_diverged_before_one_that_did(self, make_registry):
+        """A caller with ``run`` making RUN_REGISTRY_LEDGER_MAX_KEYS new keys must not erase a divergence."""
+        registry = make_registry(max_entries=100, ledger_keys=4)
+        drifting = create(registry, "drifting")
+        registry.check_reproduction(registry.get(drifting).record, digest_of(OTHER_EVENTS))  # it diverged
+        for index in range(12):  # the flood: three times the ledger's keys, each newer than the divergence
+            create(registry, f"flood-{index}")
+        entry = registry.ledger(key("drifting").digest)
+        assert entry == LedgerEntry(drifting, digest_of(EVENTS), 1, 1) and entry.status == "diverged"
+        assert registry.ledger_figures(0).keys == 4
+        kept = [index for index in range(12) if registry.ledger(key(f"flood-{index}").digest)]
+        assert kept == [9, 10, 11]  # of the rest, the least recently checked went first
 
     def test_a_retried_finish_answers_its_check_again_without_counting_it_twice(self, registry, ttl_ms, advance):
         create(registry)

@@ -8,10 +8,11 @@
 --                     with one TTL renewed only on hits, is also least-recently-used order
 --   scenario-entries  a sorted set of scenarios by minus their entries (running and done)
 --   counters          a hash: hits, misses, evictions, expirations, failures, engine runs
---   signing-key       the fleet's evidence signing key (PKCS#8 PEM), when none is configured
 --   ledger:<cacheKey> a hash: the key's determinism reference (r: runId, d: its digest, raw) and
 --                     its checks (n) and divergences (x); expires its ledger time after the last check
---   ledger-keys       a sorted set of the ledger's cache keys by their last check (epoch ms)
+--   ledger-keys       a sorted set of the ledger's cache keys that never diverged, by their last check
+--                     (epoch ms; checks within one millisecond 1/1024 ms apart, in order)
+--   ledger-diverged   the same, of the keys that diverged: forgotten only once no other key is left
 --   ledger-counters   a hash: reproduced, diverged (checks since the ledger began)
 --   ledger-divergences  a list of the latest divergences, newest first (ledger_divergence's layout)
 local prefix = ARGV[1]
@@ -121,16 +122,23 @@ end
 -- The determinism ledger. A key forgotten (its time after its last check passed, or pushed out by
 -- the cap, least recently checked first) starts afresh. At most 64 stale keys go per call.
 local function ledger_forget(now, ledger_ms, max_keys)
-  local keys = prefix .. 'ledger-keys'
-  local stale = redis.call('ZRANGEBYSCORE', keys, '-inf', now - ledger_ms, 'LIMIT', 0, 64)
-  for _, cache_key in ipairs(stale) do
-    redis.call('ZREM', keys, cache_key)
-    redis.call('DEL', prefix .. 'ledger:' .. cache_key)
+  local clean, diverged = prefix .. 'ledger-keys', prefix .. 'ledger-diverged'
+  for _, keys in ipairs({clean, diverged}) do
+    local stale = redis.call('ZRANGEBYSCORE', keys, '-inf', now - ledger_ms, 'LIMIT', 0, 64)
+    for _, cache_key in ipairs(stale) do
+      redis.call('ZREM', keys, cache_key)
+      redis.call('DEL', prefix .. 'ledger:' .. cache_key)
+    end
   end
-  local over = redis.call('ZCARD', keys) - max_keys
-  if over > 0 then
-    local oldest = redis.call('ZPOPMIN', keys, over)
-    for i = 1, #oldest, 2 do redis.call('DEL', prefix .. 'ledger:' .. oldest[i]) end
+  -- Past the bound, keys that never diverged go first: a caller making new keys by the thousand
+  -- cannot push a divergence out of the ledger while any other key is left to forget.
+  local over = redis.call('ZCARD', clean) + redis.call('ZCARD', diverged) - max_keys
+  for _, keys in ipairs({clean, diverged}) do
+    if over > 0 then
+      local oldest = redis.call('ZPOPMIN', keys, over)
+      for i = 1, #oldest, 2 do redis.call('DEL', prefix .. 'ledger:' .. oldest[i]) end
+      over = over - #oldest / 2
+    end
   end
 end
 
@@ -139,6 +147,20 @@ local function ledger_entry(cache_key)
   local f = redis.pcall('HMGET', prefix .. 'ledger:' .. cache_key, 'r', 'd', 'n', 'x')
   if f.err or not f[1] or not f[2] then return false end
   return {f[1], f[2], tonumber(f[3]) or 0, tonumber(f[4]) or 0}
+end
+
+-- A check's place in the forgetting order: its time, or just after the latest place given while
+-- the clock stays in one millisecond (a sorted set orders equal scores by member, which would
+-- make checks of one millisecond forgotten in the order of their keys' names, not of the checks).
+-- 1/1024 ms is exact in a double at today's epoch milliseconds; formatted whole (Lua's own
+-- number-to-string keeps 14 digits).
+local function ledger_place(now)
+  local place = now
+  for _, keys in ipairs({prefix .. 'ledger-keys', prefix .. 'ledger-diverged'}) do
+    local latest = redis.call('ZREVRANGE', keys, 0, 0, 'WITHSCORES')
+    if latest[2] then place = math.max(place, tonumber(latest[2]) + 1 / 1024) end
+  end
+  return string.format('%.17g', place)
 end
 
 -- Hold `digest` (of run `run_id`'s transcript, or of its replay) against the key's reference. A
@@ -175,7 +197,13 @@ local function ledger_check(cache_key, code_hash, ref_run, ref_digest, run_id, d
     end
   end
   redis.call('PEXPIRE', entry_key, ledger_ms)
-  redis.call('ZADD', prefix .. 'ledger-keys', now, cache_key)
+  local place = ledger_place(now)
+  if entry[4] > 0 then
+    redis.call('ZREM', prefix .. 'ledger-keys', cache_key)
+    redis.call('ZADD', prefix .. 'ledger-diverged', place, cache_key)
+  else
+    redis.call('ZADD', prefix .. 'ledger-keys', place, cache_key)
+  end
   ledger_forget(now, ledger_ms, max_keys)
   return {result, entry[1], entry[2], entry[3], entry[4]}
 end
