@@ -134,7 +134,7 @@ def _read_settings(environ: Mapping[str, str]) -> Settings:
         lookup_wait_s=_wait_seconds(environ, "RUN_REGISTRY_LOOKUP_WAIT_S", DEFAULT_LOOKUP_WAIT_S),
         keepalive_s=positive_number(environ, "RUN_REGISTRY_KEEPALIVE_S", 15.0, "seconds", 300),
         max_waiting=positive_int(environ, "RUN_REGISTRY_MAX_WAITING", default=800),
-        max_waiting_per_client=positive_int(environ, "RUN_REGISTRY_MAX_WAITING_PER_CLIENT", default=100),
+        max_waiting_per_client=_waiting_share(environ),
         client_timeout_s=positive_number(environ, "RUN_REGISTRY_CLIENT_TIMEOUT_S", 10.0, "seconds", 300),
         transcript_cache_mb=positive_int(environ, "RUN_REGISTRY_TRANSCRIPT_CACHE_MB", default=32),
         ledger_days=positive_number(environ, "RUN_REGISTRY_LEDGER_DAYS", 30.0, "days", 3650),
@@ -159,6 +159,18 @@ def _read_settings(environ: Mapping[str, str]) -> Settings:
             (value for name in COMMIT_VARIABLES if (value := _non_empty(environ, name))), None
         ),
     )
+
+
+def _waiting_share(environ: Mapping[str, str]) -> int:
+    """``RUN_REGISTRY_MAX_WAITING_PER_CLIENT``: by default an eighth of ``RUN_REGISTRY_MAX_WAITING``
+    (100 of 800); given, less than it, or one client could hold every waiting connection."""
+    total = positive_int(environ, "RUN_REGISTRY_MAX_WAITING", default=800)
+    name = "RUN_REGISTRY_MAX_WAITING_PER_CLIENT"
+    share = positive_int(environ, name, default=max(1, total // 8))
+    if share >= total and total > 1:
+        raise ConfigError(f"{name} ({share}) must be less than RUN_REGISTRY_MAX_WAITING ({total}): one client"
+                          " must not be able to take every waiting connection")
+    return share
 
 
 def positive_int(environ: Mapping[str, str], name: str, default: int) -> int:

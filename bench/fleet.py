@@ -26,7 +26,7 @@ class _Fleet:
         self.env = {"RUN_REGISTRY_URL": redis_url, "RUN_REGISTRY_EXECUTION": "queue", "WEB_CONCURRENCY": "1",
                     "RUN_REGISTRY_ACCESS_LOG": "off", "RUN_REGISTRY_ENGINE_EVENT_DELAY_MS": str(delay_ms),
                     "RUN_REGISTRY_MAX_WAITING": str(clients + 100),
-                    "RUN_REGISTRY_MAX_WAITING_PER_CLIENT": str(clients + 100),  # one machine, many clients
+                    "RUN_REGISTRY_MAX_WAITING_PER_CLIENT": str(clients + 99),  # one machine, many clients
                     "GUNICORN_WORKER_CONNECTIONS": str(clients + 600)}
         self.workers: list[ProcfileProcess] = []
         self.webs = [ProcfileProcess("web", scratch / f"fleet-web-{index}.log", self.env).start() for index in (0, 1)]

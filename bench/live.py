@@ -37,7 +37,7 @@ def many_clients_on_one_live_run(scratch: Path, clients: int, wrk_hits, delay_ms
     """
     # The clients of this one machine stand for as many hosts: one client's share is all of it.
     env = {"RUN_REGISTRY_ENGINE_EVENT_DELAY_MS": str(delay_ms), "RUN_REGISTRY_MAX_WAITING": str(clients + 100),
-           "RUN_REGISTRY_MAX_WAITING_PER_CLIENT": str(clients + 100),
+           "RUN_REGISTRY_MAX_WAITING_PER_CLIENT": str(clients + 99),
            "GUNICORN_WORKER_CONNECTIONS": str(clients + 500), "RUN_REGISTRY_ACCESS_LOG": "off"}
     with Gunicorn(scratch / "live-clients.log", env=env) as server:
         http("GET", f"{server.url}/runs/lookup?scenarioId=pricing-v1&seed=42", timeout=30)

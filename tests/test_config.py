@@ -168,3 +168,12 @@ def test_a_worker_without_redis_refuses_to_start_with_one_line():
     assert result.returncode == 1
     assert result.stderr == ("run-registry worker: refusing to start: RUN_REGISTRY_URL (or REDIS_URL) must name a"
                              " Redis: workers share the web's registry\n")
+
+
+def test_the_waiting_share_is_an_eighth_of_the_room_by_default_and_never_all_of_it():
+    assert load_settings({}).max_waiting_per_client == 100
+    assert load_settings({"RUN_REGISTRY_MAX_WAITING": "100"}).max_waiting_per_client == 12
+    assert load_settings({"RUN_REGISTRY_MAX_WAITING": "4"}).max_waiting_per_client == 1
+    for share in ("100", "150"):
+        with pytest.raises(ConfigError, match=r"^RUN_REGISTRY_MAX_WAITING_PER_CLIENT \(\d+\) must be less than"):
+            load_settings({"RUN_REGISTRY_MAX_WAITING": "100", "RUN_REGISTRY_MAX_WAITING_PER_CLIENT": share})

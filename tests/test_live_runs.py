@@ -40,7 +40,7 @@ def fleet(request, tmp_path_factory):
     directory = tmp_path_factory.mktemp(f"live-{request.param}")
     # This machine's hundreds of clients stand for hundreds of hosts: one client's share is all of it.
     env = {"RUN_REGISTRY_ENGINE": "harness.fakes:ScenarioPacedEngine", "RUN_REGISTRY_KEEPALIVE_S": "0.3",
-           "RUN_REGISTRY_MAX_WAITING_PER_CLIENT": "800"}
+           "RUN_REGISTRY_MAX_WAITING_PER_CLIENT": "799"}
     if request.param == "memory":
         with Gunicorn(directory / "memory.log", env=env) as server:
             yield Fleet(server, server)
@@ -195,18 +195,19 @@ def test_every_process_hands_out_the_same_signed_pack_for_a_run(fleet, tmp_path)
 
 
 def test_past_the_waiting_capacity_streams_get_503_while_healthz_and_hits_answer(tmp_path):
-    env = {"RUN_REGISTRY_ENGINE": "harness.fakes:ScenarioPacedEngine", "RUN_REGISTRY_MAX_WAITING": "3"}
+    env = {"RUN_REGISTRY_ENGINE": "harness.fakes:ScenarioPacedEngine", "RUN_REGISTRY_MAX_WAITING": "3",
+           "RUN_REGISTRY_MAX_WAITING_PER_CLIENT": "2", "RUN_REGISTRY_TRUSTED_PROXIES": "1"}
     with Gunicorn(tmp_path / "capacity.log", env=env) as server:
         cached = http("GET", f"{server.url}/runs/lookup?scenarioId=cached&seed=1", timeout=30)
         assert cached.status == 200
         run_id = start_async(server, "paced-1000-1").json()["runId"]  # 4 s: the streams stay open throughout
         streams = []
-        for _ in range(3):
+        for client in range(3):  # three clients (a proxy's X-Forwarded-For): none past its share of 2
             connection = http_client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-            connection.request("GET", f"/runs/{run_id}/events", headers=SSE)
+            connection.request("GET", f"/runs/{run_id}/events", headers={**SSE, "X-Forwarded-For": f"192.0.2.{client}"})
             assert connection.getresponse().status == 200
             streams.append(connection)
-        refused = http("GET", f"{server.url}/runs/{run_id}/events", headers=SSE)
+        refused = http("GET", f"{server.url}/runs/{run_id}/events", headers={**SSE, "X-Forwarded-For": "192.0.2.9"})
         assert refused.status == 503 and refused.headers["Retry-After"] == "1"
         assert refused.json()["type"] == "UNAVAILABLE"
         assert http("GET", f"{server.url}/healthz").status == 200
