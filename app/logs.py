@@ -191,9 +191,21 @@ class RequestLog:
             return start_response(status, headers, exc_info)
 
         try:
+            if environ.get("PATH_INFO", "")[:2] == "//":
+                return _no_such_path(answered)
             return self._app(environ, answered)
         finally:
             request_id_var.reset(token)
+
+
+def _no_such_path(start_response: StartResponse) -> list[bytes]:
+    """A path that starts with two slashes names no route. Routing would take ``//runs/<id>/replay``
+    as ``/runs/<id>/replay``, and the page's own links, made from its path, would then be
+    protocol-relative (``//runs/...``: another host). Checked here, before Flask, for a few
+    nanoseconds a request."""
+    body = b'{"type":"NOT_FOUND","message":"No such endpoint"}\n'
+    start_response("404 NOT FOUND", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
 
 
 def register_request_logging(

@@ -140,3 +140,15 @@ def test_the_answer_to_a_body_too_large_is_not_lost_while_the_client_still_sends
             while chunk := sock.recv(65536):
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 413") and b"PAYLOAD_TOO_LARGE" in answer
+
+
+def test_a_path_that_starts_with_two_slashes_names_nothing(server):
+    # Routing would take //runs/<id>/replay as /runs/<id>/replay, and the page's links, made from
+    # its path, would then lead to another host (//runs/... is protocol-relative).
+    run_id = http("GET", f"{server.url}/runs/lookup?scenarioId=kept&seed=2").json()["runId"]
+    for path in (f"//runs/{run_id}/replay", f"//runs/{run_id}/events", "//healthz"):
+        status, headers, body = raw_exchange(server.port, f"GET {path} HTTP/1.1\r\nHost: x\r\n"
+                                             "Connection: close\r\n\r\n".encode())
+        assert (status, headers["Content-Type"]) == (404, "application/json"), path
+        assert json.loads(body) == {"type": "NOT_FOUND", "message": "No such endpoint"}
+    assert http("GET", f"{server.url}/runs/{run_id}/replay").status == 200
