@@ -17,7 +17,11 @@ job names (``os.system`` too) and, with its default pickle serializer, whatever 
 unpickle to. So jobs are JSON (RQ's ``JSONSerializer``: reading one runs nothing), and this
 worker executes a job only when it is one of this module's two, with arguments of their shape
 and nothing else a job can ask of a worker (callbacks, webhooks, dependencies); anything else
-is logged and deleted unread. The Redis still needs a password (docs/deploying.md).
+is logged and deleted unread. RQ also acts on jobs outside execution, in its registry
+maintenance (an abandoned job's failure callback, its webhooks): this worker's jobs never name
+a callback or a webhook whatever their hash says, nor a function but the two, and its
+maintenance refuses what was left where RQ looks before RQ looks (``own_jobs_worker``). The
+Redis still needs a password (docs/deploying.md).
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ import re
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 from typing import Any
 
 from app.config import ConfigError
 from app.config import Settings
 from app.config import load_settings
+from app.config import registry_url_for_display
 from app.engine import load_engine
 from app.engine.base import Engine
 from app.engine.base import EngineUnavailable
@@ -55,11 +62,15 @@ from app.schemas import MAX_SAFE_INTEGER
 from app.schemas import SCENARIO_ID_PATTERN
 from app.text import printable
 
+if TYPE_CHECKING:
+    from rq.worker import HerokuWorker
+
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 # How often an idle worker tells Redis it is alive (RQ's default is every 405 s): after a Redis
 # restart it registers again within this, so /readyz counts it (docs/operations.md).
 HEARTBEAT_S = 10
+REDIS_START_WAIT_S = 10.0
 _SCENARIO_ID = SCENARIO_ID_PATTERN.pattern.removesuffix(r"\Z")  # the schema's own, as a part of a runId
 _RUN_ID = re.compile(rf"run_{_SCENARIO_ID}_-?[0-9]{{1,16}}_[0-9]{{1,16}}").fullmatch
 _OWNER = re.compile(r"[0-9a-f]{32}").fullmatch
@@ -217,23 +228,92 @@ def main() -> None:
     except ConfigError as err:
         sys.exit(f"run-registry worker: refusing to start: {err}")
     connection = Redis.from_url(horse.settings.registry_url)  # RQ blocks on its queue: no short read timeout
+    _wait_for_redis(connection, horse.settings)
     key = queue_key(horse.engine, horse.code_hash)
-    queue = Queue(queue_name(horse.settings, key), connection=connection, serializer=JSONSerializer)
+    worker_class = own_jobs_worker()
+    queue = worker_class.queue_class(queue_name(horse.settings, key), connection=connection, serializer=JSONSerializer)
     connection.sadd(Queue.redis_queues_keys, queue.key)  # so `rq info` lists the queue before its first job
     log.info("run-registry worker: executing runs of engine %s (%s) from queue %s", horse.engine.spec,
              _described(horse), queue.name)
-    worker = _worker_class()([queue], connection=connection, serializer=JSONSerializer, worker_ttl=HEARTBEAT_S + 15,
-                             name=f"run-registry-{socket.gethostname()}-{os.getpid()}")
+    worker = worker_class([queue], connection=connection, serializer=JSONSerializer, worker_ttl=HEARTBEAT_S + 15,
+                          name=f"run-registry-{socket.gethostname()}-{os.getpid()}")
     worker.work(with_scheduler=False, logging_level="INFO")
 
 
-def _worker_class() -> type:
-    """RQ's worker for Heroku-style hosts, for this service's own jobs only (defined on first use:
-    the web processes import this module for the job functions, and need no RQ worker)."""
+@cache
+def _wait_for_redis(connection: Any, settings: Settings) -> None:
+    """A worker may start before its Redis answers (a host starting both, an add-on still coming
+    up): it waits up to REDIS_START_WAIT_S, then refuses to start with one line, not a traceback."""
+    import redis
+
+    deadline = time.monotonic() + REDIS_START_WAIT_S
+    while True:
+        try:
+            connection.ping()
+            return
+        except redis.RedisError as err:
+            if time.monotonic() >= deadline:
+                sys.exit(f"run-registry worker: refusing to start: the Redis at"
+                         f" {registry_url_for_display(settings.registry_url)} does not answer"
+                         f" ({err.__class__.__name__}) after {REDIS_START_WAIT_S:g} s")
+            time.sleep(0.1)
+
+
+def own_jobs_worker() -> type[HerokuWorker]:
+    """RQ's worker for Heroku-style hosts, for this service's own jobs only, with the job and queue
+    classes it reads jobs with (``job_class``, ``queue_class``). Defined on first use: the web
+    processes import this module for the job functions, and need no RQ worker."""
     from rq import worker_registration
+    from rq.job import Job
+    from rq.queue import Queue
     from rq.worker import HerokuWorker
 
+    class OwnJob(Job):
+        """A job as this worker reads it: whatever its hash says, it has no callbacks and no
+        webhooks, and its function is one of this module's two.
+
+        RQ uses a job outside ``execute_job`` too: its registry maintenance calls an abandoned
+        started job's failure callback and sends its webhooks, a stop command calls the stopped
+        callback, and the hash ``execute_job`` checks is read a moment after the one RQ made the
+        job from. What this class never imports or calls, no such path can.
+        """
+
+        @property
+        def success_callback(self) -> None:
+            return None
+
+        @property
+        def failure_callback(self) -> None:
+            return None
+
+        @property
+        def stopped_callback(self) -> None:
+            return None
+
+        @property
+        def func(self) -> Any:
+            if self.func_name not in _JOBS or self.instance is not None:
+                raise ValueError(f"{printable(str(self.func_name), limit=80)!r} is not one of this service's jobs")
+            return super().func
+
+        def send_webhooks(self, status: str, *, exc_string: str | None = None) -> None:
+            """Nothing: ours have none, and a planted one would make this worker request any URL."""
+
+    class OwnQueue(Queue):
+        """This worker's queue, of ``OwnJob``s, which have no dependents."""
+
+        job_class = OwnJob
+
+        def move_dependents_to_ready(self, job: Job, pipeline: Any = None, exclude_job_id: str | None = None,
+                                     refresh_job_status: bool = True) -> dict[str, list[str]]:
+            # Ours have none: a job that names one of ours as its dependency was planted, and RQ
+            # would enqueue it (on whichever queue it names) when ours ends.
+            return {}
+
     class OwnJobsWorker(HerokuWorker):
+        job_class = OwnJob
+        queue_class = OwnQueue
+
         def execute_job(self, job: Any, queue: Any) -> None:
             refusal = job_refusal(self.connection.hgetall(job.key), job)
             if refusal is None:
@@ -241,6 +321,15 @@ def _worker_class() -> type:
                 return
             log.error("run-registry worker: job %s refused and deleted: %s", printable(job.id, limit=80), refusal)
             _delete_job(self.connection, job.id, queue.intermediate_queue_key)
+
+        def clean_registries(self) -> None:
+            # RQ's maintenance (at start-up, then every 10 minutes) acts on the jobs a worker leaves
+            # behind: it fails a started job whose execution expired and one stuck in the
+            # intermediate queue, and enqueues ready ones; one it cannot read stops the worker.
+            # Anyone who can write to the Redis can leave one there: refuse those first.
+            for queue in self.queues:
+                _refuse_left_jobs(self.connection, queue)
+            super().clean_registries()
 
         def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
             while True:
@@ -270,6 +359,58 @@ def _worker_class() -> type:
             super().heartbeat(timeout, pipeline)
 
     return OwnJobsWorker
+
+
+def _refuse_left_jobs(connection: Any, queue: Any) -> None:
+    """Refuse and delete the jobs in ``queue``'s started-job registry, intermediate queue and ready
+    registry (where RQ's maintenance looks) that are not this service's, and the entries there
+    RQ cannot read."""
+    started, ready = queue.started_job_registry.key, queue.ready_job_registry.key
+    intermediate = queue.intermediate_queue_key
+    places: dict[bytes, list[tuple[str, bytes]]] = {}  # a job id: where it is (key, member)
+    for member in connection.zrange(started, 0, -1):
+        if member.count(b":") != 1:  # not <job id>:<execution id> (with more colons, it stops RQ's maintenance)
+            log.error("run-registry worker: entry %s of %s refused and removed: it is not RQ's",
+                      printable(member.decode(errors="replace"), limit=80), started)
+            connection.zrem(started, member)
+            continue
+        places.setdefault(member.partition(b":")[0], []).append((started, member))
+    for member in connection.lrange(intermediate, 0, -1):
+        places.setdefault(member, []).append((intermediate, member))
+    for member in connection.zrange(ready, 0, -1):
+        places.setdefault(member, []).append((ready, member))
+    for raw_id, where in places.items():
+        job_id = raw_id.decode(errors="replace")
+        refusal = _left_job_refusal(connection, queue, job_id)
+        if refusal is None:
+            continue
+        log.error("run-registry worker: job %s refused and deleted (left in %s): %s", printable(job_id, limit=80),
+                  ", ".join(sorted({key for key, _ in where})), refusal)
+        with connection.pipeline() as pipeline:
+            for key, member in where:
+                if key == intermediate:
+                    pipeline.lrem(key, 0, member)
+                else:
+                    pipeline.zrem(key, member)
+            pipeline.delete(f"rq:job:{job_id}", queue.intermediate_queue.get_first_seen_key(job_id))
+            pipeline.execute()
+
+
+def _left_job_refusal(connection: Any, queue: Any, job_id: str) -> str | None:
+    """``job_refusal`` for a job RQ's maintenance would find (``None`` too when its hash is gone:
+    RQ drops such an entry unread)."""
+    try:
+        job = queue.job_class(job_id, connection=connection, serializer=queue.serializer)
+    except ValueError:  # RQ's check of a job id: RQ would stop the worker
+        return "its id is not RQ's"
+    fields = connection.hgetall(job.key)
+    if not fields:
+        return None
+    try:
+        job.restore(fields)
+    except Exception as err:  # whatever RQ raises reading a hash it did not write
+        return f"RQ cannot read it ({err.__class__.__name__})"
+    return job_refusal(fields, job)
 
 
 def _delete_job(connection: Any, job_id: str, intermediate_queue_key: str) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
 
+from app import worker
 from app.worker import job_refusal
+from app.worker import own_jobs_worker
 
 FIELDS = {name.encode(): b"" for name in ("created_at", "data", "description", "origin", "status", "timeout",
                                           "success_callback_name", "failure_callback_name", "stopped_callback_name")}
@@ -51,3 +54,42 @@ def test_the_services_own_jobs_are_taken():
 def test_anything_else_is_refused_with_its_reason(fields, candidate, reason):
     refusal = job_refusal(fields, candidate)
     assert refusal is not None and reason in refusal
+
+
+def read_by_the_worker(func_name, args=RUN, **fields):
+    """A job made, as the worker makes it, from a hash naming ``func_name`` and ``fields``."""
+    import redis
+    from rq.serializers import JSONSerializer
+
+    job = own_jobs_worker().job_class("planted", connection=redis.Redis(), serializer=JSONSerializer)
+    job.restore({b"data": json.dumps([func_name, None, list(args), {}]).encode(),
+                 **{name.encode(): value.encode() for name, value in fields.items()}})
+    return job
+
+
+def test_a_job_the_worker_reads_never_imports_a_callback_nor_sends_a_webhook(monkeypatch):
+    from rq.webhook import Webhook
+
+    sent = []
+    monkeypatch.setattr(Webhook, "send", lambda webhook, job, exc_string=None: sent.append(webhook.url))
+    webhooks = json.dumps([{"url": "http://127.0.0.1:9/", "job_status": "failed"}])
+    job = read_by_the_worker("app.worker.execute_run", success_callback_name="os.system",
+                             failure_callback_name="builtins.print", stopped_callback_name="os.system",
+                             webhooks=webhooks)
+    assert (job.success_callback, job.failure_callback, job.stopped_callback) == (None, None, None)
+    job.send_webhooks("failed")
+    assert sent == []
+
+
+def test_a_job_the_worker_reads_calls_only_the_services_own_functions():
+    assert read_by_the_worker("app.worker.execute_run").func is worker.execute_run
+    foreign = read_by_the_worker("os.system", ["id"])
+    with pytest.raises(ValueError, match=r"^'os\.system' is not one of this service's jobs$"):
+        _ = foreign.func
+
+
+def test_the_workers_jobs_have_no_dependents_to_enqueue():
+    import redis
+
+    queue = own_jobs_worker().queue_class("runs", connection=redis.Redis())
+    assert queue.move_dependents_to_ready(read_by_the_worker("app.worker.execute_run")) == {}
