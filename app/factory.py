@@ -104,9 +104,10 @@ def register_blueprints(app: Flask) -> None:
     from app.api import lookup
     from app.api import ops
     from app.api import pages
+    from app.api import runs
 
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    for blueprint in (lookup.bp, events.bp, evidence.bp, evidence.verification_bp, compare.bp, ops.bp,
+    for blueprint in (lookup.bp, runs.bp, events.bp, evidence.bp, evidence.verification_bp, compare.bp, ops.bp,
                       pages.bp):
         app.register_blueprint(blueprint)
     if app.extensions["access"].enabled:  # without keys the views are as they are: no cost at all

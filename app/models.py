@@ -175,6 +175,40 @@ class RunRef:
     status: RunStatus
 
 
+@dataclass(frozen=True, slots=True)
+class ListedRun:
+    """A run as ``GET /runs`` lists it: its scenario, seed and creation time are its runId's."""
+
+    run_id: str
+    status: RunStatus
+    determinism: LedgerEntry | None = None  # a done run's key in the ledger (None: forgotten, or not done)
+
+    @property
+    def scenario_id(self) -> str:
+        return run_scenario_id(self.run_id)
+
+    @property
+    def seed(self) -> int:
+        return run_seed(self.run_id)
+
+    @property
+    def created_at(self) -> int:
+        return run_created_at(self.run_id)
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """A page of runs, newest first, and the runId to go on from (``None``: no older run)."""
+
+    runs: list[ListedRun]
+    next: str | None
+
+
+def listing_order(run_id: str) -> tuple[int, str]:
+    """Where a run sits in the listing: by creation time, then runId (runs of one millisecond)."""
+    return run_created_at(run_id), run_id
+
+
 def run_description(identity: RunIdentity) -> dict[str, object]:
     """What never changes about a run, under the contract's names: the metadata endpoint adds
     its status and counts, the evidence pack its files' digests."""

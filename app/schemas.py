@@ -24,6 +24,9 @@ MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript's Number.MAX_SAFE_INTEGER: seeds surv
 # \Z, not $: marshmallow's Regexp uses match(), and $ would accept a trailing newline.
 SCENARIO_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _SEED_PATTERN = re.compile(r"[+-]?[0-9]+")
+# A runId as the service makes one: run_<scenarioId>_<seed>_<createdAt>.
+_SCENARIO_ID = SCENARIO_ID_PATTERN.pattern.removesuffix(r"\Z")
+RUN_ID_PATTERN = re.compile(rf"run_{_SCENARIO_ID}_-?[0-9]{{1,16}}_[0-9]{{1,16}}\Z")
 
 MAX_POSITION = 2**31 - 1  # far beyond any transcript; bounds the parse
 LIVE_PACE_MS = 50  # the default engine's nominal rhythm: 20 events a second
@@ -116,6 +119,35 @@ class LookupQuery(QuerySchema):
 
 
 _LOOKUP_QUERY = LookupQuery()
+
+
+MAX_RUNS_PAGE = 100
+RUNS_PAGE = 20
+_RUNS_LIMIT_MESSAGE = f"limit must be a whole number from 1 to {MAX_RUNS_PAGE}"
+
+
+class RunsQuery(QuerySchema):
+    """``GET /runs?limit=&cursor=``: a page size, and where the last page ended."""
+
+    limit = fields.Integer(load_default=RUNS_PAGE, strict=True,
+                           validate=validate.Range(1, MAX_RUNS_PAGE, error=_RUNS_LIMIT_MESSAGE),
+                           error_messages={"invalid": _RUNS_LIMIT_MESSAGE},
+                           metadata={"description": f"runs in the page, 1 to {MAX_RUNS_PAGE}"})
+    cursor = fields.String(load_default=None, validate=validate.Regexp(
+        RUN_ID_PATTERN, error="cursor must be a page's next, as GET /runs gave it"),
+        metadata={"description": "the previous page's next",
+                  "pattern": "^" + RUN_ID_PATTERN.pattern.removesuffix(r"\Z") + "$"})  # ECMA's dialect
+
+    @pre_load
+    def whole_numbers(self, data: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """A query's limit is text: digits only (``1e2``, ``+5`` or `` 5`` would be a guess)."""
+        loaded = dict(data.items())
+        limit = loaded.get("limit")
+        if limit is not None:
+            if not (isinstance(limit, str) and re.fullmatch(r"[0-9]{1,3}", limit)):
+                raise ValidationError(_RUNS_LIMIT_MESSAGE, "limit")
+            loaded["limit"] = int(limit)
+        return loaded
 
 
 AFTER_THE_END = -1  # Last-Event-ID: end: the client saw the message that ends a failed run

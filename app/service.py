@@ -59,6 +59,7 @@ from app.models import LedgerFigures
 from app.models import RegistryStats
 from app.models import RunError
 from app.models import RunKey
+from app.models import RunPage
 from app.models import RunRecord
 from app.models import RunState
 from app.models import Source
@@ -504,6 +505,11 @@ class RunService:
             duration_ms=round(reproduction.seconds * 1000, 3),
             determinism=check.entry,
         )
+
+    def runs(self, limit: int, before: str | None) -> RunPage:
+        """A page of the runs that can be read, newest first, from the run ``before`` names on."""
+        with _registry_errors:
+            return self._registry.runs(limit, before)
 
     def determinism(self, record: RunRecord) -> LedgerEntry | None:
         """The run's key in the determinism ledger (``None``: the ledger forgot it)."""

@@ -59,6 +59,7 @@ from app.registry.redis_registry import RedisRegistry
 from app.runner import EngineFault
 from app.runner import Runner
 from app.schemas import MAX_SAFE_INTEGER
+from app.schemas import RUN_ID_PATTERN
 from app.schemas import SCENARIO_ID_PATTERN
 from app.text import printable
 
@@ -71,8 +72,7 @@ _PR_SET_PDEATHSIG = 1
 # restart it registers again within this, so /readyz counts it (docs/operations.md).
 HEARTBEAT_S = 10
 REDIS_START_WAIT_S = 10.0
-_SCENARIO_ID = SCENARIO_ID_PATTERN.pattern.removesuffix(r"\Z")  # the schema's own, as a part of a runId
-_RUN_ID = re.compile(rf"run_{_SCENARIO_ID}_-?[0-9]{{1,16}}_[0-9]{{1,16}}").fullmatch
+_RUN_ID = RUN_ID_PATTERN.match  # the pattern ends with \Z: a whole match
 _OWNER = re.compile(r"[0-9a-f]{32}").fullmatch
 _NAME = re.compile(r"[\x21-\x7e]{1,128}").fullmatch  # an engineCodeHash, an engine's name or version
 # The fields of a job hash as this service's enqueue writes them (rq 3); a job with any other

@@ -71,6 +71,7 @@ def routes(done_run: str) -> list[tuple[str, str, str, bytes | None, dict[str, s
         ("lookup hit", "GET", "/runs/lookup?scenarioId=kept&seed=1", None, {}, {"read"}),
         ("lookup miss", "GET", f"/runs/lookup?scenarioId=fresh&seed={next(_fresh)}", None, {}, {"read", "run"}),
         ("metadata", "GET", f"/runs/{done_run}", None, {}, {"read"}),
+        ("runs list", "GET", "/runs?limit=5", None, {}, {"read"}),
         ("events JSON", "GET", f"/runs/{done_run}/events", None, {}, {"read"}),
         ("events SSE", "GET", f"/runs/{done_run}/events", None, {"Accept": "text/event-stream"}, {"read"}),
         ("CSV", "GET", f"/runs/{done_run}/export.csv", None, {}, {"read"}),

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from app.evidence.attestation import check_pack
+from app.models import listing_order
 from app.signing import public_keys_from_pem
 from harness.servers import Gunicorn
 from harness.servers import http
@@ -181,6 +182,22 @@ def test_a_done_runs_representations_carry_strong_etags_and_answer_304(fleet):
         assert stale.status == 200 and stale.body == first.body
         tags.add(tag)
     assert len(tags) == 5  # the gzip body has its own
+
+
+def test_every_process_lists_the_runs_any_process_started_newest_first(fleet):
+    started = []
+    for index, server in enumerate((fleet.starter, fleet.watcher, fleet.starter)):
+        lookup = f"{server.url}/runs/lookup?scenarioId=listed-{id(fleet)}&seed={index}"
+        started.append(http("GET", lookup).json()["runId"])
+    for server in (fleet.starter, fleet.watcher):
+        listed, cursor = [], ""
+        while cursor is not None:  # a page of two at a time, to the end
+            page = http("GET", f"{server.url}/runs?limit=2{cursor and '&cursor=' + cursor}").json()
+            listed += [run["runId"] for run in page["runs"]]
+            cursor = page["next"]
+        ours = [run_id for run_id in listed if run_id in started]
+        assert ours == sorted(started, key=listing_order, reverse=True)
+        assert len(listed) == len(set(listed))
 
 
 def test_every_process_hands_out_the_same_signed_pack_for_a_run(fleet, tmp_path):

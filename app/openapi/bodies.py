@@ -79,6 +79,22 @@ class RunMetadata(Schema):
     error = fields.Nested(ErrorBody, metadata={"description": "once failed"})
 
 
+class ListedRunBody(Schema):
+    run_id = fields.String(data_key="runId", required=True)
+    scenario_id = fields.String(data_key="scenarioId", required=True)
+    seed = fields.Integer(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(["running", "done", "failed"]))
+    created_at = fields.Integer(data_key="createdAt", required=True, metadata={"description": "epoch milliseconds"})
+    determinism = fields.Nested(Determinism, required=True, allow_none=True,
+                                metadata={"description": "a done run's key in the ledger; null otherwise"})
+
+
+class RunsPage(Schema):
+    runs = fields.List(fields.Nested(ListedRunBody), required=True)
+    next = fields.String(required=True, allow_none=True,
+                         metadata={"description": "the cursor of the next page; null after the oldest run"})
+
+
 class EventSchema(Schema):
     type = fields.String(required=True)
     data = fields.Dict(required=True)

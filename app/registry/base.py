@@ -14,6 +14,7 @@ from app.models import RegistryStats
 from app.models import RunError
 from app.models import RunIdentity
 from app.models import RunKey
+from app.models import RunPage
 from app.models import RunRecord
 from app.models import RunRef
 from app.models import RunState
@@ -24,6 +25,11 @@ FAILED_RETENTION_MS = 5 * 60_000
 # Expired entries removed per registry call that may add one (both backends). Each such call adds
 # at most one entry, so the sweep outpaces growth, while no call holds the registry for long.
 SWEEP_SLICE = 64
+
+
+# Index entries of runs gone (expired, evicted, failed and dropped) one listing passes at most,
+# beyond its page: they are removed as they are found, so the listing's cost stays bounded.
+LISTING_SCAN = 64
 
 
 class RegistryUnavailable(Exception):
@@ -109,6 +115,16 @@ class Registry(Protocol):
         (not counted again) and changes nothing.
 
         :returns: the check, or ``None`` if the run is not ``owner``'s running run: nothing changed.
+        """
+        ...
+
+    def runs(self, limit: int, before: str | None) -> RunPage:
+        """Runs that can be read (running, done and live, failed and kept), newest first: at most
+        ``limit`` of those older than ``before``, a runId (creation time, then runId, order them;
+        the run itself need not exist any more), or the newest ones. Each done run with its key's
+        ledger entry. The cost is bounded by ``limit``, not by the runs held: a page may come short
+        of ``limit`` when it passed runs gone meanwhile (at most ``LISTING_SCAN`` of them), and
+        ``next`` then still leads on.
         """
         ...
 

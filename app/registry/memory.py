@@ -8,21 +8,27 @@ from collections import Counter
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from sortedcontainers import SortedList
+
 from app.clock import now_ms
 from app.models import ENGINE_DURATION_BUCKETS_S
 from app.models import EncodedEvent
 from app.models import LedgerCheck
 from app.models import LedgerEntry
 from app.models import LedgerFigures
+from app.models import ListedRun
 from app.models import RegistryStats
 from app.models import RunError
 from app.models import RunIdentity
 from app.models import RunKey
+from app.models import RunPage
 from app.models import RunRecord
 from app.models import RunRef
 from app.models import RunState
 from app.models import duration_bucket
+from app.models import listing_order
 from app.registry.base import FAILED_RETENTION_MS
+from app.registry.base import LISTING_SCAN
 from app.registry.base import SWEEP_SLICE
 from app.registry.base import RegistryFull
 from app.registry.base import Started
@@ -87,6 +93,8 @@ class MemoryRegistry:
         self._running: dict[str, _Running] = {}  # by cache key
         self._failed: OrderedDict[str, _Failed] = OrderedDict()  # by runId, oldest first
         self._keys_by_run_id: dict[str, str] = {}  # running and done runs
+        # Every run held (running, done, failed) by listing order: a page is a range of it.
+        self._listing: SortedList = SortedList()
         self._entries_by_scenario: Counter[str] = Counter()
         self._run_ids = RunIdClock()
         self._evictions = 0
@@ -128,6 +136,7 @@ class MemoryRegistry:
             identity = RunIdentity(run_id, cache_key, key.engine_code_hash, engine_name, engine_version)
             self._running[cache_key] = _Running(identity, owner)
             self._keys_by_run_id[run_id] = cache_key
+            self._listing.add(listing_order(run_id))
             self._entries_by_scenario[key.scenario_id] += 1
             self._misses += 1
             return Started(run_id, "running", started=True, identity=identity)
@@ -165,6 +174,40 @@ class MemoryRegistry:
         cache_key = self._keys_by_run_id.get(run_id)
         done = self._done.get(cache_key) if cache_key is not None else None
         return done is not None and done.record.run_id == run_id and done.record.events_digest == record.events_digest
+
+    def runs(self, limit: int, before: str | None) -> RunPage:
+        now = now_ms()
+        with self._lock:
+            self._sweep(now, SWEEP_SLICE)
+            self._prune_failed(now)
+            if before is None:
+                older = reversed(self._listing)
+            else:
+                older = self._listing.irange(maximum=listing_order(before), inclusive=(True, False), reverse=True)
+            listed: list[ListedRun] = []
+            passed = 0
+            for _, run_id in older:
+                if len(listed) == limit or passed == LISTING_SCAN:
+                    return RunPage(listed, listed[-1].run_id if listed else run_id)
+                run = self._listed(run_id, now)
+                if run is None:
+                    passed += 1
+                else:
+                    listed.append(run)
+            return RunPage(listed, None)
+
+    def _listed(self, run_id: str, now: int) -> ListedRun | None:
+        """The run as the listing shows it; ``None`` for a done run past its expiry that the sweep
+        has not reached (left in place: the listing is being read)."""
+        cache_key = self._keys_by_run_id.get(run_id)
+        if cache_key is None:
+            return ListedRun(run_id, "failed") if run_id in self._failed else None
+        if cache_key in self._running:
+            return ListedRun(run_id, "running")
+        done = self._done.get(cache_key)
+        if done is None or now >= done.expires_at:
+            return None
+        return ListedRun(run_id, "done", self._ledger.entry(cache_key, now))
 
     def check_reproduction(self, record: RunRecord, replayed_digest: bytes) -> LedgerCheck:
         now = now_ms()
@@ -315,7 +358,9 @@ class MemoryRegistry:
         return done
 
     def _remove_done(self, cache_key: str) -> None:
-        self._forget(self._done.pop(cache_key).record.identity)
+        identity = self._done.pop(cache_key).record.identity
+        self._forget(identity)
+        self._listing.discard(listing_order(identity.run_id))
 
     def _forget(self, identity: RunIdentity) -> None:
         del self._keys_by_run_id[identity.run_id]
@@ -329,7 +374,8 @@ class MemoryRegistry:
             len(self._failed) > MAX_FAILED_RETAINED
             or now - next(iter(self._failed.values())).failed_at >= FAILED_RETENTION_MS
         ):
-            self._failed.popitem(last=False)
+            run_id, _ = self._failed.popitem(last=False)
+            self._listing.discard(listing_order(run_id))
 
     def _sweep(self, now: int, limit: int) -> int:
         """Remove up to ``limit`` expired done entries from the front; return how many."""

@@ -40,16 +40,19 @@ from app.models import EncodedEvent
 from app.models import LedgerCheck
 from app.models import LedgerEntry
 from app.models import LedgerFigures
+from app.models import ListedRun
 from app.models import RegistryStats
 from app.models import RunError
 from app.models import RunIdentity
 from app.models import RunKey
+from app.models import RunPage
 from app.models import RunRecord
 from app.models import RunRef
 from app.models import RunState
 from app.models import duration_bucket
 from app.models import run_created_at
 from app.registry.base import FAILED_RETENTION_MS
+from app.registry.base import LISTING_SCAN
 from app.registry.base import SWEEP_SLICE
 from app.registry.base import RegistryFull
 from app.registry.base import RegistryUnavailable
@@ -106,7 +109,7 @@ class RedisRegistry:
         self._follow_client = redis_client(url, timeout_ms, blocking_read_s=FOLLOW_BLOCK_MS / 1000 + timeout_ms / 1000)
         self._scripts = {name: self._client.register_script(_script(name)) for name in (
             "touch", "peek", "start", "append", "finish", "fail", "reap", "renew", "discard", "stats", "engine_run",
-            "hand_over", "take_over", "check_reproduction", "ledger_figures")}
+            "hand_over", "take_over", "check_reproduction", "ledger_figures", "list_runs")}
         self._executor = f"{socket.gethostname()}:{os.getpid()}"
         self._defects = DefectLog(log)
         self._lock = threading.Lock()
@@ -191,14 +194,31 @@ class RedisRegistry:
                 return None
         if fields[0] is None or fields[1] is None:
             return None
+        return self._ledger_entry(fields, cache_key)
+
+    def _ledger_entry(self, fields: Sequence[Any], name: str) -> LedgerEntry | None:
+        """A ledger hash's r, d, n, x fields as an entry; ``None``, reported once, if they are not one."""
         try:
             run_id = fields[0].decode()
             if len(fields[1]) != 32 or run_created_at(run_id) <= 0:  # a digest, and a runId it can read
                 raise ValueError(run_id)
             return LedgerEntry(run_id, bytes(fields[1]), int(fields[2] or 0), int(fields[3] or 0))
         except (ValueError, IndexError, UnicodeDecodeError):
-            self._defects.report(cache_key, "redis ledger entry of key %s is not one; treated as absent", cache_key)
+            self._defects.report(name, "redis ledger entry of %s is not one; treated as absent", name)
             return None
+
+    def runs(self, limit: int, before: str | None) -> RunPage:
+        self._start_background()
+        answer = self._call("list_runs", limit, before or "", run_created_at(before) if before else 0, LISTING_SCAN)
+        listed = []
+        for offset in range(1, len(answer), 6):
+            run_id, status, *ledger = answer[offset:offset + 6]
+            run_id = run_id.decode()
+            determinism = None
+            if ledger[0] and ledger[1]:
+                determinism = self._ledger_entry(ledger, f"the key of run {run_id}")
+            listed.append(ListedRun(run_id, status.decode(), determinism))
+        return RunPage(listed, answer[0].decode() if answer[0] else None)
 
     def ledger_figures(self, latest: int) -> LedgerFigures:
         answer = self._call("ledger_figures", latest, *self._ledger_bounds)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.mark.parametrize("path", ["/nope", "/index.html", "/runs", "/runs/lookup/", "/runs/a/events/extra"])
+@pytest.mark.parametrize("path", ["/nope", "/index.html", "/runs/", "/runs/lookup/", "/runs/a/events/extra"])
 def test_unknown_route_answers_json_404(client, path):
     response = client.get(path)
     assert response.status_code == 404

@@ -109,7 +109,7 @@ def test_the_openapi_document_declares_the_bearer_scheme_and_each_operations_sco
     scopes = {(path, method): operation.get("x-scopes", operation.get("security"))
               for path, operations in document["paths"].items() for method, operation in operations.items()}
     assert scopes == {
-        ("/runs/lookup", "get"): ["read"], ("/runs/{run_id}", "get"): ["read"],
+        ("/runs/lookup", "get"): ["read"], ("/runs", "get"): ["read"], ("/runs/{run_id}", "get"): ["read"],
         ("/runs/{run_id}/events", "get"): ["read"], ("/runs/{run_id}/replay", "get"): [],
         ("/runs/{run_id}/snapshot", "get"): ["read"], ("/runs/{run_id}/export.csv", "get"): ["read"],
         ("/runs/{run_id}/attestation", "get"): ["read"], ("/signing-keys", "get"): [],

@@ -23,6 +23,7 @@ from app.models import RunError
 from app.models import RunIdentity
 from app.models import RunKey
 from app.models import RunRecord
+from app.models import listing_order
 from app.registry.base import RegistryFull
 
 EVENTS = [("start", b'{"seed":1}'), ("token", '{"text":"é\\n"}'.encode()), ("done", b"{}")]
@@ -62,6 +63,17 @@ def digest_of(events) -> bytes:
 
 
 OTHER_EVENTS = [EVENTS[0], ("token", b'{"text":"drift"}'), EVENTS[2]]
+
+
+def every_page(registry, limit: int) -> list[list[str]]:
+    """The runIds of every page of the listing, following ``next`` to the end."""
+    pages, before = [], None
+    while True:
+        page = registry.runs(limit, before)
+        pages.append([run.run_id for run in page.runs])
+        if page.next is None:
+            return pages
+        before = page.next
 
 
 class RegistryContract:
@@ -390,3 +402,44 @@ class RegistryContract:
         registry.discard(run_id)
         assert registry.get(run_id) is None and registry.touch(key().digest) is None
         assert start(registry).started
+
+    def test_runs_are_listed_newest_first_a_page_at_a_time_with_their_status_and_determinism(self, registry):
+        done = [create(registry, f"done-{index}") for index in range(5)]
+        failed = start(registry, key("failed")).run_id
+        assert registry.fail(failed, "owner-1", RunError("ENGINE_ERROR", "broke"))
+        running = start(registry, key("running")).run_id
+        newest_first = sorted([*done, failed, running], key=listing_order, reverse=True)
+        pages = every_page(registry, 3)
+        assert [run_id for page in pages for run_id in page] == newest_first
+        assert [len(page) for page in pages] == [3, 3, 1]
+        listed = {run.run_id: run for run in registry.runs(100, None).runs}
+        assert {run_id: run.status for run_id, run in listed.items()} == {
+            **{run_id: "done" for run_id in done}, failed: "failed", running: "running"}
+        assert listed[done[0]].determinism == LedgerEntry(done[0], digest_of(EVENTS), 0, 0)
+        assert listed[failed].determinism is None and listed[running].determinism is None
+        assert (listed[running].scenario_id, listed[running].seed) == ("s", key("running").seed)
+
+    def test_runs_of_one_millisecond_are_each_listed_once_across_pages(self, registry, frozen_ms):
+        # On Redis these runs share a millisecond (the memory registry never repeats one).
+        with frozen_ms():
+            run_ids = [start(registry, key(f"same-ms-{index}")).run_id for index in range(7)]
+            pages = every_page(registry, 2)
+        assert sorted(run_id for page in pages for run_id in page) == sorted(run_ids)
+        assert [len(page) for page in pages] == [2, 2, 2, 1]
+
+    def test_runs_gone_are_not_listed_and_a_listing_passes_a_bounded_number_of_them(
+            self, make_registry, advance, ttl_ms):
+        from app.registry.base import LISTING_SCAN
+
+        registry = make_registry(max_entries=LISTING_SCAN * 3)
+        gone = [create(registry, f"gone-{index}") for index in range(LISTING_SCAN + 5)]
+        discarded = create(registry, "discarded")
+        registry.discard(discarded)
+        advance(ttl_ms)
+        live = [start(registry, key(f"live-{index}")).run_id for index in range(2)]
+        first = registry.runs(10, None)
+        assert sorted(run.run_id for run in first.runs) == sorted(live)
+        pages = every_page(registry, 10)
+        assert sorted(run_id for page in pages for run_id in page) == sorted(live)
+        assert not set(gone) & {run_id for page in pages for run_id in page}
+        assert registry.runs(10, None).next is None  # the gone ones met are out of the index

@@ -6,5 +6,6 @@ if f.err or not f[1] or not f[2] or f[3] ~= 'done' then return 0 end
 local entry = prefix .. 'key:' .. f[2]
 if string_at(entry) == ARGV[2] then redis.call('DEL', entry) end
 redis.call('DEL', run)
+redis.call('ZREM', prefix .. 'runs', ARGV[2])
 if redis.call('ZSCORE', prefix .. 'lru', f[1] .. ' ' .. f[2]) then forget(f[1] .. ' ' .. f[2], 'discarded') end
 return 1

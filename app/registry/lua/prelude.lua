@@ -6,6 +6,8 @@
 --   running           a sorted set of running runIds by lease expiry (epoch ms)
 --   lru               a sorted set of "<scenarioId> <cacheKey>" of done runs by expiry, which,
 --                     with one TTL renewed only on hits, is also least-recently-used order
+--   runs              a sorted set of runIds by creation (epoch ms), for the listing: every run
+--                     started; ones gone since are dropped lazily (start.lua, list_runs.lua)
 --   scenario-entries  a sorted set of scenarios by minus their entries (running and done)
 --   counters          a hash: hits, misses, evictions, expirations, failures, engine runs
 --   ledger:<cacheKey> a hash: the key's determinism reference (r: runId, d: its digest, raw) and

@@ -20,7 +20,10 @@ while redis.call('ZCARD', lru) + redis.call('ZCARD', running) >= max_entries do
   if not oldest then return {'full'} end
   local oldest_entry = prefix .. 'key:' .. string.match(oldest, ' (%S+)$')
   local oldest_run = string_at(oldest_entry)
-  if oldest_run then redis.call('DEL', oldest_entry, prefix .. 'run:' .. oldest_run) end
+  if oldest_run then
+    redis.call('DEL', oldest_entry, prefix .. 'run:' .. oldest_run)
+    redis.call('ZREM', prefix .. 'runs', oldest_run)
+  end
   forget(oldest, 'evictions')
 end
 -- The runId takes the first millisecond from the service's now that no run, of any key or
@@ -35,6 +38,14 @@ redis.call('HSET', prefix .. 'run:' .. run_id, 'runId', run_id, 'cacheKey', cach
            'owner', ARGV[6], 'executor', ARGV[13], 'count', 0, 'hits', 0)
 redis.call('SET', prefix .. 'key:' .. cache_key, run_id)
 redis.call('ZADD', running, now + tonumber(ARGV[7]), run_id)
+-- The listing's index. Runs that Redis expires leave it lazily: two members drawn at random are
+-- dropped if their run is gone, so gone ones stay about as many as live ones (each start adds
+-- one, and removes two times the share that is gone) whether or not anyone lists runs.
+local index = prefix .. 'runs'
+redis.call('ZADD', index, string.format('%d', created_at), run_id)
+for _, member in ipairs(redis.call('ZRANDMEMBER', index, 2)) do
+  if redis.call('EXISTS', prefix .. 'run:' .. member) == 0 then redis.call('ZREM', index, member) end
+end
 redis.call('ZINCRBY', prefix .. 'scenario-entries', -1, ARGV[9])
 redis.call('HINCRBY', prefix .. 'counters', 'misses', 1)
 return {'started', run_id}
