@@ -139,6 +139,8 @@ class RunRecord:
     def events_json(self, body: bytes) -> bytes:
         """The events' canonical JSON within this record's decompressed ``body``."""
         head, tail = _body_frame(self.run_id, self.event_count)
+        if not body.endswith(b"\n"):  # recorded by a version whose bodies ended without one
+            tail = tail[:-1]
         return body[len(head):len(body) - len(tail)]
 
 
@@ -229,8 +231,9 @@ def record_description(record: RunRecord) -> dict[str, object]:
 
 
 def _body_frame(run_id: str, event_count: int) -> tuple[bytes, bytes]:
-    """What surrounds the events in the /events body."""
-    return b'{"runId":' + json.dumps(run_id).encode() + b',"events":', b',"count":%d}' % event_count
+    """What surrounds the events in the /events body (which ends with a newline, as every JSON
+    body does, so that a terminal's prompt does not run into it)."""
+    return b'{"runId":' + json.dumps(run_id).encode() + b',"events":', b',"count":%d}\n' % event_count
 
 
 def encode_event(event_type: str, data_json: bytes) -> bytes:

@@ -30,6 +30,14 @@ def test_a_record_reads_back_as_its_events_and_their_canonical_json():
     assert cache.body(record()).startswith(b'{"runId":"run_s_1_1795694400000","events":[')
 
 
+def test_a_body_ends_with_a_newline_and_one_recorded_without_it_still_reads_back():
+    body = TranscriptCache(max_bytes=100_000).body(record())
+    assert body.endswith(b',"count":3}\n')
+    # Runs an earlier version kept (in Redis, across an upgrade) end without one: still whole.
+    older = dataclasses.replace(record(), body_gzip=gzip.compress(body.removesuffix(b"\n"), mtime=0))
+    assert TranscriptCache(max_bytes=100_000).encoded_events(older) == EVENTS
+
+
 def test_a_transcript_that_does_not_match_its_digest_is_refused():
     damaged = dataclasses.replace(record(), body_gzip=gzip.compress(
         gzip.decompress(record().body_gzip).replace(b"seed", b"sied"), mtime=0))

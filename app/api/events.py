@@ -66,7 +66,7 @@ def show_run(run_id: str) -> Response:
         body += f',"determinism":{_determinism_json(service.determinism(state.record))}'
     if state.error is not None:
         body += f',"error":{_json({"type": state.error.type, "message": state.error.message})}'
-    return Response(body + "}", headers=(JSON_TYPE,))
+    return Response(body + "}\n", headers=(JSON_TYPE,))
 
 
 @bp.get("/runs/<run_id>/events")

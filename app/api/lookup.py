@@ -54,7 +54,7 @@ def lookup() -> Response:
     if answer.done:
         # The hot path, written directly rather than through a JSON encoder: a runId is letters,
         # digits and ._- (the scenarioId's alphabet) and the source a known word, nothing to escape.
-        response = Response(f'{{"runId":"{answer.run_id}","source":"{answer.source}"}}',
+        response = Response(f'{{"runId":"{answer.run_id}","source":"{answer.source}"}}\n',
                             headers=_DONE_HEADERS[answer.source])
     else:
         response = pending_response({"runId": answer.run_id, "source": answer.source, "status": "running"},
