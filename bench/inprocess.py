@@ -11,6 +11,7 @@ import time
 import tracemalloc
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from app.access import open_caller
 from app.clock import now_ms
@@ -37,6 +38,7 @@ def measure(runs: int, scratch: Path, smoke: bool = False) -> dict[str, str]:
     figures.update(lookup_time_by_entries(10, min(runs, 100_000), repeats=3 if smoke else 9))
     figures.update(longest_sweep_pause(min(runs, 100_000)))
     figures.update(compare_of_large_runs(2_000 if smoke else 200_000))
+    figures.update(listing_time_by_runs(100, 1_000 if smoke else 100_000, scratch, repeats=3 if smoke else 9))
     return figures
 
 
@@ -168,6 +170,43 @@ def lookup_time_by_entries(few: int, many: int, repeats: int) -> dict[str, str]:
         f"lookup hit in the service, {many:,} entries": f"{timings[many] * 1e6:.2f} µs"
         f" (throughput {timings[few] / timings[many]:.2f} of the {few}-entry figure)",
     }
+
+
+def listing_time_by_runs(few: int, many: int, scratch: Path, repeats: int) -> dict[str, str]:
+    """A page of GET /runs (20 runs, the first and one deep in the listing) in the registry, with
+    ``few`` and with ``many`` done runs held, in memory and on Redis: a page's cost is the page's."""
+    from app.registry.redis_registry import RedisRegistry
+    from harness.servers import RedisServer
+
+    def median_page_us(registry: Any, runs: int) -> float:
+        for seed in range(runs):
+            _store_done_run(registry, RunKey("bench-listing", seed, CODE_HASH), [])
+        deep = registry.runs(20, None)
+        for _ in range(runs // 40):  # halfway down
+            deep = registry.runs(20, deep.next)
+        batches = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _ in range(100):
+                registry.runs(20, None)
+                registry.runs(20, deep.next)
+            batches.append((time.perf_counter() - started) / 200)
+        return statistics.median(batches) * 1e6
+
+    figures = {}
+    for backend in ("memory", "Redis"):
+        timings = {}
+        for runs in (few, many):
+            if backend == "memory":
+                timings[runs] = median_page_us(MemoryRegistry(ttl_ms=3_600_000, max_entries=many), runs)
+                continue
+            with RedisServer(scratch) as server:
+                registry = RedisRegistry(server.url, ttl_ms=3_600_000, max_entries=many, lease_ms=3_600_000)
+                timings[runs] = median_page_us(registry, runs)
+                registry.close()
+        figures[f"a page of 20 runs, {backend}, {few:,} and {many:,} runs held"] = (
+            f"{timings[few]:.0f} µs and {timings[many]:.0f} µs ({timings[many] / timings[few]:.2f}x)")
+    return figures
 
 
 def longest_sweep_pause(entries: int) -> dict[str, str]:
