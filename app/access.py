@@ -64,8 +64,11 @@ def parse_scopes(text: str, what: str) -> frozenset[str]:
     :raises KeyEntryError: an unknown or repeated scope, or none.
     """
     scopes = text.split("+")
-    if not text or any(scope not in SCOPES for scope in scopes) or len(set(scopes)) != len(scopes):
+    if not text or any(scope not in SCOPES for scope in scopes):
         raise KeyEntryError(f"{what}: scopes must be one or more of {', '.join(SCOPES)} joined by +")
+    repeated = next((scope for scope in SCOPES if scopes.count(scope) > 1), None)
+    if repeated is not None:
+        raise KeyEntryError(f"{what}: scope {repeated} is given twice (each of {', '.join(SCOPES)} once at most)")
     return frozenset(scopes)
 
 

@@ -42,7 +42,19 @@ class Answer:
     body: bytes
 
     def json(self) -> Any:
-        return json.loads(self.body)
+        """The body as JSON: a server's body that is not is a ServiceError, said in one line like any other."""
+        try:
+            return json.loads(self.body)
+        except (ValueError, RecursionError):
+            shown = printable(self.body[:80].decode("utf-8", "replace"), 80)
+            raise ServiceError(f"the answer ({self.status}) is not JSON: {shown}") from None
+
+    def json_object(self) -> dict[str, Any]:
+        """The body as a JSON object, as every answer of the API is; anything else is a ServiceError."""
+        body = self.json()
+        if not isinstance(body, dict):
+            raise ServiceError(f"the answer ({self.status}) is not a JSON object")
+        return body
 
 
 @dataclass(frozen=True)
@@ -91,10 +103,17 @@ class Service:
             reason = getattr(error, "reason", error)
             raise ServiceError(f"cannot reach {self.url}: {printable(str(reason))}") from None
 
-    def events(self, run_id: str) -> Iterator[StreamedEvent]:
+    def events(self, run_id: str, count: int | None = None) -> Iterator[StreamedEvent]:
         """The run's events as Server-Sent Events, live while it runs; resumed where it was when the
-        connection drops, until the run ends (a 204 after its end, or its error message)."""
+        connection drops, until the run's end.
+
+        The end is what the stream itself shows, so that a service gone after the last event is no
+        failure: the run's error message; its ``done`` event (the connection is then read to its
+        close, never resumed: a drop after ``done`` loses nothing of the run); position ``count``,
+        when the caller knows the run is done and how long it is; or, resumed, a ``204``.
+        """
         last = ""
+        done_seen = False
         while True:
             headers = {**self._headers, "Accept": "text/event-stream", **({"Last-Event-ID": last} if last else {})}
             request = urllib.request.Request(f"{self.url}/runs/{quote(run_id)}/events", headers=headers)
@@ -107,11 +126,18 @@ class Service:
                         yield event
                         if event.type == "error":  # the run failed: its stream's last message
                             return
+                        if count is not None and event.id == str(count):
+                            return
+                        done_seen = done_seen or event.type == "done"
             except urllib.error.HTTPError as error:
                 raise ServiceError(_refusal(error.code, error.read(MAX_ERROR_BYTES))) from None
             except (urllib.error.URLError, OSError) as error:
+                if done_seen:
+                    return
                 reason = printable(str(getattr(error, "reason", error)))
                 raise ServiceError(f"cannot reach {self.url}: {reason}") from None
+            if done_seen:
+                return
 
 
 def _messages(response: Any) -> Iterator[StreamedEvent]:
@@ -161,6 +187,25 @@ def _retry_after(headers: dict[str, str]) -> float:
 def origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+
+
+def url_problem(url: str) -> str | None:
+    """What keeps ``url`` from being a service's address (http or https, and a host), said with an
+    example of one; ``None`` when it is one."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        where = url.split("://", 1)[1] if "://" in url else url.lstrip("/")
+        example = f"http://{where}" if where else DEFAULT_URL
+        if "://" in url:
+            return f"is not http or https: a service's URL is such as {example}"
+        return f"has no scheme: a service's URL starts with http:// or https://, such as {example}"
+    if not parts.hostname:
+        return f"names no host: a service's URL is such as {DEFAULT_URL}"
+    try:
+        parts.port  # noqa: B018 - a port that is not a number 0-65535 raises here
+    except ValueError:
+        return f"has a port that is not a number 0-65535: a service's URL is such as {DEFAULT_URL}"
+    return None
 
 
 class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):

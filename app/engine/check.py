@@ -23,6 +23,7 @@ from pathlib import Path
 from app.config import ConfigError
 from app.config import load_settings
 from app.engine import load_engine
+from app.engine import spec_problem
 from app.engine.base import Engine
 from app.engine.base import EngineError
 from app.engine.base import EngineUnavailable
@@ -68,6 +69,11 @@ def check_engine(spec: str, scenario_id: str | None, seed: int, timeout_s: float
     """
     if os.getcwd() not in sys.path:  # gunicorn, run where the engine is, finds it there too
         sys.path.insert(0, os.getcwd())
+    # The spec's form first: the settings' own message would name RUN_REGISTRY_ENGINE, which the
+    # user of check-engine did not set.
+    problem = spec_problem(spec)
+    if problem:
+        raise EngineCheckFailed(problem)
     try:
         settings = load_settings({**os.environ, "RUN_REGISTRY_ENGINE": spec})
         engine = load_engine(settings)
