@@ -536,6 +536,11 @@ class RunService:
 
     # Operations.
 
+    @property
+    def ttl_minutes(self) -> float:
+        """How long a done run stays after its last lookup: what the pages tell a person."""
+        return self._settings.ttl_minutes
+
     def stats_report(self) -> StatsReport:
         """What the registry counts (with a shared backend, for the whole fleet), with its settings;
         entries by scenario for the ``STATS_TOP_SCENARIOS`` scenarios with the most."""

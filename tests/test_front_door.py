@@ -8,18 +8,16 @@ import pytest
 
 from app.access import new_key
 from harness.browser import chromium
-from harness.servers import ROOT
+from harness.browser import shot
 from harness.servers import Gunicorn
 from harness.servers import http
 
 pytestmark = pytest.mark.server
-SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 SECRET, ENTRY = new_key("browser", "read+run")
 
 
 @pytest.fixture(scope="module")
 def browser():
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with chromium() as running:
         yield running
 
@@ -40,12 +38,8 @@ def keyed_server(tmp_path_factory):
         yield server
 
 
-def shot(page, name: str) -> None:
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-
-
 def test_the_home_page_looks_a_run_up_and_the_replay_page_watches_it_live_with_its_charts(open_server, browser):
-    page = browser.new_page()
+    page = browser.new_page(locale="en-US")
     page.goto(f"{open_server.url}/")
     page.wait_for_selector("body[data-ready='true']")
     assert page.title() == "Run Registry"
@@ -63,14 +57,20 @@ def test_the_home_page_looks_a_run_up_and_the_replay_page_watches_it_live_with_i
     done = http("GET", f"{open_server.url}/runs/{run_id}").json()
     assert (metadata["Status"], metadata["Events"], metadata["Events sha256"]) == ("done", "147", done["eventsSha256"])
     assert page.locator(".chart").evaluate_all("charts => charts.map(c => c.dataset.series)") == ["profit", "buyers"]
-    assert page.locator(".chart polyline").count() == 2 and page.locator(".chart circle").count() == 14
+    assert page.locator(".chart canvas").count() == 2  # uPlot's
+    assert page.locator(".chart [data-line]").evaluate_all("lines => lines.map(l => l.dataset.points)") == ["7", "7"]
+    # The point a reader wants first, read out under its chart: the best price.
+    events = http("GET", f"{open_server.url}/runs/{run_id}/events").json()["events"]
+    report = next(event["data"] for event in events if event["type"] == "report")
+    assert page.text_content(".chart[data-series='profit'] .peaks") == (
+        f"highest profit ($) {report['profit']:,} at price ($) {report['bestPrice']}")
     assert "series" not in page.locator("#report td").all_text_contents()  # drawn, not listed
     shot(page, "live-lookup-done-with-charts")
     page.close()
 
 
 def test_the_compare_view_draws_both_runs_series_of_a_name_on_one_chart(open_server, browser):
-    page = browser.new_page()
+    page = browser.new_page(locale="en-US")
     page.goto(f"{open_server.url}/?left=pricing-v1:42&right=pricing-v2:42")  # a comparison has a URL
     page.wait_for_selector("body[data-compare='not-started']", timeout=30_000)  # a URL starts nothing
     shot(page, "compare-from-a-url-offers-to-start-the-runs")
@@ -78,9 +78,11 @@ def test_the_compare_view_draws_both_runs_series_of_a_name_on_one_chart(open_ser
     page.wait_for_selector("body[data-compare='shown']", timeout=30_000)
     assert page.get_attribute("body", "data-charts") == "2"
     for name in ("profit", "buyers"):
-        lines = page.locator(f".chart[data-series='{name}'] polyline")
+        lines = page.locator(f".chart[data-series='{name}'] [data-line]")
         assert lines.evaluate_all("ls => ls.map(l => l.dataset.line)") == [
             "left: pricing-v1 seed 42", "right: pricing-v2 seed 42"]
+        labels = page.locator(f".chart[data-series='{name}'] .u-legend .u-label").all_text_contents()
+        assert labels[1:] == ["left: pricing-v1 seed 42", "right: pricing-v2 seed 42"]  # one chart, both lines
     assert "The transcripts differ from event 1" in page.text_content("#verdict")
     metrics = page.locator("#metrics tbody tr td:first-child").all_text_contents()
     assert "bestPrice" in metrics and "series" not in metrics
@@ -89,7 +91,7 @@ def test_the_compare_view_draws_both_runs_series_of_a_name_on_one_chart(open_ser
 
 
 def test_with_keys_the_pages_ask_for_one_and_a_failed_runs_page_offers_no_downloads(keyed_server, browser):
-    page = browser.new_page()
+    page = browser.new_page(locale="en-US")
     page.goto(f"{keyed_server.url}/")
     page.fill("#lookup-scenario", "paced-20-6-breaks")
     page.fill("#lookup-seed", "1")
@@ -114,11 +116,12 @@ def test_with_keys_the_pages_ask_for_one_and_a_failed_runs_page_offers_no_downlo
 
 
 def test_a_series_of_200000_points_is_drawn_thinned(keyed_server, browser):
-    """Math.min.apply over 200,000 points overflowed the stack ("Maximum call stack size exceeded")."""
+    """Math.min.apply over 200,000 points overflowed the stack ("Maximum call stack size exceeded"). What
+    is drawn is each of 2,000 runs of points' lowest and highest: the line's shape and its peak."""
     headers = {"Authorization": f"Bearer {SECRET}"}
     run_id = http("GET", f"{keyed_server.url}/runs/lookup?scenarioId=series-200000&seed=1", headers=headers,
                   timeout=30).json()["runId"]
-    page = browser.new_page()
+    page = browser.new_page(locale="en-US")
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(f"{keyed_server.url}/")
@@ -126,6 +129,8 @@ def test_a_series_of_200000_points_is_drawn_thinned(keyed_server, browser):
     page.goto(f"{keyed_server.url}/runs/{run_id}/replay")
     page.wait_for_selector("body[data-replay='complete']", timeout=30_000)
     assert errors == []
-    assert int(page.get_attribute(".chart polyline", "data-drawn")) <= 501
-    assert page.locator(".chart circle").count() == 0  # no dot per point of a long line
+    line = page.locator(".chart [data-line]")
+    assert line.get_attribute("data-points") == "200000" and int(line.get_attribute("data-drawn")) <= 4002
+    assert line.text_content() == "highest value 999 at n 642"  # of every point, not only of those drawn
+    shot(page, "series-of-200000-points-thinned")
     page.close()

@@ -1,47 +1,14 @@
-// Line charts of a report's series (docs/api.md, "Series"), drawn as SVG by the page itself: no
-// library, nothing from another origin. Inlined into each page that draws them (pages.py), so
-// the pages' Content-Security-Policy allows exactly their own scripts by hash.
+// Line charts of a report's series (docs/api.md, "Series"), drawn by uPlot (vendored in
+// vendor/uplot, its version and origin in its README.md): ticks, gridlines, drag to zoom
+// (double-click to undo), and a read-out of the point under the pointer. Both scripts are
+// inlined into each page that draws charts (pages.py), so the pages' Content-Security-Policy
+// allows exactly their own scripts by hash; nothing comes from another origin.
 var Charts = (function () {
   "use strict";
-  var SVG = "http://www.w3.org/2000/svg";
   var COLOURS = ["#2b6cb0", "#c05621", "#2f855a", "#6b46c1"];
-  var WIDTH = 520, HEIGHT = 260, LEFT = 64, RIGHT = 16, TOP = 16, BOTTOM = 44;
-  var DRAWN = 500;  // points drawn of a line at most: a chart 520 wide shows no more, and 200,000 hung the page
-  var MARKED = 60;  // points marked with a dot at most (a dot per point of a long line is a smear)
-
-  // Every step-th point, and the last: what is drawn of a long series (its bounds are the whole's).
-  function thinned(points) {
-    if (points.length <= DRAWN) { return points; }
-    var step = Math.ceil(points.length / DRAWN), kept = [];
-    for (var i = 0; i < points.length; i += step) { kept.push(points[i]); }
-    if (kept[kept.length - 1] !== points[points.length - 1]) { kept.push(points[points.length - 1]); }
-    return kept;
-  }
-
-  // Smallest and largest of a coordinate over every line: a loop (Math.min.apply overflows the stack).
-  function bounds(lines, axis) {
-    var low = Infinity, high = -Infinity;
-    lines.forEach(function (line) {
-      line.series.points.forEach(function (point) {
-        if (point[axis] < low) { low = point[axis]; }
-        if (point[axis] > high) { high = point[axis]; }
-      });
-    });
-    return [low, high];
-  }
-
-  function node(name, attributes, text) {
-    var element = document.createElementNS(SVG, name);
-    Object.keys(attributes).forEach(function (key) { element.setAttribute(key, String(attributes[key])); });
-    if (text !== undefined) { element.textContent = text; }
-    return element;
-  }
-
-  function label(value) {
-    var magnitude = Math.abs(value);
-    return magnitude >= 1000 ? value.toLocaleString("en", {maximumFractionDigits: 0})
-      : String(Math.round(value * 100) / 100);
-  }
+  var WIDEST = 760;  // px: wider than that a chart of a few dozen points says no more
+  var KEPT = 4000;   // points a line keeps at most (200,000 hung the page, and a chart shows a few hundred)
+  var drawnCharts = [];  // the charts drawn: [{container, figure, plot}], destroyed when their container is drawn again
 
   // A series is well-formed when its points are pairs of finite numbers: anything else is not drawn.
   function usable(series) {
@@ -52,66 +19,135 @@ var Charts = (function () {
       });
   }
 
+  // uPlot draws x in ascending order: points given in another order are sorted (a copy).
+  function ascending(points) {
+    for (var i = 1; i < points.length; i++) {
+      if (points[i][0] < points[i - 1][0]) {
+        return points.slice().sort(function (a, b) { return a[0] - b[0]; });
+      }
+    }
+    return points;
+  }
+
+  // What is drawn of a long line: of each of KEPT / 2 runs of consecutive points, its lowest and
+  // highest (in their order), and the first and last points: its shape, its peaks (the best price)
+  // and its bounds survive, which every n-th point's would not.
+  function thinned(points) {
+    if (points.length <= KEPT) { return points; }
+    var size = Math.ceil(points.length / (KEPT / 2)), kept = [points[0]];
+    for (var start = 0; start < points.length; start += size) {
+      var end = Math.min(start + size, points.length), low = start, high = start;
+      for (var i = start + 1; i < end; i++) {
+        if (points[i][1] < points[low][1]) { low = i; }
+        if (points[i][1] > points[high][1]) { high = i; }
+      }
+      [Math.min(low, high), Math.max(low, high)].forEach(function (index) {
+        if (kept[kept.length - 1] !== points[index]) { kept.push(points[index]); }
+      });
+    }
+    if (kept[kept.length - 1] !== points[points.length - 1]) { kept.push(points[points.length - 1]); }
+    return kept;
+  }
+
+  // The highest point of a line (the first of equals): a loop (Math.max.apply overflows the stack).
+  function highest(points) {
+    var best = points[0];
+    for (var i = 1; i < points.length; i++) { if (points[i][1] > best[1]) { best = points[i]; } }
+    return best;
+  }
+
+  function missing(value) { return value === null || value === undefined; }
+
+  // A value as the reader's locale writes it, to two decimals at most.
+  function number(value) {
+    return missing(value) ? "—" : value.toLocaleString(undefined, {maximumFractionDigits: 2});
+  }
+
+  function size(figure) {
+    var width = Math.min(figure.clientWidth || 520, WIDEST);
+    return {width: width, height: Math.round(Math.max(180, Math.min(260, width * 0.55)))};
+  }
+
   // One chart: lines = [{label, series}], the same name's series of one run or of several.
-  function chart(title, lines) {
+  function chart(container, title, lines) {
     var figure = document.createElement("figure");
     figure.className = "chart";
     figure.setAttribute("data-series", title);
     var caption = document.createElement("figcaption");
     caption.textContent = title;
     figure.appendChild(caption);
-    var xb = bounds(lines, 0), yb = bounds(lines, 1);
-    var x0 = xb[0], x1 = xb[1], y0 = Math.min(0, yb[0]), y1 = yb[1];
-    if (x1 === x0) { x1 = x0 + 1; }
-    if (y1 === y0) { y1 = y0 + 1; }
-    function px(x) { return LEFT + (x - x0) / (x1 - x0) * (WIDTH - LEFT - RIGHT); }
-    function py(y) { return HEIGHT - BOTTOM - (y - y0) / (y1 - y0) * (HEIGHT - TOP - BOTTOM); }
-    var svg = node("svg", {viewBox: "0 0 " + WIDTH + " " + HEIGHT, width: WIDTH, height: HEIGHT, role: "img"});
-    svg.appendChild(node("title", {}, title));
-    svg.appendChild(node("line", {x1: LEFT, y1: py(y0), x2: WIDTH - RIGHT, y2: py(y0), stroke: "#718096"}));
-    svg.appendChild(node("line", {x1: LEFT, y1: TOP, x2: LEFT, y2: HEIGHT - BOTTOM, stroke: "#718096"}));
-    [[x0, "start"], [x1, "end"]].forEach(function (tick) {
-      svg.appendChild(node("text", {x: px(tick[0]), y: HEIGHT - BOTTOM + 16, "text-anchor": tick[1], "font-size": 11},
-                           label(tick[0])));
-    });
-    [y0, y1].forEach(function (value) {
-      svg.appendChild(node("text", {x: LEFT - 6, y: py(value) + 4, "text-anchor": "end", "font-size": 11}, label(value)));
-    });
+    container.appendChild(figure);  // in the page first, so that its width is known
+
     var first = lines[0].series;
-    svg.appendChild(node("text", {x: (LEFT + WIDTH - RIGHT) / 2, y: HEIGHT - 8, "text-anchor": "middle", "font-size": 12},
-                         String(first.x || "")));
-    svg.appendChild(node("text", {x: 14, y: (TOP + HEIGHT - BOTTOM) / 2, "text-anchor": "middle", "font-size": 12,
-                                  transform: "rotate(-90 14 " + (TOP + HEIGHT - BOTTOM) / 2 + ")"}, String(first.y || "")));
+    var xName = String(first.x || "x"), yName = String(first.y || "y");
+    var drawn = lines.map(function (line) { return thinned(ascending(line.series.points)); });
+    // One table for uPlot: every line's x values, each line's y where it has one (undefined, spanned, elsewhere).
+    var data = uPlot.join(drawn.map(function (points) {
+      return [points.map(function (p) { return p[0]; }), points.map(function (p) { return p[1]; })];
+    }));
+    var xs = data[0];
+    var series = [{label: xName, value: function (u, value) { return number(value); }}];
     lines.forEach(function (line, index) {
-      var colour = COLOURS[index % COLOURS.length];
-      var drawn = thinned(line.series.points);
-      var path = drawn.map(function (p) { return px(p[0]).toFixed(1) + "," + py(p[1]).toFixed(1); });
-      svg.appendChild(node("polyline", {points: path.join(" "), fill: "none", stroke: colour, "stroke-width": 2,
-                                        "data-line": line.label, "data-drawn": drawn.length}));
-      if (drawn.length <= MARKED) {
-        drawn.forEach(function (p) {
-          svg.appendChild(node("circle", {cx: px(p[0]), cy: py(p[1]), r: 3, fill: colour}));
-        });
-      }
-    });
-    figure.appendChild(svg);
-    if (lines.length > 1 || lines[0].label) {
-      var legend = document.createElement("div");
-      legend.className = "legend";
-      lines.forEach(function (line, index) {
-        var entry = document.createElement("span");
-        entry.style.color = COLOURS[index % COLOURS.length];
-        entry.textContent = "\u25A0 " + line.label;
-        legend.appendChild(entry);
+      series.push({
+        label: line.label || yName,
+        stroke: COLOURS[index % COLOURS.length],
+        width: 2,
+        spanGaps: true,
+        // A line without a point at the hovered x shows its nearest, with that point's x.
+        value: function (u, value, seriesIndex, at) {
+          if (missing(at)) { return "—"; }
+          var text = number(value);
+          return at === u.cursor.idx ? text : text + " at " + xName + " " + number(xs[at]);
+        },
       });
-      figure.appendChild(legend);
-    }
-    return figure;
+    });
+    var options = Object.assign(size(figure), {
+      series: series,
+      scales: {x: {time: false}},
+      axes: [{label: xName, grid: {stroke: "#e2e6eb"}, ticks: {stroke: "#cbd2d9"}},
+             {label: yName, grid: {stroke: "#e2e6eb"}, ticks: {stroke: "#cbd2d9"}, size: 56}],
+      legend: {live: true},
+      cursor: {
+        // A line without a point at the hovered x: its nearest point in x (uPlot would show nothing).
+        dataIdx: function (u, seriesIndex, hovered) {
+          var ys = u.data[seriesIndex];
+          if (!missing(ys[hovered])) { return hovered; }
+          var below = hovered - 1, above = hovered + 1;
+          while (below >= 0 && missing(ys[below])) { below--; }
+          while (above < ys.length && missing(ys[above])) { above++; }
+          if (below < 0) { return above < ys.length ? above : hovered; }
+          if (above >= ys.length) { return below; }
+          return xs[hovered] - xs[below] <= xs[above] - xs[hovered] ? below : above;
+        },
+      },
+    });
+    var plot = new uPlot(options, data, figure);
+
+    // What a reader wants of a line first: its highest point (the best price), over every point.
+    var peaks = document.createElement("ul");
+    peaks.className = "peaks";
+    lines.forEach(function (line, index) {
+      var best = highest(line.series.points);
+      var item = document.createElement("li");
+      item.setAttribute("data-line", line.label);
+      item.setAttribute("data-points", String(line.series.points.length));
+      item.setAttribute("data-drawn", String(drawn[index].length));
+      item.style.color = COLOURS[index % COLOURS.length];
+      item.textContent = (line.label ? line.label + ": " : "") + "highest " + yName + " " + number(best[1]) + " at "
+        + xName + " " + number(best[0]);
+      peaks.appendChild(item);
+    });
+    figure.appendChild(peaks);
+    return {container: container, figure: figure, plot: plot};
   }
 
   // Every series of the runs, one chart per name, each run's series of that name on it.
   // runs: [{label, report}]. Returns the number of charts drawn into container.
   function draw(container, runs) {
+    drawnCharts = drawnCharts.filter(function (drawn) {
+      if (drawn.container === container) { drawn.plot.destroy(); }
+      return drawn.container !== container;
+    });
     container.textContent = "";
     var names = [];
     runs.forEach(function (run) {
@@ -126,10 +162,21 @@ var Charts = (function () {
           if (series.name === name) { lines.push({label: run.label, series: series}); }
         });
       });
-      container.appendChild(chart(name, lines));
+      drawnCharts.push(chart(container, name, lines));
     });
     return names.length;
   }
+
+  // A phone turned, a window narrowed: each chart takes its figure's new width.
+  var pending = false;
+  window.addEventListener("resize", function () {
+    if (pending) { return; }
+    pending = true;
+    requestAnimationFrame(function () {
+      pending = false;
+      drawnCharts.forEach(function (drawn) { drawn.plot.setSize(size(drawn.figure)); });
+    });
+  });
 
   return {draw: draw};
 })();

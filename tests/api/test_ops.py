@@ -116,7 +116,7 @@ def test_the_openapi_document_declares_the_bearer_scheme_and_each_operations_sco
         ("/runs/{run_id}/verify", "post"): ["read", "run"], ("/compare", "post"): ["read"],
         ("/healthz", "get"): [], ("/readyz", "get"): [], ("/registry/stats", "get"): ["ops"],
         ("/registry/determinism", "get"): ["ops"], ("/", "get"): [],
-        ("/metrics", "get"): ["ops"], ("/openapi.json", "get"): ["read"],
+        ("/metrics", "get"): ["ops"], ("/openapi.json", "get"): ["read"], ("/favicon.ico", "get"): [],
     }
     secured = document["paths"]["/metrics"]["get"]["responses"]
     assert secured["401"] == {"$ref": "#/components/responses/Unauthorized"}
