@@ -1,4 +1,4 @@
-"""Gunicorn settings: bind from PORT, workers by registry backend, threads, graceful stop.
+"""Gunicorn settings: bind from RUN_REGISTRY_BIND or PORT, workers by registry backend, threads, graceful stop.
 
 Settings are validated here, in the master, so a bad variable stops the service at
 start-up with one line naming it, instead of a worker traceback.
@@ -10,6 +10,7 @@ import logging
 import os
 import resource
 import shutil
+import socket
 import sys
 import tempfile
 
@@ -34,7 +35,6 @@ DEFAULT_WORKER_CONNECTIONS = 2000
 try:
     _settings = load_settings(os.environ)
     load_engine(_settings).close()  # it loads (a process engine describes itself), or the service does not start
-    _port = positive_int(os.environ, "PORT", default=0)
     worker_connections = positive_int(os.environ, "GUNICORN_WORKER_CONNECTIONS", default=DEFAULT_WORKER_CONNECTIONS)
     _web_concurrency = positive_int(os.environ, "WEB_CONCURRENCY", default=2 * (os.cpu_count() or 1))
     if _settings.max_waiting >= worker_connections:
@@ -61,7 +61,9 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     for _stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
         os.remove(_stale)  # figures of an earlier run would be summed in
 
-bind = [f"0.0.0.0:{_port}"] if _port else ["127.0.0.1:3001"]
+# RUN_REGISTRY_BIND, else 0.0.0.0:$PORT (a Heroku-style host's), else loopback (app/config.py); gunicorn's
+# own --bind (or GUNICORN_CMD_ARGS="--bind ...") still overrides it, for unix sockets or several addresses.
+bind = [_settings.bind]
 # Evented: an idle, slow or streaming connection costs a greenlet, not a thread, so none of them
 # can stop the service from answering others; engines run on real threads of their own
 # (app/concurrency.py). gevent also answered about twice gthread's requests a second here.
@@ -129,8 +131,11 @@ logconfig_dict = {
 
 
 def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
-    """Say once how many workers there are and why, since WEB_CONCURRENCY may ask otherwise."""
+    """Say once how many workers there are and why, since WEB_CONCURRENCY may ask otherwise (and
+    that PORT is not used when RUN_REGISTRY_BIND is set)."""
     log = logging.getLogger("gunicorn.error")
+    if os.environ.get("RUN_REGISTRY_BIND", "").strip() and os.environ.get("PORT", "").strip():
+        log.info("run-registry: binding RUN_REGISTRY_BIND (%s); PORT ignored", _settings.bind)
     if _settings.shared_registry:
         log.info("run-registry: %d worker processes (gevent, %d connections each), sharing the registry at %s",
                  workers, worker_connections, registry_url_for_display(_settings.registry_url))
@@ -142,14 +147,21 @@ def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
         )
 
 
-def _loopback(address: str) -> bool:
-    if address.startswith(("unix:", "fd://")):
-        return True  # a socket of this host: whoever reaches it is on it
-    host = address.rsplit(":", 1)[0].strip("[]")
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: whatever it resolves to, not only this host
+def _exposed_addresses(server) -> list[str]:
+    """The addresses gunicorn listens on that others may reach, as host:port: read from its sockets,
+    so a name is what it resolved to and a port 0 the port given, whichever of RUN_REGISTRY_BIND,
+    PORT, --bind or GUNICORN_CMD_ARGS chose them."""
+    exposed = []
+    for listener in server.LISTENERS:
+        if listener.sock.family not in (socket.AF_INET, socket.AF_INET6):
+            continue  # a unix socket (or an inherited one of another kind) is reached from this host only
+        host, port = listener.sock.getsockname()[:2]
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        if not address.is_loopback:
+            exposed.append(f"[{host}]:{port}" if listener.sock.family == socket.AF_INET6 else f"{host}:{port}")
+    return exposed
 
 
 def when_ready(server):
@@ -157,7 +169,7 @@ def when_ready(server):
     (docs/operations.md, "Keys and scopes"); behind a Heroku-style router every client's connection
     comes from the router, and without trusting its X-Forwarded-For all would share one client's limits."""
     log = logging.getLogger("gunicorn.error")
-    exposed = [address for address in server.cfg.bind if not _loopback(address)]
+    exposed = _exposed_addresses(server)
     if exposed and not _settings.api_keys:
         log.warning(
             "run-registry: no RUN_REGISTRY_API_KEYS, and listening on %s: anyone who reaches it may start runs and"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Mapping
@@ -29,6 +30,10 @@ DEFAULT_NEW_RUNS_PER_MINUTE = 30
 DEFAULT_LOOKUP_WAIT_S = 20.0
 MAX_LOOKUP_WAIT_S = 25.0
 MAX_BODY_BYTES = 64 * 1024  # the largest request body taken (the contract's 413 past it)
+# Where gunicorn listens without RUN_REGISTRY_BIND or PORT: this host alone reaches it.
+DEFAULT_BIND = "127.0.0.1:3001"
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")  # a DNS name, or localhost
 _PYTHON_ENGINE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # What an engine's process may see of the service's environment, besides RUN_REGISTRY_ENGINE_ENV.
@@ -81,6 +86,7 @@ class Settings:
     trusted_proxies: int = 0
     access_log: bool = True
     metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR: gunicorn.conf.py sets it
+    bind: str = DEFAULT_BIND  # host:port gunicorn listens on (RUN_REGISTRY_BIND, else 0.0.0.0:$PORT)
 
     @property
     def shared_registry(self) -> bool:
@@ -155,6 +161,7 @@ def _read_settings(environ: Mapping[str, str]) -> Settings:
         trusted_proxies=non_negative_int(environ, "RUN_REGISTRY_TRUSTED_PROXIES", default=0),
         access_log=_switch(environ, "RUN_REGISTRY_ACCESS_LOG", default=True),
         metrics_dir=_non_empty(environ, "PROMETHEUS_MULTIPROC_DIR"),
+        bind=_bind(environ),
         engine_commit=next(
             (value for name in COMMIT_VARIABLES if (value := _non_empty(environ, name))), None
         ),
@@ -171,6 +178,35 @@ def _waiting_share(environ: Mapping[str, str]) -> int:
         raise ConfigError(f"{name} ({share}) must be less than RUN_REGISTRY_MAX_WAITING ({total}): one client"
                           " must not be able to take every waiting connection")
     return share
+
+
+def _bind(environ: Mapping[str, str]) -> str:
+    """``RUN_REGISTRY_BIND`` (``host:port``, ``[::1]:3001`` for IPv6); unset, ``0.0.0.0:$PORT`` when a
+    Heroku-style host sets ``PORT``; neither, loopback. Set, it wins over ``PORT`` (which is then not
+    read): the service's own variable says what its operator chose, ``PORT`` what a host offers."""
+    name = "RUN_REGISTRY_BIND"
+    raw = environ.get(name, "").strip()
+    if not raw:
+        port = _bounded_int(environ, "PORT", 0, minimum=1, kind="a port from 1 to 65535", maximum=65535)
+        return f"0.0.0.0:{port}" if port else DEFAULT_BIND
+    host, _, port_text = raw.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            valid_host = ipaddress.ip_address(host[1:-1]).version == 6
+        except ValueError:
+            valid_host = False
+    elif re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+            valid_host = True
+        except ValueError:
+            valid_host = False
+    else:
+        valid_host = bool(_HOST_NAME.fullmatch(host))
+    if not valid_host or not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(f"{name} must be host:port, such as 127.0.0.1:3001, 0.0.0.0:8080 or [::1]:3001 (an IPv6"
+                          f" address in brackets), with a port from 1 to 65535, got {_shown(raw)}")
+    return f"{host}:{int(port_text)}"
 
 
 def positive_int(environ: Mapping[str, str], name: str, default: int) -> int:

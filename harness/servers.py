@@ -218,7 +218,9 @@ class Gunicorn:
         self.args = [str(GUNICORN), *(() if defaults else ("-c", "gunicorn.conf.py")), *extra_args, app]
         if bind:
             self.args += ["--bind", f"127.0.0.1:{self.port}"]
-        else:
+        else:  # as a Heroku-style host starts it, where a developer's own RUN_REGISTRY_BIND would win
+            if "RUN_REGISTRY_BIND" not in (env or {}):
+                self.env.pop("RUN_REGISTRY_BIND", None)
             self.env["PORT"] = str(self.port)
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -177,3 +177,43 @@ def test_the_waiting_share_is_an_eighth_of_the_room_by_default_and_never_all_of_
     for share in ("100", "150"):
         with pytest.raises(ConfigError, match=r"^RUN_REGISTRY_MAX_WAITING_PER_CLIENT \(\d+\) must be less than"):
             load_settings({"RUN_REGISTRY_MAX_WAITING": "100", "RUN_REGISTRY_MAX_WAITING_PER_CLIENT": share})
+
+
+@pytest.mark.parametrize(
+    ("environ", "bind"),
+    [({}, "127.0.0.1:3001"),
+     ({"PORT": "5000"}, "0.0.0.0:5000"),
+     ({"RUN_REGISTRY_BIND": "127.0.0.1:4000"}, "127.0.0.1:4000"),
+     ({"RUN_REGISTRY_BIND": " [::1]:3001 "}, "[::1]:3001"),
+     ({"RUN_REGISTRY_BIND": "[::]:8080"}, "[::]:8080"),
+     ({"RUN_REGISTRY_BIND": "0.0.0.0:80"}, "0.0.0.0:80"),
+     ({"RUN_REGISTRY_BIND": "localhost:3001"}, "localhost:3001"),
+     ({"RUN_REGISTRY_BIND": "registry.internal:65535"}, "registry.internal:65535"),
+     ({"RUN_REGISTRY_BIND": "127.0.0.1:4000", "PORT": "5000"}, "127.0.0.1:4000"),
+     ({"RUN_REGISTRY_BIND": "127.0.0.1:4000", "PORT": "not read"}, "127.0.0.1:4000"),
+     ({"RUN_REGISTRY_BIND": "", "PORT": ""}, "127.0.0.1:3001")],
+    ids=["default", "port", "bind", "ipv6-loopback", "ipv6-any", "any", "name", "dns-name", "bind-wins-over-port",
+         "port-unread", "empty"],
+)
+def test_the_bind_address_is_run_registry_bind_else_port_on_every_interface_else_loopback(environ, bind):
+    assert load_settings(environ).bind == bind
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["3001", "localhost", "127.0.0.1:", ":3001", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:30x1", "::1:3001",
+     "[::1]", "[localhost]:3001", "[127.0.0.1]:3001", "256.1.1.1:3001", "http://127.0.0.1:3001", "unix:/tmp/rr.sock",
+     "a b:3001", "127.0.0.1:3001,0.0.0.0:3002", "-host:80"],
+)
+def test_a_bad_bind_address_is_one_line_naming_the_variable(value):
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"RUN_REGISTRY_BIND": value})
+    assert str(refused.value) == (
+        "RUN_REGISTRY_BIND must be host:port, such as 127.0.0.1:3001, 0.0.0.0:8080 or [::1]:3001 (an IPv6 address in"
+        f" brackets), with a port from 1 to 65535, got {value!r}")
+
+
+@pytest.mark.parametrize("value", ["0", "65536", "http", "-1", "5000.5"])
+def test_a_bad_port_is_one_line_naming_it(value):
+    with pytest.raises(ConfigError, match=rf"^PORT must be a port from 1 to 65535, got '{value}'$"):
+        load_settings({"PORT": value})

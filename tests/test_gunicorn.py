@@ -183,7 +183,8 @@ def test_port_variable_binds_all_interfaces(tmp_path):
 @pytest.mark.parametrize(
     ("name", "value"),
     [("RUN_REGISTRY_TTL_MIN", "0"), ("RUN_REGISTRY_MAX_ENTRIES", "abc"), ("RUN_REGISTRY_ENGINE", "nope:Engine"),
-     ("GUNICORN_WORKER_CONNECTIONS", "-1"), ("RUN_REGISTRY_MAX_WAITING", "5000")],
+     ("GUNICORN_WORKER_CONNECTIONS", "-1"), ("RUN_REGISTRY_MAX_WAITING", "5000"), ("RUN_REGISTRY_BIND", "3001"),
+     ("RUN_REGISTRY_BIND", "[::1]"), ("PORT", "70000")],
 )
 def test_refused_setting_stops_start_up_with_one_line(name, value):
     env = {**os.environ, name: value}
