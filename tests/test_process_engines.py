@@ -235,4 +235,5 @@ def test_check_engine_takes_a_process_engine(node_engine, hostile_engine):
     assert hung.returncode == 1 and "did not finish scenario check-engine seed 42 within 1 s" in hung.stderr
     wait_until(lambda: running_processes(str(hostile_engine)) == [], timeout=10)
     unknown = cli("check-engine", "inventory")
-    assert unknown.returncode == 1 and "must be package.module:attribute, command:<command line>" in unknown.stderr
+    assert unknown.returncode == 1
+    assert "name one as module:attribute (a Python engine, such as inventory:Engine)" in unknown.stderr
