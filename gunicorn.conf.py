@@ -19,13 +19,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gunicorn.util
 from gunicorn.glogging import Logger
 
-from app.concurrency import gevent_active
 from app.config import ConfigError
 from app.config import load_settings
 from app.config import positive_int
 from app.config import registry_url_for_display
 from app.engine import load_engine
-from app.web_worker import write_json_error
+from app.serving.concurrency import gevent_active
+from app.serving.web_worker import write_json_error
 
 # Connections one worker holds at once (gevent: a greenlet each). Waiting connections (live
 # streams, waiting lookups) may take RUN_REGISTRY_MAX_WAITING of them; the rest stay free for
@@ -66,8 +66,8 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 bind = [_settings.bind]
 # Evented: an idle, slow or streaming connection costs a greenlet, not a thread, so none of them
 # can stop the service from answering others; engines run on real threads of their own
-# (app/concurrency.py). gevent also answered about twice gthread's requests a second here.
-worker_class = "app.web_worker.WebWorker"  # gevent's, with deadlines for clients that never finish
+# (app/serving/concurrency.py). gevent also answered about twice gthread's requests a second here.
+worker_class = "app.serving.web_worker.WebWorker"  # gevent's, with deadlines for clients that never finish
 graceful_timeout = 30  # SIGTERM: stop accepting, let in-flight requests finish
 timeout = 60
 # With the gevent worker this also bounds how long a connection may take to send a request's

@@ -1,4 +1,4 @@
-"""create_app(): settings -> engine -> metrics -> service -> errors -> blueprints -> middleware."""
+"""create_app(): settings -> engine -> services -> metrics -> errors -> blueprints -> middleware."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from app.engine.base import Engine
 from app.engine.base import ScenarioEngine
 from app.engine.identity import CodeHash
 from app.errors import register_error_handlers
-from app.execution import QueuedExecution
-from app.execution import queue_key
-from app.limits import NewRunLimit
+from app.evidence.keys import EvidenceKeys
+from app.evidence.service import EvidenceService
+from app.evidence.transcripts import TranscriptCache
 from app.logs import AccessLog
 from app.logs import register_request_logging
 from app.metrics import Metrics
@@ -30,7 +30,15 @@ from app.openapi import build_openapi
 from app.registry import Registry
 from app.registry import make_limit_storage
 from app.registry import make_registry
-from app.service import RunService
+from app.runs.execution import Execution
+from app.runs.execution import LocalExecution
+from app.runs.execution import QueuedExecution
+from app.runs.execution import queue_key
+from app.runs.gate import RunGate
+from app.runs.limits import NewRunLimit
+from app.runs.operations import OperationsService
+from app.runs.service import RunService
+from app.runs.verification import VerificationService
 
 STDOUT = 1  # the process' standard output, where gunicorn and twelve-factor hosts collect logs
 
@@ -52,17 +60,8 @@ def create_app(
     app.json.ensure_ascii = False
     app.json.sort_keys = False  # bodies read in the documented order
     engine = as_engine(engine) if engine is not None else load_engine(settings)
-    metrics = Metrics(lambda: service.fleet_figures(), settings.metrics_dir)
-    new_run_limit = NewRunLimit(settings.new_runs_per_minute, make_limit_storage(settings))
-    registry = registry or make_registry(settings)
-    code_hash = CodeHash(settings)
-    execution = (
-        QueuedExecution(registry, settings, queue_key(engine, code_hash))
-        if settings.execution == "queue" else None  # None: local, the service's own default
-    )
-    service = RunService(registry, engine, settings, new_run_limit, execution=execution, code_hash=code_hash)
-    service.announce_signing_key()
-    app.extensions["run_service"] = service
+    register_services(app, settings, engine, registry or make_registry(settings))
+    metrics = Metrics(app.extensions["operations_service"].fleet_figures, settings.metrics_dir)
     app.extensions["access"] = Access(settings.api_keys, settings.anonymous_scopes)
     app.extensions["metrics"] = metrics
     register_error_handlers(app)
@@ -74,6 +73,28 @@ def create_app(
         hops = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)  # type: ignore[method-assign]
     return app
+
+
+def register_services(app: Flask, settings: Settings, engine: Engine, registry: Registry) -> None:
+    """The four services, made from the parts they share: the registry, the engine and its code
+    hash, how runs execute, the gate that admits them, and the cache of done runs' transcripts."""
+    code_hash = CodeHash(settings)
+    gate = RunGate(engine, code_hash, NewRunLimit(settings.new_runs_per_minute, make_limit_storage(settings)))
+    execution: Execution = (
+        QueuedExecution(registry, settings, queue_key(engine, code_hash)) if settings.execution == "queue"
+        else LocalExecution(registry, engine, settings)
+    )
+    # Done runs' bodies, replays, CSVs, packs and comparison facts kept per process
+    # (RUN_REGISTRY_TRANSCRIPT_CACHE_MB): the default engine's come to about 48 KB a run, so 32 MiB
+    # holds the 700 or so runs being read at any time.
+    transcripts = TranscriptCache(settings.transcript_cache_mb * 2**20)
+    runs = RunService(registry, engine, settings, execution=execution, transcripts=transcripts, gate=gate)
+    evidence = EvidenceService(transcripts, EvidenceKeys(settings.signing_key, settings.previous_public_keys))
+    evidence.announce_signing_key()
+    app.extensions["run_service"] = runs
+    app.extensions["evidence_service"] = evidence
+    app.extensions["verification_service"] = VerificationService(runs, registry, gate, execution, transcripts)
+    app.extensions["operations_service"] = OperationsService(registry, engine, settings, execution, code_hash)
 
 
 class StrictJSONProvider(DefaultJSONProvider):

@@ -18,7 +18,6 @@ from marshmallow import validate
 from werkzeug.datastructures import MultiDict
 
 from app.errors import BadInput
-from app.evidence.sse import END_ID
 
 MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript's Number.MAX_SAFE_INTEGER: seeds survive a JS client
 # \Z, not $: marshmallow's Regexp uses match(), and $ would accept a trailing newline.
@@ -150,6 +149,9 @@ class RunsQuery(QuerySchema):
         return loaded
 
 
+# The id of the message that ends a failed run's stream: no position, so that a client that saw
+# it resumes with it, and is told to stop (204), instead of being sent the failure again.
+END_ID = "end"
 AFTER_THE_END = -1  # Last-Event-ID: end: the client saw the message that ends a failed run
 
 

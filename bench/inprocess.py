@@ -24,7 +24,7 @@ from app.models import RunRecord
 from app.models import canonical_json
 from app.registry.base import SWEEP_SLICE
 from app.registry.memory import MemoryRegistry
-from app.service import RunService
+from app.runs.service import RunService
 
 CODE_HASH = "bench-code-hash"
 BENCH = open_caller("bench")  # every scope: the service without keys

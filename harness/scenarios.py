@@ -22,8 +22,9 @@ from app.access import open_caller
 from app.config import Settings
 from app.errors import RunNotFound
 from app.errors import Unavailable
+from app.evidence.transcripts import TranscriptCache
 from app.registry.memory import MemoryRegistry
-from app.service import RunService
+from app.runs.service import RunService
 from harness.fakes import FakeEngine
 from harness.load import MixedLoad
 from harness.servers import ROOT
@@ -79,7 +80,7 @@ def runs_under_load(directory: Path, runs: int, tokens: int = 2000, burners: int
 
     Each run's engine is on a native thread and its recorder a greenlet; a wake-up between them
     that gets lost leaves the run unrecorded until some other timer wakes the process, and its
-    lookup waits out its whole wait (1 run in ~300 did, before app.concurrency's Bell).
+    lookup waits out its whole wait (1 run in ~300 did, before app.serving.concurrency's Bell).
     """
     burn = "import time\nend = time.monotonic() + 3600\nwhile time.monotonic() < end: pass"
     env = {"RUN_REGISTRY_ENGINE": "harness.fakes:ScenarioPacedEngine", "RUN_REGISTRY_ACCESS_LOG": "off"}
@@ -208,7 +209,8 @@ def expiry_churn(seconds: float, ttl_minutes: float = 0.005, threads: int = 8, k
     engine = FakeEngine()
     settings = Settings(new_runs_per_minute=0, engine_code_hash="churn", ttl_minutes=ttl_minutes)
     registry = MemoryRegistry(settings.ttl_ms, settings.max_entries)
-    service = RunService(registry, engine, settings)
+    transcripts = TranscriptCache(settings.transcript_cache_mb * 2**20)
+    service = RunService(registry, engine, settings, transcripts=transcripts)
     errors: list[str] = []
     answered: Counter[str] = Counter()
     seen: set[str] = set()
@@ -228,7 +230,7 @@ def expiry_churn(seconds: float, ttl_minutes: float = 0.005, threads: int = 8, k
             # Renewed to a full TTL since it was asked for: within it, it must be readable and
             # be this key's (a thread kept off the cores longer than a TTL may find it gone).
             try:
-                events = json.loads(service.events_body(service.done_run(run_id, WAIT_S), gzip_ok=False))["events"]
+                events = json.loads(transcripts.body(service.done_run(run_id, WAIT_S)))["events"]
             except RunNotFound:
                 if time.monotonic() - asked < settings.ttl_ms / 1000:
                     errors.append(f"{run_id} was not found within its TTL of the lookup that renewed it")

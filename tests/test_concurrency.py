@@ -9,8 +9,8 @@ import textwrap
 import threading
 import time
 
-from app.runner import EngineFault
-from app.runner import _Handoff
+from app.runs.runner import EngineFault
+from app.runs.runner import _Handoff
 from harness.servers import ROOT
 
 
@@ -57,7 +57,7 @@ GEVENT_HANDOFFS = textwrap.dedent("""
     from gevent import monkey; monkey.patch_all()
     import json, random, time
     from gevent.threadpool import ThreadPool
-    from app.runner import _Handoff
+    from app.runs.runner import _Handoff
 
     native_sleep = monkey.get_original("time", "sleep")
     pool = ThreadPool(2)

@@ -133,7 +133,7 @@ def test_a_full_engine_answers_503_at_once_and_frees_up():
     gate = threading.Event()
     engine = FakeEngine(gates={"slow": gate})
     client = limited_client(0, engine, engine_threads=1, engine_queue=1).test_client()
-    service = client.application.extensions["run_service"]
+    service = client.application.extensions["operations_service"]
     with ThreadPoolExecutor(max_workers=2) as pool:
         running = pool.submit(lookup, client, "slow", 1)
         assert engine.started.wait(timeout=10)
@@ -158,7 +158,7 @@ def test_concurrent_verifies_of_one_run_share_one_execution():
     run_id = lookup(client, "s", 1).get_json()["runId"]
     gate.clear()
     engine.started.clear()
-    service = client.application.extensions["run_service"]
+    service = client.application.extensions["verification_service"]
     with ThreadPoolExecutor(max_workers=10) as pool:
         verifies = [pool.submit(client.post, f"/runs/{run_id}/verify") for _ in range(10)]
         wait_until(lambda: service.verification_callers(run_id) == 10)  # all ten on the one execution

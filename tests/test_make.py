@@ -99,7 +99,7 @@ def test_the_service_imports_nothing_only_the_test_tools_install():
                if line.strip() and not line.startswith("#")}
     assert dev_names - runtime == set(DEV_ONLY_IMPORTS)  # a new dev dependency: name its import here
     probe = (
-        "import importlib, pkgutil, sys; sys.path.insert(0, '.'); import app, wsgi, app.worker, app.cli\n"
+        "import importlib, pkgutil, sys; sys.path.insert(0, '.'); import app, wsgi, app.worker, app.cli.main\n"
         "for module in pkgutil.walk_packages(app.__path__, 'app.'): importlib.import_module(module.name)\n"
         f"print(sorted({{name.split('.')[0] for name in sys.modules}} & {set(DEV_ONLY_IMPORTS.values())!r}))"
     )

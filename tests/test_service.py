@@ -15,10 +15,11 @@ from app.errors import EngineFailed
 from app.errors import RunNotFound
 from app.errors import RunPending
 from app.errors import RunRunning
+from app.factory import create_app
 from app.models import RunKey
 from app.registry.memory import MemoryRegistry
-from app.runner import Runner
-from app.service import RunService
+from app.runs.runner import Runner
+from app.runs.service import RunService
 from harness.fakes import FakeEngine
 from harness.fakes import MalformedEngine
 from harness.fakes import SteppedEngine
@@ -84,7 +85,8 @@ def test_a_lookup_answers_pending_past_its_wait_and_done_once_the_run_is():
 
 def test_a_running_run_shows_its_events_so_far_and_nothing_else_of_its_transcript():
     engine = SteppedEngine()
-    service = make_service(engine)
+    app = create_app(test_settings(), engine=engine)  # the services as the app wires them
+    service, verification = app.extensions["run_service"], app.extensions["verification_service"]
     run_id = service.lookup("a", 1, CLIENT, wait_s=0).run_id
     engine.step(2)
     wait_until(lambda: service.run(run_id).count == 2)
@@ -94,7 +96,7 @@ def test_a_running_run_shows_its_events_so_far_and_nothing_else_of_its_transcrip
         service.done_run(run_id, wait_s=0.05)
     assert (pending.value.run_id, pending.value.count) == (run_id, 2)
     with pytest.raises(RunRunning):
-        service.verify(run_id, CLIENT)
+        verification.verify(run_id, CLIENT)
     engine.step(3)
     assert service.done_run(run_id, WAIT).event_count == 5
 

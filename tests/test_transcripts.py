@@ -8,11 +8,11 @@ import gzip
 import pytest
 
 from app.evidence.sse import SseReplay
+from app.evidence.transcripts import CorruptTranscript
+from app.evidence.transcripts import TranscriptCache
 from app.models import RunIdentity
 from app.models import RunKey
 from app.models import RunRecord
-from app.transcripts import CorruptTranscript
-from app.transcripts import TranscriptCache
 
 EVENTS = [("start", b'{"seed":1}'), ("token", '{"text":"é"}'.encode()), ("done", b"{}")]
 

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from app import worker
-from app.worker import job_refusal
-from app.worker import own_jobs_worker
+from app.runs.jobs import job_refusal
+from app.runs.jobs import own_jobs_worker
 
 FIELDS = {name.encode(): b"" for name in ("created_at", "data", "description", "origin", "status", "timeout",
                                           "success_callback_name", "failure_callback_name", "stopped_callback_name")}

@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 from typing import TypeVar
+from typing import cast
 
 from flask import Flask
 from flask import Response
@@ -27,11 +28,14 @@ from app.config import MAX_LOOKUP_WAIT_S
 from app.errors import BadInput
 from app.errors import CrossSiteRequest
 from app.errors import UnsupportedMediaType
-from app.limits import client_network
+from app.evidence.service import EvidenceService
 from app.logs import log_request_fields
 from app.models import LedgerEntry
 from app.models import RunRecord
-from app.service import RunService
+from app.runs.limits import client_network
+from app.runs.operations import OperationsService
+from app.runs.service import RunService
+from app.runs.verification import VerificationService
 
 JSON_TYPE = ("Content-Type", "application/json")  # the header, for answers built with their headers at once
 _CALLER = "run_registry.caller"
@@ -39,13 +43,28 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def run_service() -> RunService:
-    """The app's wired service (see ``create_app``)."""
+    """The app's service of runs: lookups, waits, streams (each service wired in ``create_app``)."""
     service: RunService = current_app.extensions["run_service"]
     return service
 
 
+def evidence_service() -> EvidenceService:
+    """The app's service of evidence: bodies, CSV, packs, attestations, signing keys."""
+    return cast(EvidenceService, current_app.extensions["evidence_service"])
+
+
+def verification_service() -> VerificationService:
+    """The app's service of verifications and comparisons."""
+    return cast(VerificationService, current_app.extensions["verification_service"])
+
+
+def operations_service() -> OperationsService:
+    """The app's operations view: readiness, statistics, metrics, the ledger in all."""
+    return cast(OperationsService, current_app.extensions["operations_service"])
+
+
 def preferred_wait(service: RunService) -> Wait:
-    """How long to wait for a run that is not done: the service's lookup wait, or what
+    """How long to wait for a run that is not done: the run service's lookup wait, or what
     ``Prefer`` asks.
 
     Answers say so with ``answered_with(wait, response)``.

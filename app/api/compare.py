@@ -16,6 +16,7 @@ from app.api import preferred_wait
 from app.api import refuse_cross_site_posts
 from app.api import requires
 from app.api import run_service
+from app.api import verification_service
 from app.evidence.diff import MetricDelta
 from app.models import RunRecord
 from app.schemas import CompareBody
@@ -52,9 +53,8 @@ def compare() -> Response:
         '503': Unavailable
     """
     body = load_or_bad_input(_compare_body, json_body())
-    service = run_service()
-    wait = preferred_wait(service)
-    result = service.compare(
+    wait = preferred_wait(run_service())
+    result = verification_service().compare(
         (body["left"]["scenario_id"], body["left"]["seed"]),
         (body["right"]["scenario_id"], body["right"]["seed"]),
         caller(),

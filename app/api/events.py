@@ -17,6 +17,7 @@ from app.api import answered_with
 from app.api import caller
 from app.api import conditional
 from app.api import determinism_body
+from app.api import evidence_service
 from app.api import preferred_wait
 from app.api import requires
 from app.api import run_service
@@ -115,7 +116,8 @@ def list_events(run_id: str) -> Response:
     record = service.done_run(run_id, wait.seconds, caller())
     gzip_ok = accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", ""))
 
-    response = conditional(record, "json-gzip" if gzip_ok else "json", lambda: service.events_body(record, gzip_ok),
+    evidence = evidence_service()
+    response = conditional(record, "json-gzip" if gzip_ok else "json", lambda: evidence.events_body(record, gzip_ok),
                            _GZIP_JSON_HEADERS if gzip_ok else _JSON_HEADERS)
     return answered_with(wait, response)
 

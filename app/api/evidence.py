@@ -13,12 +13,14 @@ from app.api import bound_request_body
 from app.api import caller
 from app.api import conditional
 from app.api import determinism_body
+from app.api import evidence_service
 from app.api import optional_json_body
 from app.api import preferred_wait
 from app.api import refuse_cross_site_posts
 from app.api import requires
 from app.api import run_service
-from app.service import RunService
+from app.api import verification_service
+from app.evidence.service import EvidenceService
 
 bp = Blueprint("evidence", __name__)
 # Verification starts engine work and takes a body: its checks run before it, and the reads
@@ -45,7 +47,7 @@ def download_snapshot(run_id: str) -> Response:
         '500': EngineError
         '503': Unavailable
     """
-    return _download_done_run(run_id, "zip", "application/zip", RunService.snapshot, signed=True)
+    return _download_done_run(run_id, "zip", "application/zip", EvidenceService.snapshot, signed=True)
 
 
 @bp.get("/runs/<run_id>/attestation")
@@ -66,7 +68,7 @@ def attestation(run_id: str) -> Response:
         '503': Unavailable
     """
     return _done_run_representation(run_id, "attestation", (("Content-Type", "application/json"),),
-                                    RunService.attestation, signed=True)
+                                    EvidenceService.attestation, signed=True)
 
 
 @bp.get("/signing-keys")
@@ -82,7 +84,7 @@ def signing_keys() -> dict[str, Any]:
         '503': Unavailable
     """
     return {"keys": [{"keyId": key.key_id, "algorithm": "ed25519", "publicKey": key.pem}
-                     for key in run_service().public_keys()]}
+                     for key in evidence_service().public_keys()]}
 
 
 @bp.get("/runs/<run_id>/export.csv")
@@ -102,7 +104,7 @@ def export_csv(run_id: str) -> Response:
         '500': EngineError
         '503': Unavailable
     """
-    return _download_done_run(run_id, "csv", "text/csv; charset=utf-8", RunService.export_csv)
+    return _download_done_run(run_id, "csv", "text/csv; charset=utf-8", EvidenceService.export_csv)
 
 
 @verification_bp.post("/runs/<run_id>/verify")
@@ -130,7 +132,7 @@ def verify(run_id: str) -> dict[str, Any]:
         '503': Unavailable
     """
     optional_json_body()
-    result = run_service().verify(run_id, caller())
+    result = verification_service().verify(run_id, caller())
     return {
         "runId": result.run_id,
         "reproducible": result.reproducible,
@@ -157,14 +159,15 @@ def _done_run_representation(
     run_id: str, representation: str, headers: tuple[tuple[str, str], ...], encode: Callable[..., bytes],
     signed: bool = False,
 ) -> Response:
-    """A done run's ``representation`` made by ``encode(service, record)`` (with the signing key
+    """A done run's ``representation`` made by ``encode(evidence, record)`` (with the signing key
     when ``signed``: its ETag then names the key, so a new key makes new bytes and a new ETag)."""
-    service = run_service()
-    wait = preferred_wait(service)
-    record = service.done_run(run_id, wait.seconds, caller())
-    arguments: tuple[Any, ...] = (service, record)
+    runs = run_service()
+    wait = preferred_wait(runs)
+    record = runs.done_run(run_id, wait.seconds, caller())
+    evidence = evidence_service()
+    arguments: tuple[Any, ...] = (evidence, record)
     if signed:
-        key = service.signing_key()
+        key = evidence.signing_key()
         representation = f"{representation}.{key.key_id[:16]}"
         arguments += (key,)
     return answered_with(wait, conditional(record, representation, lambda: encode(*arguments), headers))

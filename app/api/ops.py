@@ -8,8 +8,8 @@ from flask import Blueprint
 from flask import Response
 from flask import current_app
 
+from app.api import operations_service
 from app.api import requires
-from app.api import run_service
 from app.metrics import CONTENT_TYPE
 from app.registry.ledger import LATEST_DIVERGENCES
 
@@ -42,7 +42,7 @@ def readyz() -> dict[str, Any]:
           content: {application/json: {schema: ReadinessResponse}}
         '503': Unavailable
     """
-    ready = run_service().readiness()
+    ready = operations_service().readiness()
     body: dict[str, Any] = {
         "status": "ready",
         "backend": ready.backend,
@@ -67,7 +67,7 @@ def registry_stats() -> dict[str, Any]:
           content: {application/json: {schema: StatsResponse}}
         '503': Unavailable
     """
-    report = run_service().stats_report()
+    report = operations_service().stats_report()
     stats = report.stats
     lookups = stats.hits + stats.misses
     return {
@@ -104,7 +104,7 @@ def registry_determinism() -> dict[str, Any]:
           content: {application/json: {schema: DeterminismResponse}}
         '503': Unavailable
     """
-    figures = run_service().ledger_figures(LATEST_DIVERGENCES)
+    figures = operations_service().ledger_figures(LATEST_DIVERGENCES)
     return {
         "keys": figures.keys,
         "checks": figures.checks,

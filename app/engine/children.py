@@ -37,11 +37,11 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.concurrency import kernel_poll
-from app.concurrency import native_lock
-from app.concurrency import os_close
-from app.concurrency import os_posix_spawn
-from app.concurrency import os_waitpid
+from app.serving.concurrency import kernel_poll
+from app.serving.concurrency import native_lock
+from app.serving.concurrency import os_close
+from app.serving.concurrency import os_posix_spawn
+from app.serving.concurrency import os_waitpid
 
 STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL this long after
 STDOUT, STDERR = 1, 2

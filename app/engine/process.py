@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.concurrency import native_lock
 from app.engine.base import Engine
 from app.engine.base import EngineError
 from app.engine.base import EngineRun
@@ -41,6 +40,7 @@ from app.engine.identity import file_digest
 from app.engine.identity import tree_digest
 from app.engine.python import EngineLoadError
 from app.models import EncodedEvent
+from app.serving.concurrency import native_lock
 from app.text import printable
 
 PROTOCOL = "run-registry-engine/1"

@@ -15,10 +15,10 @@ import os
 import time
 from collections.abc import Callable
 
-from app.concurrency import native_lock
-from app.concurrency import spawn
 from app.engine.base import EngineUnavailable
 from app.engine.base import Identity
+from app.serving.concurrency import native_lock
+from app.serving.concurrency import spawn
 
 log = logging.getLogger(__name__)
 # How soon an engine that did not answer is asked again: by a request that would start a run,

@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 
-from app.concurrency import native_lock
 from app.engine.events import MAX_TRANSCRIPT_BYTES
+from app.serving.concurrency import native_lock
 from app.text import printable
 
 MAX_ERROR_BODY = 4096  # of a refusal's body, read for its message

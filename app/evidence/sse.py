@@ -12,12 +12,10 @@ from dataclasses import dataclass
 
 from app.models import EncodedEvent
 from app.models import RunError
+from app.schemas import END_ID
 
 RETRY_MS = 3000
 RETRY = b"retry: %d\n\n" % RETRY_MS
-# The id of the message that ends a failed run's stream: no position, so that a client that saw
-# it resumes with it, and is told to stop (204), instead of being sent the failure again.
-END_ID = "end"
 # A comment line: it keeps proxies and clients from taking a quiet stream for a dead one.
 KEEPALIVE = b": keepalive\n\n"
 

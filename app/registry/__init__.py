@@ -37,7 +37,7 @@ def make_limit_storage(settings: Settings) -> Storage:
     """Where the new-run limits count: this process, or the shared Redis under a prefix of
     their own, so that the limit holds across the fleet."""
     if settings.shared_registry:
-        from app.registry.redis_registry import redis_pool
+        from app.registry.redis_connection import redis_pool
 
         return RedisStorage(
             settings.registry_url,

@@ -27,15 +27,9 @@ from importlib import resources
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from app.clock import now_ms
-from app.concurrency import readable_now
-from app.concurrency import spawn
 from app.logs import DefectLog
-from app.models import ENGINE_DURATION_BUCKETS_S
-from app.models import Divergence
 from app.models import EncodedEvent
 from app.models import LedgerCheck
 from app.models import LedgerEntry
@@ -60,6 +54,14 @@ from app.registry.base import Started
 from app.registry.event_log import LiveLog
 from app.registry.ledger import DEFAULT_LEDGER_KEYS
 from app.registry.ledger import DEFAULT_LEDGER_MS
+from app.registry.redis_connection import redis_client
+from app.registry.redis_fields import divergence
+from app.registry.redis_fields import ledger_check
+from app.registry.redis_fields import ledger_entry
+from app.registry.redis_fields import registry_stats
+from app.registry.redis_fields import run_state
+from app.registry.redis_fields import stream_ending
+from app.serving.concurrency import spawn
 
 log = logging.getLogger(__name__)
 LEASE_MS = 10_000  # a dead executor's run is failed this long after its last renewal, plus a reap interval
@@ -68,8 +70,6 @@ STREAM_GRACE_MS = 60_000  # a done run's stream stays this long for readers stil
 FOLLOW_BLOCK_MS = 5_000
 FOLLOW_BATCH = 1000  # stream entries one XREAD of a follower takes
 REAP_SLICE = 10  # lapsed runs failed per reap (every REAP_EVERY_S, by every process)
-POOL_CONNECTIONS = 64  # per client and process, for short commands (more wait for one)
-BLOCKING_CONNECTIONS = 10_000  # per client and process, for commands that block (one each)
 EXECUTOR_LOST = "The process executing this run stopped before it ended (killed, or its host lost)"
 NO_WORKER = "No worker took this run in time: none runs this engine code, or all were busy"
 # A run that left the registry while it was followed: Redis lost it (restarted without its data).
@@ -177,11 +177,11 @@ class RedisRegistry:
             )
         finally:
             self._disown(run_id)
-        return _ledger_check(answer) if answer else None
+        return ledger_check(answer) if answer else None
 
     def check_reproduction(self, record: RunRecord, replayed_digest: bytes) -> LedgerCheck:
         identity = record.identity
-        return _ledger_check(self._call(
+        return ledger_check(self._call(
             "check_reproduction", identity.cache_key, identity.engine_code_hash, identity.run_id, record.events_digest,
             replayed_digest, *self._ledger_bounds,
         ))
@@ -199,10 +199,7 @@ class RedisRegistry:
     def _ledger_entry(self, fields: Sequence[Any], name: str) -> LedgerEntry | None:
         """A ledger hash's r, d, n, x fields as an entry; ``None``, reported once, if they are not one."""
         try:
-            run_id = fields[0].decode()
-            if len(fields[1]) != 32 or run_created_at(run_id) <= 0:  # a digest, and a runId it can read
-                raise ValueError(run_id)
-            return LedgerEntry(run_id, bytes(fields[1]), int(fields[2] or 0), int(fields[3] or 0))
+            return ledger_entry(fields)
         except (ValueError, IndexError, UnicodeDecodeError):
             self._defects.report(name, "redis ledger entry of %s is not one; treated as absent", name)
             return None
@@ -225,7 +222,7 @@ class RedisRegistry:
         divergences = []
         for listed in answer[3:]:
             try:
-                divergences.append(_divergence(listed))
+                divergences.append(divergence(listed))
             except (ValueError, UnicodeDecodeError):
                 self._defects.report("ledger-divergences", "a divergence listed in Redis is unreadable; skipped")
         return LedgerFigures(int(answer[0]), int(answer[1]), int(answer[2]), tuple(divergences))
@@ -250,7 +247,7 @@ class RedisRegistry:
         if all(value is None for value in values):
             return None
         try:
-            state = _state(dict(zip(_FIELDS, values, strict=True)))
+            state = run_state(dict(zip(_FIELDS, values, strict=True)))
         except (AttributeError, TypeError, ValueError, UnicodeDecodeError, KeyError):  # missing or unreadable
             self._defects.report(key, "redis key %s is not a whole run record; treated as absent", key)
             return None
@@ -279,22 +276,7 @@ class RedisRegistry:
                    duration_bucket(duration_ms / 1000), f"{duration_ms / 1000:.6f}")
 
     def stats(self, top_scenarios: int) -> RegistryStats:
-        done, running, top, scenario_count, counters = self._call("stats", top_scenarios)
-        counts = {name.decode(): float(value) for name, value in _pairs(counters)}
-        return RegistryStats(
-            total_entries=int(done) + int(running),
-            entries_by_scenario={name.decode(): -int(float(score)) for name, score in _pairs(top)},
-            scenario_count=int(scenario_count),
-            evictions=int(counts.get("evictions", 0)),
-            expirations=int(counts.get("expirations", 0)),
-            hits=int(counts.get("hits", 0)),
-            misses=int(counts.get("misses", 0)),
-            running=int(running),
-            engine_runs=int(counts.get("engine_runs", 0)),
-            engine_failures=int(counts.get("engine_failures", 0)),
-            engine_ms_total=counts.get("engine_ms_total", 0.0),
-            engine_durations=_durations(counts),
-        )
+        return registry_stats(*self._call("stats", top_scenarios))
 
     def reap(self) -> int:
         """Fail running runs whose executor's lease lapsed; how many. Every process does this
@@ -368,7 +350,7 @@ class RedisRegistry:
                     last = entry_id.decode()
                     if b"end" in fields:
                         followed.extend(events)
-                        followed.end(_ending(fields))
+                        followed.end(stream_ending(fields))
                         return
                     events.append((fields[b"t"].decode(), fields[b"d"]))
                 followed.extend(events)
@@ -409,126 +391,9 @@ class RedisRegistry:
             return self._scripts[script](args=[self._prefix, *args])
 
 
-def _state(fields: dict[str, Any]) -> RunState:
-    """A run hash's fields as a RunState. :raises: anything, when a field is missing or unreadable."""
-    identity = RunIdentity(
-        run_id=fields["runId"].decode(),
-        cache_key=fields["cacheKey"].decode(),
-        engine_code_hash=fields["engineCodeHash"].decode(),
-        engine_name=fields["engineName"].decode(),
-        engine_version=fields["engineVersion"].decode(),
-    )
-    status = fields["status"].decode()
-    count, hits = int(fields["count"]), int(fields["hits"])
-    if status == "done":
-        record = RunRecord(identity, count, bytes(fields["eventsDigest"]), bytes(fields["bodyGzip"]))
-        return RunState(identity, "done", count, hits, record=record, expires_at=int(fields["expiresAt"]))
-    if status == "failed":
-        error = RunError(fields["errorType"].decode(), fields["errorMessage"].decode())
-        return RunState(identity, "failed", count, hits, error=error)
-    if status == "running":
-        return RunState(identity, "running", count, hits)
-    raise ValueError(f"unknown status {status!r}")
-
-
-def _ledger_check(answer: list[Any]) -> LedgerCheck:
-    """ledger_check's answer: {result, runId, digest, checks, divergences}."""
-    entry = LedgerEntry(answer[1].decode(), bytes(answer[2]), int(answer[3]), int(answer[4]))
-    return LedgerCheck(answer[0].decode(), entry)
-
-
-def _divergence(listed: bytes) -> Divergence:
-    """A divergence as ledger_check lists it: both digests (64 bytes), then at, cacheKey,
-    engineCodeHash, reference runId, runId on lines of their own."""
-    reference, diverging, rest = listed[:32], listed[32:64], listed[64:].decode()
-    at, cache_key, code_hash, reference_run_id, run_id = rest.split("\n")
-    return Divergence(cache_key, code_hash, reference_run_id, reference.hex(), run_id, diverging.hex(), int(at))
-
-
-def _durations(counts: dict[str, float]) -> dict[str, tuple[tuple[int, ...], float]]:
-    """The engine duration buckets kept in the counters hash (``duration:<outcome>:<index>``)."""
-    durations = {}
-    for outcome in ("succeeded", "failed"):
-        buckets = tuple(int(counts.get(f"duration:{outcome}:{index}", 0))
-                        for index in range(len(ENGINE_DURATION_BUCKETS_S) + 1))
-        if any(buckets):
-            durations[outcome] = (buckets, counts.get(f"duration_sum:{outcome}", 0.0))
-    return durations
-
-
-def _ending(fields: dict[bytes, bytes]) -> str | RunError:
-    if fields[b"end"] == b"done":
-        return "done"
-    return RunError(fields.get(b"et", b"ENGINE_ERROR").decode(), fields.get(b"em", b"").decode())
-
-
-def redis_client_options(timeout_ms: int) -> dict[str, Any]:
-    """Connection options of every Redis client of the service.
-
-    Short timeouts and one immediate retry: the retry mends a pooled connection that a Redis
-    restart closed; beyond that an outage is a prompt 503, not a hang.
-    """
-    return {
-        "socket_timeout": timeout_ms / 1000,
-        "socket_connect_timeout": timeout_ms / 1000,
-        "retry": Retry(NoBackoff(), 1),
-    }
-
-
-class _PooledConnection(redis.Connection):
-    """A TCP connection whose check at every checkout from the pool ("has it anything unread?")
-    asks the kernel directly.
-
-    redis-py asks with ``select.poll()``, which under gevent is gevent's cooperative poll: about
-    35 µs a command for a question that never waits (docs/benchmarks.md). Nothing on the socket
-    means nothing unread: replies are read whole (RESP2, no pushes), and a connection that fails
-    mid-reply is disconnected. Anything there, and redis-py's own check decides.
-    """
-
-    def can_read(self, timeout: float = 0) -> bool:
-        if timeout == 0 and self._sock is not None and not readable_now(self._sock):
-            return False
-        return bool(super().can_read(timeout))
-
-
-def redis_pool(url: str, timeout_ms: int) -> redis.ConnectionPool:
-    """The connection pool of a client whose commands are short (the registry's, the limits', the
-    queue's): at most POOL_CONNECTIONS, and a command beyond them waits up to the timeout for one.
-
-    Under gevent every request is a greenlet, and a burst of them reaches Redis at once: redis-py's
-    own pool refuses the 101st concurrent command (MaxConnectionsError), which made 500 live
-    clients of one run get 503s. Commands take well under a millisecond, so waiting is cheap.
-    """
-    # Plain TCP only: rediss:// and unix:// keep their own connection classes.
-    plain = {"connection_class": _PooledConnection} if url.startswith("redis://") else {}
-    return redis.BlockingConnectionPool.from_url(
-        url, max_connections=POOL_CONNECTIONS, timeout=timeout_ms / 1000, **redis_client_options(timeout_ms), **plain
-    )
-
-
-def redis_client(url: str, timeout_ms: int, blocking_read_s: float | None = None) -> redis.Redis:
-    """A client of the service. With ``blocking_read_s``, for commands that block that long
-    (a follower's XREAD, waiting for a verification's result): one connection per blocked
-    command, as many as the runs followed or verified, so none waits behind another.
-    """
-    if blocking_read_s is None:
-        pool = redis_pool(url, timeout_ms)
-    else:
-        options = {**redis_client_options(timeout_ms), "socket_timeout": blocking_read_s}
-        pool = redis.ConnectionPool.from_url(url, max_connections=BLOCKING_CONNECTIONS, **options)
-    client = redis.Redis(connection_pool=pool)
-    client.auto_close_connection_pool = True  # closing the client closes its pool, as from_url's do
-    return client
-
-
 @contextmanager
 def _unavailable_on_redis_errors() -> Iterator[None]:
     try:
         yield
     except redis.RedisError as err:
         raise RegistryUnavailable(f"redis: {err.__class__.__name__}") from err
-
-
-def _pairs(flat: list[bytes]) -> list[tuple[bytes, bytes]]:
-    """HGETALL's flat [name, value, ...] as pairs."""
-    return list(zip(flat[::2], flat[1::2], strict=True))

@@ -41,7 +41,7 @@ def test_a_diverging_engine_is_caught_on_verify_and_on_re_run_listed_and_counted
     client = create_app(test_settings(ttl_minutes=1), engine=DriftingEngine()).test_client()
     first = lookup(client, "drift-a")
     recorded = client.get(f"/runs/{first}").get_json()
-    caplog.set_level(logging.WARNING, logger="app.runner")
+    caplog.set_level(logging.WARNING, logger="app.runs.runner")
     verified = client.post(f"/runs/{first}/verify").get_json()
     assert verified["reproducible"] is False
     assert verified["determinism"]["status"] == "diverged" and verified["determinism"]["divergences"] == 1

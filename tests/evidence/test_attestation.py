@@ -23,7 +23,7 @@ from securesystemslib.exceptions import VerificationError
 from securesystemslib.signer import SSlibKey
 
 from app import create_app
-from app.cli import main as cli
+from app.cli.main import main as cli
 from app.config import ConfigError
 from app.config import load_settings
 from app.evidence.attestation import PACK_FILES
@@ -327,7 +327,7 @@ def test_a_bad_signing_key_refuses_with_one_line_and_no_key_material(tmp_path):
 
 
 def test_the_start_up_log_says_a_key_was_made_or_configured(signing_key, caplog):
-    caplog.set_level("INFO", logger="app.evidence_keys")
+    caplog.set_level("INFO", logger="app.evidence.keys")
     create_app(test_settings(), engine=FakeEngine())
     create_app(test_settings(signing_key=signing_key), engine=FakeEngine())
     made, configured = (record.getMessage() for record in caplog.records)
@@ -368,9 +368,10 @@ def test_verify_pack_says_genuine_or_exits_non_zero_with_one_line_naming_the_pro
 def test_verify_pack_needs_neither_the_service_nor_its_libraries(signed_client, signing_key, tmp_path):
     (tmp_path / "pack.zip").write_bytes(pack_of(signed_client, done_run(signed_client)))
     (tmp_path / "key.pem").write_bytes(public_pem(signing_key))
-    probe = ("import sys; from app.cli import main; status = main(['verify-pack', 'pack.zip', '--key', 'key.pem']);"
+    probe = ("import sys; from app.cli.main import main;"
+             " status = main(['verify-pack', 'pack.zip', '--key', 'key.pem']);"
              "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'flask', 'werkzeug', 'redis', 'gevent',"
-             " 'marshmallow', 'rq', 'app.service'}); print(status, loaded)")
+             " 'marshmallow', 'rq', 'app.runs.service'}); print(status, loaded)")
     env = {"PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parents[2])}
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.stdout.splitlines()[-1] == "0 []", done.stdout + done.stderr

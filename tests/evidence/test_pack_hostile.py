@@ -22,8 +22,6 @@ import pytest
 
 from app import create_app
 from app.engine.events import MAX_TRANSCRIPT_BYTES
-from app.evidence.attestation import MAX_FILE_BYTES
-from app.evidence.attestation import MAX_PACK_BYTES
 from app.evidence.attestation import MAX_SIGNATURES
 from app.evidence.attestation import MAX_STATEMENT_BYTES
 from app.evidence.attestation import PACK_FILES
@@ -32,6 +30,8 @@ from app.evidence.attestation import check_pack
 from app.evidence.attestation import checksums
 from app.evidence.attestation import envelope
 from app.evidence.csv_export import events_csv
+from app.evidence.strict_zip import MAX_FILE_BYTES
+from app.evidence.strict_zip import MAX_PACK_BYTES
 from app.models import canonical_json
 from app.models import encode_events
 from app.signing import SigningKey
@@ -326,7 +326,7 @@ def test_json_nested_100000_deep_is_refused_in_one_line(pack, key):
 
 
 def test_the_bounds_hold_the_largest_transcript_and_its_csv():
-    # app/transcripts.py reads a transcript back to at most this, the events and what is around them.
+    # app/evidence/transcripts.py reads a transcript back to at most this, the events and what is around them.
     assert MAX_FILE_BYTES["events.json"] == MAX_TRANSCRIPT_BYTES + 4096
     # The CSV grows most from a character that str() escapes and JSON does not: U+007F, 1 byte in
     # JSON, 4 more in the text column's ['\x7f'].

@@ -16,9 +16,9 @@ from app.models import RunError
 from app.models import RunKey
 from app.models import RunRecord
 from app.registry.base import RegistryUnavailable
-from app.registry.redis_registry import POOL_CONNECTIONS
+from app.registry.redis_connection import POOL_CONNECTIONS
+from app.registry.redis_connection import redis_pool
 from app.registry.redis_registry import RedisRegistry
-from app.registry.redis_registry import redis_pool
 from harness.servers import RedisServer
 from harness.servers import free_port
 from harness.servers import wait_until

@@ -21,10 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from app.concurrency import bell
-from app.concurrency import native_lock
-from app.concurrency import native_sleep
-from app.concurrency import real_threads
 from app.config import Settings
 from app.engine.base import Engine
 from app.engine.base import EngineError
@@ -40,6 +36,10 @@ from app.models import RunKey
 from app.models import RunRecord
 from app.registry.base import Registry
 from app.registry.base import RegistryUnavailable
+from app.serving.concurrency import bell
+from app.serving.concurrency import native_lock
+from app.serving.concurrency import native_sleep
+from app.serving.concurrency import real_threads
 
 log = logging.getLogger(__name__)
 # How long the recorder keeps retrying a registry that does not answer before it gives the run
@@ -64,7 +64,7 @@ class _Handoff:
     """Events from the engine's thread to the recorder: batched, closed once, abandonable.
 
     Made by the recording side (its greenlet's hub hears the bell); the engine's thread only
-    touches it through ``put`` and ``close``, under a lock of the OS (see app/concurrency.py).
+    touches it through ``put`` and ``close``, under a lock of the OS (see app/serving/concurrency.py).
     """
 
     def __init__(self) -> None:
@@ -97,7 +97,7 @@ class _Handoff:
 
     def note(self, line: str) -> None:
         """A line of the engine's standard error, for the recorder to log with the runId (the log's
-        handlers take locks a native thread must not share with greenlets: app/concurrency.py)."""
+        handlers take locks a native thread must not share with greenlets: app/serving/concurrency.py)."""
         with self._lock:
             if not self._abandoned:
                 self._notes.append(line)

@@ -99,7 +99,7 @@ def off_the_hub(call: Callable[[], T]) -> T:
     the calling greenlet waits cooperatively: the process's other connections are served
     meanwhile (the interpreter hands the hub its turn every few milliseconds), where on the
     greenlet itself none would be. Without gevent, called here. ``call`` must touch nothing that
-    greenlets guard with gevent's locks (app/concurrency.py's first paragraph)."""
+    greenlets guard with gevent's locks (app/serving/concurrency.py's first paragraph)."""
     if gevent_active():
         import gevent
 

@@ -1,4 +1,5 @@
-"""Settings from environment variables, parsed and validated once at start-up."""
+"""Reading the service's environment variables one by one: each reader takes a variable's text,
+checks it, and refuses a bad one with one line naming the variable (``ConfigError``)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import ipaddress
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from dataclasses import field
 from typing import TYPE_CHECKING
 from typing import Any
 from urllib.parse import parse_qs
@@ -22,14 +21,7 @@ if TYPE_CHECKING:
     from app.signing import SigningKey
 
 DEFAULT_ENGINE = "app.engine.pricing:PricingEngine"
-MAX_TTL_MINUTES = 10 * 365 * 24 * 60  # ten years: beyond that a typo is likelier than intent
-COMMIT_VARIABLES = ("ENGINE_COMMIT_SHA", "SOURCE_VERSION", "HEROKU_SLUG_COMMIT")
-# Engine executions one client may cause a minute; the README says why this many.
-DEFAULT_NEW_RUNS_PER_MINUTE = 30
-# How long a lookup (or a read of a run) waits for a run that is not done: the README says why.
-DEFAULT_LOOKUP_WAIT_S = 20.0
 MAX_LOOKUP_WAIT_S = 25.0
-MAX_BODY_BYTES = 64 * 1024  # the largest request body taken (the contract's 413 past it)
 # Where gunicorn listens without RUN_REGISTRY_BIND or PORT: this host alone reaches it.
 DEFAULT_BIND = "127.0.0.1:3001"
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -44,131 +36,7 @@ class ConfigError(Exception):
     """A setting is invalid; the message names the variable and is one line."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything the service reads from its environment."""
-
-    ttl_minutes: float = 60.0
-    max_entries: int = 10_000
-    registry_url: str = "memory://"
-    engine: str = DEFAULT_ENGINE
-    # A process engine's environment: PATH, HOME, LANG and the variables RUN_REGISTRY_ENGINE_ENV names.
-    engine_environment: tuple[tuple[str, str], ...] = field(default=(), repr=False)
-    engine_root: str | None = None  # a process engine's files, for its identity
-    engine_token: str | None = field(default=None, repr=False)  # an HTTP or LLM engine's bearer token
-    engine_describe_s: float = 60.0  # how often a remote engine is described again
-    scenarios_path: str | None = None  # an LLM engine's scenarios (RUN_REGISTRY_SCENARIOS)
-    engine_code_hash: str | None = None
-    engine_commit: str | None = None
-    engine_timeout_s: float = 600.0
-    engine_threads: int = 8
-    engine_queue: int = 32
-    engine_event_delay_ms: int = 0
-    new_runs_per_minute: int = DEFAULT_NEW_RUNS_PER_MINUTE
-    lookup_wait_s: float = DEFAULT_LOOKUP_WAIT_S
-    keepalive_s: float = 15.0
-    max_waiting: int = 800
-    max_waiting_per_client: int = 100
-    client_timeout_s: float = 10.0
-    transcript_cache_mb: int = 32
-    ledger_days: float = 30.0  # a key's determinism reference is kept this long after its last check
-    ledger_max_keys: int = 100_000
-    api_keys: tuple[ApiKey, ...] = ()  # none: the service is open (docs/operations.md)
-    anonymous_scopes: frozenset[str] = frozenset()  # what a request without a key may do, with keys
-    signing_key: SigningKey | None = None  # none: made at start-up (the embedded registry only)
-    previous_public_keys: tuple[PublicKey, ...] = ()  # listed after the current key, for older packs
-    execution: str = "local"  # "local": the web process runs the engine; "queue": workers do
-    queue_wait_s: float = 60.0
-    lease_s: float = 10.0
-    queue_max: int = 1000
-    redis_timeout_ms: int = 500
-    redis_prefix: str = "run-registry:"
-    trusted_proxies: int = 0
-    access_log: bool = True
-    metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR: gunicorn.conf.py sets it
-    bind: str = DEFAULT_BIND  # host:port gunicorn listens on (RUN_REGISTRY_BIND, else 0.0.0.0:$PORT)
-
-    @property
-    def shared_registry(self) -> bool:
-        """Whether the registry lives outside this process, so several workers may share it."""
-        return not self.registry_url.startswith("memory:")
-
-    @property
-    def ledger_ms(self) -> int:
-        """The ledger's time in whole milliseconds, at least one."""
-        return max(1, round(self.ledger_days * 86_400_000))
-
-    @property
-    def ttl_ms(self) -> int:
-        """The TTL in whole milliseconds, at least one."""
-        return max(1, round(self.ttl_minutes * 60_000))
-
-
-def load_settings(environ: Mapping[str, str]) -> Settings:
-    """Parse the service's variables; raise ConfigError naming the first bad one."""
-    settings = _read_settings(environ)
-    if settings.execution == "queue" and not settings.shared_registry:
-        raise ConfigError("RUN_REGISTRY_EXECUTION=queue needs a Redis registry (RUN_REGISTRY_URL or REDIS_URL):"
-                          " workers and web processes share it")
-    if settings.shared_registry and settings.signing_key is None:
-        raise ConfigError("RUN_REGISTRY_SIGNING_KEY is required with a Redis registry: every process of a fleet"
-                          " signs with the one key, and it is never kept in the registry; make one with"
-                          " `run-registry new-signing-key signing-key.pem` and set"
-                          " RUN_REGISTRY_SIGNING_KEY=signing-key.pem (or the file's text)")
-    return settings
-
-
-def _read_settings(environ: Mapping[str, str]) -> Settings:
-    return Settings(
-        ttl_minutes=positive_number(environ, "RUN_REGISTRY_TTL_MIN", 60.0, "minutes", MAX_TTL_MINUTES),
-        max_entries=positive_int(environ, "RUN_REGISTRY_MAX_ENTRIES", default=10_000),
-        registry_url=_registry_url(environ),
-        engine=_engine_spec(environ),
-        engine_environment=_engine_environment(environ),
-        engine_root=_non_empty(environ, "RUN_REGISTRY_ENGINE_ROOT"),
-        engine_token=_non_empty(environ, "RUN_REGISTRY_ENGINE_TOKEN"),
-        engine_describe_s=positive_number(environ, "RUN_REGISTRY_ENGINE_DESCRIBE_S", 60.0, "seconds", 86_400),
-        scenarios_path=_non_empty(environ, "RUN_REGISTRY_SCENARIOS"),
-        engine_code_hash=_non_empty(environ, "ENGINE_CODE_HASH"),
-        engine_timeout_s=positive_number(environ, "RUN_REGISTRY_ENGINE_TIMEOUT_S", 600.0, "seconds", 24 * 3600),
-        engine_threads=positive_int(environ, "RUN_REGISTRY_ENGINE_THREADS", default=8),
-        engine_queue=non_negative_int(environ, "RUN_REGISTRY_ENGINE_QUEUE", default=32),
-        engine_event_delay_ms=_bounded_int(
-            environ, "RUN_REGISTRY_ENGINE_EVENT_DELAY_MS", 0, minimum=0, kind="milliseconds from 0 to 60000",
-            maximum=60_000,
-        ),
-        lookup_wait_s=_wait_seconds(environ, "RUN_REGISTRY_LOOKUP_WAIT_S", DEFAULT_LOOKUP_WAIT_S),
-        keepalive_s=positive_number(environ, "RUN_REGISTRY_KEEPALIVE_S", 15.0, "seconds", 300),
-        max_waiting=positive_int(environ, "RUN_REGISTRY_MAX_WAITING", default=800),
-        max_waiting_per_client=_waiting_share(environ),
-        client_timeout_s=positive_number(environ, "RUN_REGISTRY_CLIENT_TIMEOUT_S", 10.0, "seconds", 300),
-        transcript_cache_mb=positive_int(environ, "RUN_REGISTRY_TRANSCRIPT_CACHE_MB", default=32),
-        ledger_days=positive_number(environ, "RUN_REGISTRY_LEDGER_DAYS", 30.0, "days", 3650),
-        ledger_max_keys=positive_int(environ, "RUN_REGISTRY_LEDGER_MAX_KEYS", default=100_000),
-        api_keys=_api_keys(environ),
-        anonymous_scopes=_anonymous_scopes(environ),
-        signing_key=_signing_key(environ),
-        previous_public_keys=_previous_public_keys(environ),
-        execution=_execution(environ),
-        queue_wait_s=positive_number(environ, "RUN_REGISTRY_QUEUE_WAIT_S", 60.0, "seconds", 3600),
-        lease_s=positive_number(environ, "RUN_REGISTRY_LEASE_S", 10.0, "seconds", 50),
-        queue_max=positive_int(environ, "RUN_REGISTRY_QUEUE_MAX", default=1000),
-        new_runs_per_minute=non_negative_int(
-            environ, "RUN_REGISTRY_NEW_RUNS_PER_MINUTE", default=DEFAULT_NEW_RUNS_PER_MINUTE
-        ),
-        redis_timeout_ms=positive_int(environ, "RUN_REGISTRY_REDIS_TIMEOUT_MS", default=500),
-        redis_prefix=_non_empty(environ, "RUN_REGISTRY_REDIS_PREFIX") or "run-registry:",
-        trusted_proxies=non_negative_int(environ, "RUN_REGISTRY_TRUSTED_PROXIES", default=0),
-        access_log=_switch(environ, "RUN_REGISTRY_ACCESS_LOG", default=True),
-        metrics_dir=_non_empty(environ, "PROMETHEUS_MULTIPROC_DIR"),
-        bind=_bind(environ),
-        engine_commit=next(
-            (value for name in COMMIT_VARIABLES if (value := _non_empty(environ, name))), None
-        ),
-    )
-
-
-def _waiting_share(environ: Mapping[str, str]) -> int:
+def read_waiting_share(environ: Mapping[str, str]) -> int:
     """``RUN_REGISTRY_MAX_WAITING_PER_CLIENT``: by default an eighth of ``RUN_REGISTRY_MAX_WAITING``
     (100 of 800); given, less than it, or one client could hold every waiting connection."""
     total = positive_int(environ, "RUN_REGISTRY_MAX_WAITING", default=800)
@@ -180,14 +48,14 @@ def _waiting_share(environ: Mapping[str, str]) -> int:
     return share
 
 
-def _bind(environ: Mapping[str, str]) -> str:
+def read_bind(environ: Mapping[str, str]) -> str:
     """``RUN_REGISTRY_BIND`` (``host:port``, ``[::1]:3001`` for IPv6); unset, ``0.0.0.0:$PORT`` when a
     Heroku-style host sets ``PORT``; neither, loopback. Set, it wins over ``PORT`` (which is then not
     read): the service's own variable says what its operator chose, ``PORT`` what a host offers."""
     name = "RUN_REGISTRY_BIND"
     raw = environ.get(name, "").strip()
     if not raw:
-        port = _bounded_int(environ, "PORT", 0, minimum=1, kind="a port from 1 to 65535", maximum=65535)
+        port = bounded_int(environ, "PORT", 0, minimum=1, kind="a port from 1 to 65535", maximum=65535)
         return f"0.0.0.0:{port}" if port else DEFAULT_BIND
     host, _, port_text = raw.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
@@ -211,15 +79,15 @@ def _bind(environ: Mapping[str, str]) -> str:
 
 def positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
     """Read a positive decimal integer, or the default when the variable is unset or empty."""
-    return _bounded_int(environ, name, default, minimum=1, kind="a positive integer")
+    return bounded_int(environ, name, default, minimum=1, kind="a positive integer")
 
 
 def non_negative_int(environ: Mapping[str, str], name: str, default: int) -> int:
     """Read a decimal integer of 0 or more, or the default when the variable is unset or empty."""
-    return _bounded_int(environ, name, default, minimum=0, kind="an integer of 0 or more")
+    return bounded_int(environ, name, default, minimum=0, kind="an integer of 0 or more")
 
 
-def _bounded_int(
+def bounded_int(
     environ: Mapping[str, str], name: str, default: int, minimum: int, kind: str, maximum: int = 999_999_999
 ) -> int:
     raw = environ.get(name, "").strip()
@@ -238,7 +106,7 @@ def _float_or_nan(raw: str) -> float:
         return math.nan
 
 
-def _wait_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+def wait_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
     """Seconds from 0 to MAX_LOOKUP_WAIT_S: under the 30 s a Heroku-style router waits for an answer."""
     raw = environ.get(name, "").strip()
     if not raw:
@@ -261,7 +129,7 @@ def positive_number(environ: Mapping[str, str], name: str, default: float, unit:
     return number
 
 
-def _registry_url(environ: Mapping[str, str]) -> str:
+def read_registry_url(environ: Mapping[str, str]) -> str:
     """``RUN_REGISTRY_URL``; unset, the ``REDIS_URL`` a Redis add-on of a Heroku-style host sets;
     neither, the in-memory registry."""
     name = "RUN_REGISTRY_URL"
@@ -317,7 +185,7 @@ def _redis_url_parts(url: str) -> tuple[str, dict[str, Any]] | None:
     return scheme, {"host": host, "port": port, "db": int(db_text)}
 
 
-def _api_keys(environ: Mapping[str, str]) -> tuple[ApiKey, ...]:
+def read_api_keys(environ: Mapping[str, str]) -> tuple[ApiKey, ...]:
     """``RUN_REGISTRY_API_KEYS``: no entry shown on error, only what is wrong with it (and its keyId)."""
     from app.access import KeyEntryError
     from app.access import parse_keys
@@ -328,7 +196,7 @@ def _api_keys(environ: Mapping[str, str]) -> tuple[ApiKey, ...]:
         raise ConfigError(f"RUN_REGISTRY_API_KEYS: {err} (hashes are not shown)") from None
 
 
-def _anonymous_scopes(environ: Mapping[str, str]) -> frozenset[str]:
+def read_anonymous_scopes(environ: Mapping[str, str]) -> frozenset[str]:
     name = "RUN_REGISTRY_ANONYMOUS"
     raw = environ.get(name, "").strip().lower() or "none"
     if raw not in ("none", "read"):
@@ -336,7 +204,7 @@ def _anonymous_scopes(environ: Mapping[str, str]) -> frozenset[str]:
     return frozenset() if raw == "none" else frozenset({"read"})
 
 
-def _signing_key(environ: Mapping[str, str]) -> SigningKey | None:
+def read_signing_key(environ: Mapping[str, str]) -> SigningKey | None:
     """``RUN_REGISTRY_SIGNING_KEY``: PKCS#8 PEM, as text or a file's path; nothing of it is echoed."""
     from app.signing import KeyMaterialError
     from app.signing import SigningKey
@@ -353,7 +221,7 @@ def _signing_key(environ: Mapping[str, str]) -> SigningKey | None:
                           f" file holding it; the value given {err} (not shown)") from None
 
 
-def _previous_public_keys(environ: Mapping[str, str]) -> tuple[PublicKey, ...]:
+def read_previous_public_keys(environ: Mapping[str, str]) -> tuple[PublicKey, ...]:
     """``RUN_REGISTRY_PREVIOUS_PUBLIC_KEYS``: public keys of retired signing keys, PEM as text or a file's path."""
     from app.signing import KeyMaterialError
     from app.signing import pem_text_or_file
@@ -370,7 +238,7 @@ def _previous_public_keys(environ: Mapping[str, str]) -> tuple[PublicKey, ...]:
                           f" holding them; the value given {err}") from None
 
 
-def _execution(environ: Mapping[str, str]) -> str:
+def read_execution(environ: Mapping[str, str]) -> str:
     name = "RUN_REGISTRY_EXECUTION"
     raw = environ.get(name, "").strip().lower() or "local"
     if raw not in ("local", "queue"):
@@ -378,7 +246,7 @@ def _execution(environ: Mapping[str, str]) -> str:
     return raw
 
 
-def _engine_spec(environ: Mapping[str, str]) -> str:
+def read_engine_spec(environ: Mapping[str, str]) -> str:
     """``RUN_REGISTRY_ENGINE``: ``module:attribute``, ``command:<command line>``, ``http(s)://...``,
     ``openai:http(s)://...``."""
     name = "RUN_REGISTRY_ENGINE"
@@ -420,7 +288,7 @@ def _engine_url_problem(url: str) -> str | None:
     return None
 
 
-def _engine_environment(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+def read_engine_environment(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     """``PATH``, ``HOME``, ``LANG`` and what ``RUN_REGISTRY_ENGINE_ENV`` names (comma-separated):
     never one of the service's own variables, which hold its keys, its signing key, its backend's URL."""
     name = "RUN_REGISTRY_ENGINE_ENV"
@@ -435,7 +303,7 @@ def _engine_environment(environ: Mapping[str, str]) -> tuple[tuple[str, str], ..
                  if variable in environ)
 
 
-def _switch(environ: Mapping[str, str], name: str, default: bool) -> bool:
+def switch(environ: Mapping[str, str], name: str, default: bool) -> bool:
     raw = environ.get(name, "").strip().lower()
     if not raw:
         return default
@@ -444,7 +312,7 @@ def _switch(environ: Mapping[str, str], name: str, default: bool) -> bool:
     return raw in ("on", "true", "1")
 
 
-def _non_empty(environ: Mapping[str, str], name: str) -> str | None:
+def non_empty(environ: Mapping[str, str], name: str) -> str | None:
     return environ.get(name, "").strip() or None
 
 

@@ -15,9 +15,11 @@ from app.models import RunIdentity
 from app.models import RunKey
 from app.registry.base import Registry
 from app.registry.base import RegistryUnavailable
-from app.runner import EngineFault
-from app.runner import Reproduction
-from app.runner import Runner
+from app.runs.jobs import EXECUTE_RUN
+from app.runs.jobs import REPRODUCE_RUN
+from app.runs.runner import EngineFault
+from app.runs.runner import Reproduction
+from app.runs.runner import Runner
 
 
 class Execution(Protocol):
@@ -96,7 +98,7 @@ class LocalExecution:
 
 class QueuedExecution:
     """Runs on workers (``RUN_REGISTRY_EXECUTION=queue``): one RQ queue per engineCodeHash (per
-    engine, for a remote one: app.worker.queue_key).
+    engine, for a remote one: ``queue_key``).
 
     A run is enqueued only by the process that started it, holding its owner token, and handed
     over with a deadline: if no worker takes it within ``RUN_REGISTRY_QUEUE_WAIT_S`` it fails.
@@ -106,8 +108,8 @@ class QueuedExecution:
         from rq import Queue
         from rq.serializers import JSONSerializer
 
+        from app.registry.redis_connection import redis_client
         from app.registry.redis_registry import RedisRegistry
-        from app.registry.redis_registry import redis_client
 
         if not isinstance(registry, RedisRegistry):
             raise TypeError("queue execution needs the Redis registry")
@@ -128,13 +130,11 @@ class QueuedExecution:
         """Nothing was taken: the queue's length is the reservation."""
 
     def execute(self, identity: RunIdentity, owner: str) -> None:
-        from app.worker import execute_run
-
         wait_ms = round(self._settings.queue_wait_s * 1000)
         self._registry.hand_over(identity.run_id, owner, wait_ms)
         with _unavailable_on_queue_errors():
             self._queue.enqueue_call(
-                execute_run,
+                EXECUTE_RUN,
                 args=(identity.run_id, owner, identity.engine_code_hash, identity.engine_name, identity.engine_version),
                 job_id=f"run-{identity.run_id}-{owner[:8]}",
                 timeout=round(self._settings.engine_timeout_s) + 30,  # the work-horse's hard limit
@@ -148,11 +148,9 @@ class QueuedExecution:
         from rq.job import JobStatus
         from rq.serializers import JSONSerializer
 
-        from app.worker import reproduce_run
-
         with _unavailable_on_queue_errors():
             job = self._queue.enqueue_call(
-                reproduce_run, args=(key.scenario_id, key.seed, key.engine_code_hash, run_id),
+                REPRODUCE_RUN, args=(key.scenario_id, key.seed, key.engine_code_hash, run_id),
                 timeout=round(self._settings.engine_timeout_s) + 30,
                 ttl=round(self._settings.queue_wait_s), result_ttl=60, failure_ttl=600,
             )
@@ -183,8 +181,8 @@ class QueuedExecution:
 def _job_failure(key: RunKey, result: object) -> str:
     """What a failed verification job says: the worker's EngineFault message (its reason), if it has one."""
     reason = str(getattr(result, "exc_string", "") or "").strip().splitlines()
-    fault = next((line.split(": ", 1)[1] for line in reversed(reason) if line.startswith("app.runner.EngineFault: ")),
-                 None)
+    raised = f"{EngineFault.__module__}.{EngineFault.__qualname__}: "  # as the worker's traceback names it
+    fault = next((line.split(": ", 1)[1] for line in reversed(reason) if line.startswith(raised)), None)
     return fault or f"The engine failed to run scenario {key.scenario_id} seed {key.seed}"
 
 
