@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -123,7 +125,10 @@ def _clients_over_two_web_processes(fleet: _Fleet, clients: int) -> dict[str, st
     bodies = asyncio.run(watch())
     replay = asyncio.run(http10_get(first.port, f"/runs/{run_id}/events", {"Accept": "text/event-stream"}))
     identical = sum(body.replace(KEEPALIVE, b"") == replay for body in bodies)
+    # A stream the service refused answers a JSON error (503 when overloaded), not an event stream.
+    refused = Counter(json.loads(body)["type"] for body in bodies if body.startswith(b'{"type"'))
+    said = "".join(f", {count} refused {kind}" for kind, count in sorted(refused.items()))
     return {
         f"{clients} live streams of one run over two web processes (the run on a worker)":
-            f"{identical} of {len(bodies)} byte-identical to the replay, {replay.count(b'event: ')} events each",
+            f"{identical} of {len(bodies)} byte-identical to the replay{said}, {replay.count(b'event: ')} events each",
     }
