@@ -63,8 +63,29 @@ def run_created_at(run_id: str) -> int:
     return int(run_id.rsplit("_", 1)[1])
 
 
+class NamedByRunId:
+    """What a run's runId says of it (``run_<scenarioId>_<seed>_<createdAt>``), for the records
+    that carry one."""
+
+    __slots__ = ()
+    run_id: str
+
+    @property
+    def scenario_id(self) -> str:
+        return run_scenario_id(self.run_id)
+
+    @property
+    def seed(self) -> int:
+        return run_seed(self.run_id)
+
+    @property
+    def created_at(self) -> int:
+        """Epoch milliseconds, the runId's suffix."""
+        return run_created_at(self.run_id)
+
+
 @dataclass(frozen=True, slots=True)
-class RunIdentity:
+class RunIdentity(NamedByRunId):
     """Which run this is and which engine code makes it: known from the moment it starts.
 
     The scenario, seed and creation time are read back from the runId
@@ -80,19 +101,6 @@ class RunIdentity:
     @classmethod
     def of(cls, key: RunKey, run_id: str, engine_name: str, engine_version: str) -> RunIdentity:
         return cls(run_id, key.digest, key.engine_code_hash, engine_name, engine_version)
-
-    @property
-    def scenario_id(self) -> str:
-        return run_scenario_id(self.run_id)
-
-    @property
-    def seed(self) -> int:
-        return run_seed(self.run_id)
-
-    @property
-    def created_at(self) -> int:
-        """Epoch milliseconds, the runId's suffix."""
-        return run_created_at(self.run_id)
 
     @property
     def key(self) -> RunKey:
@@ -178,24 +186,12 @@ class RunRef:
 
 
 @dataclass(frozen=True, slots=True)
-class ListedRun:
+class ListedRun(NamedByRunId):
     """A run as ``GET /runs`` lists it: its scenario, seed and creation time are its runId's."""
 
     run_id: str
     status: RunStatus
     determinism: LedgerEntry | None = None  # a done run's key in the ledger (None: forgotten, or not done)
-
-    @property
-    def scenario_id(self) -> str:
-        return run_scenario_id(self.run_id)
-
-    @property
-    def seed(self) -> int:
-        return run_seed(self.run_id)
-
-    @property
-    def created_at(self) -> int:
-        return run_created_at(self.run_id)
 
 
 @dataclass(frozen=True)
@@ -328,7 +324,7 @@ class LedgerCheck:
 
 
 @dataclass(frozen=True, slots=True)
-class Divergence:
+class Divergence(NamedByRunId):
     """A transcript of a key that differed from the key's reference (a re-run's, or a verify's)."""
 
     cache_key: str
@@ -338,14 +334,6 @@ class Divergence:
     run_id: str  # the diverging run, or the verified one
     events_sha256: str  # the diverging transcript's
     at: int  # epoch milliseconds
-
-    @property
-    def scenario_id(self) -> str:
-        return run_scenario_id(self.run_id)
-
-    @property
-    def seed(self) -> int:
-        return run_seed(self.run_id)
 
 
 @dataclass(frozen=True)

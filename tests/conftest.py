@@ -84,3 +84,12 @@ def redis_url(redis_server):
     client.flushall()
     client.close()
     return redis_server.url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A real Chromium (Playwright), one for the tests of a file that asks for it."""
+    from harness.browser import chromium
+
+    with chromium() as running:
+        yield running

@@ -6,7 +6,6 @@ import hashlib
 
 import pytest
 
-from harness.browser import chromium
 from harness.servers import Gunicorn
 from harness.servers import http
 
@@ -14,12 +13,6 @@ pytestmark = pytest.mark.server
 
 SECRET = "replay-page-secret"
 KEYS = {"RUN_REGISTRY_API_KEYS": f"viewer:{hashlib.sha256(SECRET.encode()).hexdigest()}:read"}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,12 @@ from __future__ import annotations
 import pytest
 
 from app.access import new_key
-from harness.browser import chromium
 from harness.browser import shot
 from harness.servers import Gunicorn
 from harness.servers import http
 
 pytestmark = pytest.mark.server
 SECRET, ENTRY = new_key("browser", "read+run")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

@@ -8,19 +8,12 @@ from __future__ import annotations
 import pytest
 
 from harness.browser import PHONE
-from harness.browser import chromium
 from harness.browser import console_errors
 from harness.browser import shot
 from harness.servers import Gunicorn
 from harness.servers import http
 
 pytestmark = pytest.mark.server
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

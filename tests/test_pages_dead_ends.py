@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 
 from app.access import new_key
-from harness.browser import chromium
 from harness.browser import console_errors
 from harness.browser import shot
 from harness.servers import Gunicorn
@@ -18,12 +17,6 @@ pytestmark = pytest.mark.server
 SECRET, ENTRY = new_key("browser", "read+run")
 KEY = {"Authorization": f"Bearer {SECRET}"}
 GONE = "run_pricing-v1_42_1764180000123"  # a runId of the right shape that this service never had
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 
 from app.access import new_key
-from harness.browser import chromium
 from harness.browser import shot
 from harness.servers import Gunicorn
 from harness.servers import http
@@ -16,12 +15,6 @@ pytestmark = pytest.mark.server
 READER, READER_ENTRY = new_key("reader", "read")
 RUNNER, RUNNER_ENTRY = new_key("runner", "read+run")
 KEPT = "sessionStorage.getItem('run-registry-key')"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

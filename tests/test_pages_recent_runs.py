@@ -11,7 +11,6 @@ from datetime import datetime
 import pytest
 
 from app.access import new_key
-from harness.browser import chromium
 from harness.browser import console_errors
 from harness.browser import shot
 from harness.servers import Gunicorn
@@ -21,12 +20,6 @@ from harness.servers import wait_until
 pytestmark = pytest.mark.server
 SECRET, ENTRY = new_key("browser", "read+run")
 KEY = {"Authorization": f"Bearer {SECRET}"}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

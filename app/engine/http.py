@@ -12,28 +12,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 from httpx_sse import EventSource
 from httpx_sse import SSEError
 
-from app.engine.base import Engine
 from app.engine.base import EngineError
 from app.engine.base import EngineRun
 from app.engine.base import EngineUnavailable
 from app.engine.base import Identity
 from app.engine.base import StderrSink
-from app.engine.events import MAX_TRANSCRIPT_BYTES
 from app.engine.events import JsonLines
 from app.engine.events import MalformedEvent
 from app.engine.events import encoded_event
 from app.engine.events import event_from_line
-from app.engine.remote import Description
+from app.engine.remote import RemoteEngine
+from app.engine.remote import RemoteRun
 from app.engine.wire import MESSAGE
-from app.engine.wire import TooLarge
-from app.engine.wire import Wire
 from app.engine.wire import engine_message
-from app.engine.wire import read_some
 from app.engine.wire import wire_problem
 from app.models import EncodedEvent
 from app.text import printable
@@ -41,29 +38,13 @@ from app.text import printable
 DESCRIBE_TIMEOUT_S = 5.0
 
 
-class HttpEngine(Engine):
+class HttpEngine(RemoteEngine):
     """A remote engine spoken to over HTTP; its identity is what it describes, codeDigest included."""
 
     kind = "http"
-    remote = True
 
     def __init__(self, spec: str, token: str | None, describe_every_s: float, read_timeout_s: float) -> None:
-        super().__init__(spec)
-        self.base = spec.rstrip("/")
-        self.wire = Wire({"Authorization": f"Bearer {token}"} if token else {}, read_timeout_s)
-        self.description = Description(self._describe, describe_every_s, spec)
-
-    def identity(self) -> Identity:
-        return self.description.current()
-
-    def ready(self, fresh: bool = False) -> Identity:
-        return self.description.ready(fresh)
-
-    def close(self) -> None:
-        self.wire.close()
-
-    def available(self) -> bool:
-        return self.description.answering
+        super().__init__(spec, spec.rstrip("/"), token, describe_every_s, read_timeout_s)
 
     def run(self, scenario_id: str, seed: int, on_stderr: StderrSink | None = None) -> EngineRun:
         return _HttpRun(self, scenario_id, seed)
@@ -89,46 +70,24 @@ class HttpEngine(Engine):
         return Identity(printable(described["name"], 128), printable(described["version"], 128), f"remote:{digest}")
 
 
-class _HttpRun(EngineRun):
+class _HttpRun(RemoteRun):
+    path = "/run"
+    accept = "text/event-stream, application/x-ndjson"
+
     def __init__(self, engine: HttpEngine, scenario_id: str, seed: int) -> None:
-        self._engine = engine
+        super().__init__(engine)
         self._request = {"scenarioId": scenario_id, "seed": seed}
-        self._connection = engine.wire.for_run()
-        self._stopped = False
 
-    def __iter__(self) -> Iterator[EncodedEvent]:
-        engine = self._engine
-        try:
-            with self._connection.client.stream("POST", f"{engine.base}/run", json=self._request,
-                                     headers={"Accept": "text/event-stream, application/x-ndjson"}) as response:
-                if response.status_code != 200:
-                    raise EngineError(f"POST /run answered {response.status_code}:"
-                                      f" {engine_message(read_some(response))}")
-                kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
-                if kind == "text/event-stream":
-                    yield from _server_sent_events(response)
-                elif kind == "application/x-ndjson":
-                    yield from _json_lines(response)
-                else:
-                    raise EngineError(f"POST /run answered {printable(kind or 'no Content-Type', 80)!r}, not"
-                                      f" text/event-stream or application/x-ndjson")
-        except TooLarge:
-            raise EngineError(f"it sent more than {MAX_TRANSCRIPT_BYTES} bytes") from None
-        except (httpx.HTTPError, OSError) as err:
-            if self._stopped:
-                raise EngineError("it was stopped") from None
-            if isinstance(err, httpx.ConnectError):
-                engine.description.trouble(wire_problem(err))
-            raise EngineError(wire_problem(err)) from None
+    def request(self) -> dict[str, Any]:
+        return self._request
 
-    def cancel(self) -> None:
-        """Shut the connection down: the engine thread's read ends at once, and the engine sees
-        its client gone."""
-        self._stopped = True
-        self._connection.cancel()
-
-    def end(self) -> None:
-        self._connection.end()
+    def events(self, response: httpx.Response, kind: str) -> Iterator[EncodedEvent]:
+        if kind == "text/event-stream":
+            return _server_sent_events(response)
+        if kind == "application/x-ndjson":
+            return _json_lines(response)
+        raise EngineError(f"POST /run answered {printable(kind or 'no Content-Type', 80)!r}, not"
+                          f" text/event-stream or application/x-ndjson")
 
 
 def _server_sent_events(response: httpx.Response) -> Iterator[EncodedEvent]:

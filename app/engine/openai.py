@@ -35,22 +35,19 @@ from marshmallow import fields
 from marshmallow import validate
 from marshmallow import validates_schema
 
-from app.engine.base import Engine
 from app.engine.base import EngineError
 from app.engine.base import EngineRun
 from app.engine.base import EngineUnavailable
 from app.engine.base import Identity
 from app.engine.base import StderrSink
 from app.engine.base import UnknownScenario
-from app.engine.events import MAX_TRANSCRIPT_BYTES
 from app.engine.events import MalformedEvent
 from app.engine.events import encoded_event
 from app.engine.python import EngineLoadError
-from app.engine.remote import Description
+from app.engine.remote import RemoteEngine
+from app.engine.remote import RemoteRun
 from app.engine.wire import TooLarge
-from app.engine.wire import Wire
 from app.engine.wire import engine_message
-from app.engine.wire import read_some
 from app.engine.wire import wire_problem
 from app.models import EncodedEvent
 from app.schemas import SCENARIO_ID_PATTERN
@@ -134,34 +131,18 @@ def _first_problem(messages: Any, path: str = "") -> str:
     return f"{path}: {messages}"
 
 
-class OpenAIEngine(Engine):
+class OpenAIEngine(RemoteEngine):
     """An OpenAI-compatible server; its scenarios from a file, its identity from its model listing."""
 
     kind = "openai"
-    remote = True
     names_scenarios = True
 
     def __init__(self, spec: str, scenarios_path: str | None, token: str | None, describe_every_s: float,
                  read_timeout_s: float) -> None:
         """:raises EngineLoadError: the scenarios file is not one (the service does not start)."""
-        super().__init__(spec)
-        self.base = spec.removeprefix("openai:").rstrip("/")
-        self.scenarios, scenario_bytes = load_scenarios(scenarios_path)
+        self.scenarios, scenario_bytes = load_scenarios(scenarios_path)  # before the first description
         self._scenarios_digest = hashlib.sha256(scenario_bytes).hexdigest()
-        self.wire = Wire({"Authorization": f"Bearer {token}"} if token else {}, read_timeout_s)
-        self.description = Description(self._describe, describe_every_s, spec)
-
-    def identity(self) -> Identity:
-        return self.description.current()
-
-    def ready(self, fresh: bool = False) -> Identity:
-        return self.description.ready(fresh)
-
-    def close(self) -> None:
-        self.wire.close()
-
-    def available(self) -> bool:
-        return self.description.answering
+        super().__init__(spec, spec.removeprefix("openai:").rstrip("/"), token, describe_every_s, read_timeout_s)
 
     def check_scenario(self, scenario_id: str) -> None:
         if scenario_id not in self.scenarios:
@@ -209,38 +190,30 @@ def _digest(model: dict[str, Any]) -> str:
     return printable(digest, 100) if isinstance(digest, str) and digest else "-"
 
 
-class _CompletionRun(EngineRun):
+class _CompletionRun(RemoteRun):
+    path = "/chat/completions"
+    accept = "text/event-stream"
+
     def __init__(self, engine: OpenAIEngine, scenario_id: str, seed: int) -> None:
-        self._engine = engine
+        super().__init__(engine)
+        self._completions = engine
         self._scenario_id = scenario_id
         self._seed = seed
-        self._connection = engine.wire.for_run()
-        self._stopped = False
 
-    def __iter__(self) -> Iterator[EncodedEvent]:
-        engine = self._engine
+    def request(self) -> dict[str, Any]:
+        return self._completions.request(self._scenario_id, self._seed)
+
+    def events(self, response: httpx.Response, kind: str) -> Iterator[EncodedEvent]:
+        if kind != "text/event-stream":
+            raise EngineError(f"POST /chat/completions answered {printable(kind or 'no Content-Type', 80)!r},"
+                              " not a stream (text/event-stream)")
+        return self._read(response)
+
+    def _read(self, response: httpx.Response) -> Iterator[EncodedEvent]:
         try:
-            with self._connection.client.stream("POST", f"{engine.base}/chat/completions",
-                                                headers={"Accept": "text/event-stream"},
-                                     json=engine.request(self._scenario_id, self._seed)) as response:
-                if response.status_code != 200:
-                    raise EngineError(f"POST /chat/completions answered {response.status_code}:"
-                                      f" {engine_message(read_some(response))}")
-                kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
-                if kind != "text/event-stream":
-                    raise EngineError(f"POST /chat/completions answered {printable(kind or 'no Content-Type', 80)!r},"
-                                      " not a stream (text/event-stream)")
-                yield from self._events(response)
-        except TooLarge:
-            raise EngineError(f"it sent more than {MAX_TRANSCRIPT_BYTES} bytes") from None
+            yield from self._events(response)
         except SSEError as err:
             raise EngineError(printable(str(err), 200)) from None
-        except (httpx.HTTPError, OSError) as err:
-            if self._stopped:
-                raise EngineError("it was stopped") from None
-            if isinstance(err, httpx.ConnectError):
-                engine.description.trouble(wire_problem(err))
-            raise EngineError(wire_problem(err)) from None
 
     def _events(self, response: httpx.Response) -> Iterator[EncodedEvent]:
         """The stream's chunks as events: the start once the first chunk says what answers."""
@@ -257,7 +230,7 @@ class _CompletionRun(EngineRun):
                 started = True
                 yield _event("start", {"scenarioId": self._scenario_id, "seed": self._seed,
                                        "model": chunk.get("model") if isinstance(chunk.get("model"), str)
-                                       else self._engine.scenarios[self._scenario_id]["model"],
+                                       else self._completions.scenarios[self._scenario_id]["model"],
                                        "systemFingerprint": _text_or_none(chunk.get("system_fingerprint"))})
             for choice in chunk.get("choices") or ():
                 if not isinstance(choice, dict) or choice.get("index", 0) != 0:

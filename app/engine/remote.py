@@ -13,10 +13,25 @@ from __future__ import annotations
 import logging
 import os
 import time
+from abc import abstractmethod
 from collections.abc import Callable
+from collections.abc import Iterator
+from typing import Any
 
+import httpx
+
+from app.engine.base import Engine
+from app.engine.base import EngineError
+from app.engine.base import EngineRun
 from app.engine.base import EngineUnavailable
 from app.engine.base import Identity
+from app.engine.events import MAX_TRANSCRIPT_BYTES
+from app.engine.wire import TooLarge
+from app.engine.wire import Wire
+from app.engine.wire import engine_message
+from app.engine.wire import read_some
+from app.engine.wire import wire_problem
+from app.models import EncodedEvent
 from app.serving.concurrency import native_lock
 from app.serving.concurrency import spawn
 
@@ -118,3 +133,89 @@ class Description:
             log.warning("engine %s describes itself anew (%s %s, digest %s; was %s %s, digest %s):"
                         " new runs from now on", self._what, identity.name, identity.version, identity.digest,
                         previous.name, previous.version, previous.digest)
+
+
+class RemoteEngine(Engine):
+    """An engine deployed apart from the service and spoken to over HTTP (an HTTP engine, an LLM
+    server): its identity is what it last described (``Description``), its connections are kept
+    per engine thread (``Wire``). A kind says how it is described and how it runs."""
+
+    remote = True
+
+    def __init__(self, spec: str, base: str, token: str | None, describe_every_s: float,
+                 read_timeout_s: float) -> None:
+        """Described at once: what ``_describe`` needs must be set before this runs."""
+        super().__init__(spec)
+        self.base = base
+        self.wire = Wire({"Authorization": f"Bearer {token}"} if token else {}, read_timeout_s)
+        self.description = Description(self._describe, describe_every_s, spec)
+
+    @abstractmethod
+    def _describe(self) -> Identity:
+        """Ask the engine what it is now. :raises EngineUnavailable: it does not answer as it should."""
+
+    def identity(self) -> Identity:
+        return self.description.current()
+
+    def ready(self, fresh: bool = False) -> Identity:
+        return self.description.ready(fresh)
+
+    def close(self) -> None:
+        self.wire.close()
+
+    def available(self) -> bool:
+        return self.description.answering
+
+
+class RemoteRun(EngineRun):
+    """One run as a streamed POST to a remote engine: its own connection (``cancel`` shuts it
+    down), the answer's status checked, and whatever the wire does wrong said as the run's failure.
+    A kind says what it posts (``path``, ``accept``, ``request``) and how the answer reads as
+    events (``events``, which refuses a Content-Type it does not take)."""
+
+    path: str
+    accept: str
+
+    def __init__(self, engine: RemoteEngine) -> None:
+        self._engine = engine
+        self._connection = engine.wire.for_run()
+        self._stopped = False
+
+    @abstractmethod
+    def request(self) -> dict[str, Any]:
+        """The JSON body of the run's POST."""
+
+    @abstractmethod
+    def events(self, response: httpx.Response, kind: str) -> Iterator[EncodedEvent]:
+        """The answer's events; ``kind`` is its Content-Type, lower case, without parameters.
+
+        :raises EngineError: the answer is not a run's events.
+        """
+
+    def __iter__(self) -> Iterator[EncodedEvent]:
+        engine = self._engine
+        try:
+            with self._connection.client.stream("POST", f"{engine.base}{self.path}", json=self.request(),
+                                                headers={"Accept": self.accept}) as response:
+                if response.status_code != 200:
+                    raise EngineError(f"POST {self.path} answered {response.status_code}:"
+                                      f" {engine_message(read_some(response))}")
+                yield from self.events(response, response.headers.get("content-type", "").partition(";")[0]
+                                       .strip().lower())
+        except TooLarge:
+            raise EngineError(f"it sent more than {MAX_TRANSCRIPT_BYTES} bytes") from None
+        except (httpx.HTTPError, OSError) as err:
+            if self._stopped:
+                raise EngineError("it was stopped") from None
+            if isinstance(err, httpx.ConnectError):
+                engine.description.trouble(wire_problem(err))
+            raise EngineError(wire_problem(err)) from None
+
+    def cancel(self) -> None:
+        """Shut the connection down: the engine thread's read ends at once, and the engine sees
+        its client gone."""
+        self._stopped = True
+        self._connection.cancel()
+
+    def end(self) -> None:
+        self._connection.end()

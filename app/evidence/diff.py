@@ -57,13 +57,9 @@ class RunFacts:
         return len(self.fingerprints) + 64 * (len(self.report) + 1)
 
 
-def diff_transcripts(left: list[Event], right: list[Event]) -> TranscriptDiff:
-    """Where two transcripts part, their token counts, and their reports side by side."""
-    return diff_facts(RunFacts.of(left), RunFacts.of(right), identical=None)
-
-
 def diff_facts(left: RunFacts, right: RunFacts, identical: bool | None) -> TranscriptDiff:
-    """``diff_transcripts`` from the runs' facts; ``identical`` when their digests already say so."""
+    """Where two runs' transcripts part, their token counts, and their reports side by side, from
+    the runs' facts; ``identical`` when their digests already say so (``None``: not known)."""
     position = None if identical else first_fingerprint_difference(left.fingerprints, right.fingerprints)
     left_report, right_report = left.report, right.report
     return TranscriptDiff(

@@ -10,7 +10,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from app.evidence.csv_export import neutralised
-from app.evidence.diff import diff_transcripts
+from app.evidence.diff import RunFacts
+from app.evidence.diff import diff_facts
 from app.evidence.diff import first_difference
 from app.evidence.sse import RETRY
 from app.evidence.sse import SseReplay
@@ -94,7 +95,7 @@ def test_first_difference_is_by_bytes_and_length():
 def test_report_deltas_are_exact_and_only_for_numbers():
     left = [{"type": "report", "data": {"price": 55.99, "n": 3, "flag": True, "label": "a", "only_left": 1}}]
     right = [{"type": "report", "data": {"price": 63.99, "n": 5, "flag": False, "label": "b", "only_right": 2.5}}]
-    metrics = diff_transcripts(left, right).metrics
+    metrics = diff_facts(RunFacts.of(left), RunFacts.of(right), identical=None).metrics
     assert metrics["price"].delta == 8.0 and isinstance(metrics["n"].delta, int) and metrics["n"].delta == 2
     assert metrics["flag"].delta is None and metrics["label"].delta is None
     assert (metrics["only_left"].right, metrics["only_left"].delta) == (None, None)
