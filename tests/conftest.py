@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 
 import freezegun
 import freezegun.api
@@ -23,6 +24,13 @@ FROZEN_START = "2026-11-26 12:00:00"
 freezegun.api.call_stack_inspection_limit = 0
 # pytest's own clock stays real, or --durations reports the frozen years since the epoch.
 freezegun.configure(extend_ignore_list=["_pytest"])
+# A shell without job control starts `make test &` with SIGINT ignored, and an ignored signal stays
+# ignored across exec: the commands the tests start would then outlive the Ctrl-C the tests send
+# them (and a Python one would never install its KeyboardInterrupt handler). A handled signal is
+# reset to its default at exec, so handling it here gives every command the disposition a
+# terminal would.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def test_settings(**overrides: object) -> Settings:
