@@ -139,7 +139,10 @@ def test_a_misbehaving_engine_leaves_the_service_answering_promptly_and_nothing_
             assert http("GET", f"{hostile_web.url}/runs/lookup?scenarioId=steady-{behaviour}&seed=1").json() == {
                 "runId": cached, "source": "cache"}
             time.sleep(0.02)
-    assert slowest < 0.5, slowest
+    # Not a speed figure: a hub blocked on an engine's pipe would hold every answer for the whole
+    # 2 s engine timeout (a hanging engine) or more (a stubborn one waits for its SIGKILL), while a
+    # loaded machine (a slow CI box, another test process) took 0.50 s at worst when it was served.
+    assert slowest < 1.5, slowest
     outcomes = [run.result() for run in runs]
     if behaviour == "flood":
         assert {outcome.status for outcome in outcomes} == {200}
