@@ -18,10 +18,10 @@ from harness.servers import ROOT
 from harness.servers import require_binary
 
 PROJECT_FILES = ("Makefile", "requirements.txt", "requirements-dev.txt", "setup.cfg", "pyproject.toml")
-STAND_INS = ("python", "gunicorn", "pytest", "ruff", "mypy")
-RUNTIME = "-m pip install --quiet --disable-pip-version-check --no-compile -r requirements.txt"
-EDITABLE = "-m pip install --quiet --disable-pip-version-check --no-compile --no-deps -e ."
-DEV = "-m pip install --quiet --disable-pip-version-check --no-compile -r requirements-dev.txt"
+STAND_INS = ("python", "uv", "gunicorn", "pytest", "ruff", "mypy")
+RUNTIME = "uv pip install --quiet --python .venv/bin/python -r requirements.txt"
+EDITABLE = "uv pip install --quiet --python .venv/bin/python --no-deps -e ."
+DEV = "uv pip install --quiet --python .venv/bin/python -r requirements-dev.txt"
 
 # What requirements-dev.txt adds, by the name it is imported as: none of it may be imported by the
 # service, which `make run` starts with requirements.txt alone.
@@ -60,21 +60,21 @@ def make(checkout: Path, *targets: str) -> list[str]:
 
 
 def test_make_run_installs_the_runtime_alone(checkout):
-    assert make(checkout, "run") == [f"python {RUNTIME}", f"python {EDITABLE}", "gunicorn -c gunicorn.conf.py wsgi:app"]
+    assert make(checkout, "run") == [RUNTIME, EDITABLE, "gunicorn -c gunicorn.conf.py wsgi:app"]
     assert make(checkout, "run") == ["gunicorn -c gunicorn.conf.py wsgi:app"]  # installed once
 
 
 def test_make_test_after_make_run_installs_the_test_tools(checkout):
     make(checkout, "run")
     calls = make(checkout, "test")
-    assert calls[0] == f"python {DEV}" and calls[1].startswith("pytest ") and len(calls) == 2
+    assert calls[0] == DEV and calls[1].startswith("pytest ") and len(calls) == 2
     assert make(checkout, "test")[0].startswith("pytest ")  # and only once
 
 
 @pytest.mark.parametrize("target", ["test", "test-fast", "lint"])
 def test_testing_and_linting_on_a_fresh_clone_install_both(checkout, target):
     calls = make(checkout, target)
-    assert calls[:3] == [f"python {RUNTIME}", f"python {EDITABLE}", f"python {DEV}"]
+    assert calls[:3] == [RUNTIME, EDITABLE, DEV]
 
 
 def test_make_run_redis_installs_the_runtime_alone(checkout):
@@ -83,13 +83,23 @@ def test_make_run_redis_installs_the_runtime_alone(checkout):
     assert RUNTIME in planned and EDITABLE in planned and "requirements-dev.txt" not in planned
 
 
+def test_a_venv_without_uv_gets_the_pinned_one_from_pip_first(checkout):
+    (checkout / ".venv" / "bin" / "uv").unlink()
+    planned = subprocess.run(["make", "--no-print-directory", "-n", "run"], cwd=checkout, capture_output=True,
+                             text=True, timeout=60, check=True).stdout.splitlines()
+    pinned = next(line for line in (checkout / "Makefile").read_text().splitlines() if line.startswith("UV_VERSION"))
+    getting_uv = next(index for index, line in enumerate(planned) if "-m pip install" in line)
+    assert f"uv=={pinned.split(':=')[1].strip()}" in planned[getting_uv]
+    assert getting_uv < next(index for index, line in enumerate(planned) if "uv pip install" in line)
+
+
 def test_a_changed_requirement_reinstalls_what_it_belongs_to(checkout):
     make(checkout, "test")
     for name, stamp, expected in (("requirements-dev.txt", ".installed-dev", [DEV]),
                                   ("requirements.txt", ".installed-run", [RUNTIME, EDITABLE, DEV])):
         before = (checkout / name).stat().st_mtime - 10  # the file changed after its install
         os.utime(checkout / ".venv" / stamp, (before, before))
-        assert [call.removeprefix("python ") for call in make(checkout, "test")[:-1]] == expected, name
+        assert make(checkout, "test")[:-1] == expected, name
 
 
 def test_the_service_imports_nothing_only_the_test_tools_install():
