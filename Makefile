@@ -11,7 +11,9 @@ DEV_STAMP := $(VENV)/.installed-dev
 # 26 s and 22 s; CI makes a fresh venv every run. Like pip's --no-compile, uv leaves modules to be
 # compiled when first imported: the few the service imports, not every module of every package.
 UV_VERSION := 0.13.10
-INSTALL := $(BIN)/uv pip install --quiet --python $(BIN)/python
+# --system-certs: trust the machine's certificate store (as curl and apt do), not only uv's own
+# bundle, so a proxy that the machine trusts is trusted here too.
+INSTALL := $(BIN)/uv pip install --quiet --system-certs --python $(BIN)/python
 
 .PHONY: run run-redis test test-fast lint bench soak clean
 REDIS_PORT ?= 6390

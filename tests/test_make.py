@@ -19,9 +19,9 @@ from harness.servers import require_binary
 
 PROJECT_FILES = ("Makefile", "requirements.txt", "requirements-dev.txt", "setup.cfg", "pyproject.toml")
 STAND_INS = ("python", "uv", "gunicorn", "pytest", "ruff", "mypy")
-RUNTIME = "uv pip install --quiet --python .venv/bin/python -r requirements.txt"
-EDITABLE = "uv pip install --quiet --python .venv/bin/python --no-deps -e ."
-DEV = "uv pip install --quiet --python .venv/bin/python -r requirements-dev.txt"
+RUNTIME = "uv pip install --quiet --system-certs --python .venv/bin/python -r requirements.txt"
+EDITABLE = "uv pip install --quiet --system-certs --python .venv/bin/python --no-deps -e ."
+DEV = "uv pip install --quiet --system-certs --python .venv/bin/python -r requirements-dev.txt"
 
 # What requirements-dev.txt adds, by the name it is imported as: none of it may be imported by the
 # service, which `make run` starts with requirements.txt alone.
