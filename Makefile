@@ -7,8 +7,8 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 # uv installs the pinned requirements, into the venv that pip (which the venv comes with) put it in.
-# Measured on a 2-core box with warm caches: the runtime in 9 s and the tools in 2 s, where pip took
-# 26 s and 22 s; CI makes a fresh venv every run. Like pip's --no-compile, uv leaves modules to be
+# Measured on a fresh clone of a 2-core box with warm caches: the runtime in 13 s (the venv and uv
+# included) and the tools in 1 s, where pip took 26 s and 22 s; CI makes a fresh venv every run. Like pip's --no-compile, uv leaves modules to be
 # compiled when first imported: the few the service imports, not every module of every package.
 UV_VERSION := 0.13.10
 # --system-certs: trust the machine's certificate store (as curl and apt do), not only uv's own
